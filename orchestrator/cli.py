@@ -1,0 +1,239 @@
+"""The ``orchestrator`` command line."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import os
+import sys
+from pathlib import Path
+from typing import Annotated, Any
+from urllib.parse import urlsplit
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from orchestrator.config.loader import LoadedConfig, load_config
+from orchestrator.config.models import RobotConfig
+from orchestrator.errors import BrokerUnavailable, ConfigError, OrchestratorError
+
+app = typer.Typer(add_completion=False, no_args_is_help=True,
+                  help="Run a robot made of several parts over a local MQTT broker.")
+console = Console(width=None if sys.stdout.isatty() else 120)
+err_console = Console(stderr=True)
+
+EXIT_CONFIG = 2
+
+
+def _setup_logging(verbose: bool) -> None:
+    level = os.environ.get("ORCHESTRATOR_LOG", "DEBUG" if verbose else "WARNING").upper()
+    logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s", stream=sys.stderr)
+    for noisy in ("amqtt", "transitions"):
+        logging.getLogger(noisy).setLevel(max(logging.WARNING, logging.getLogger().level))
+
+
+def _load(path: Path) -> LoadedConfig:
+    try:
+        return load_config(path)
+    except ConfigError as exc:
+        err_console.print(f"[bold red]invalid configuration[/] ({len(exc.problems)} problem(s)):")
+        for p in exc.problems:
+            err_console.print(f"  {p}", highlight=False, markup=False)
+        raise typer.Exit(EXIT_CONFIG) from None
+
+
+def parse_urls(text: str) -> list[tuple[str, int]]:
+    out = []
+    for u in text.split(","):
+        p = urlsplit(u.strip() if "://" in u else f"mqtt://{u.strip()}")
+        if not p.hostname:
+            raise typer.BadParameter(f"{u!r} is not a broker URL (mqtt://HOST:PORT)")
+        out.append((p.hostname, p.port or 1883))
+    return out
+
+
+ConfigArg = Annotated[Path, typer.Argument(help="robot configuration (YAML)")]
+BrokerOpt = Annotated[str | None, typer.Option("--broker", help="broker URL(s), comma separated; "
+                                                "default: from the config")]
+Verbose = Annotated[bool, typer.Option("--verbose", "-v", help="debug logging")]
+
+
+@app.command()
+def validate(config: ConfigArg) -> None:
+    """Validate a configuration: exit 0 if it is valid, 2 with every problem if not."""
+    loaded = _load(config)
+    topo = loaded.topology
+    console.print(f"[green]ok[/]: robot {loaded.config.robot!r}, {len(topo.parts)} parts, "
+                  f"primary {topo.primary!r}, shutdown bound {topo.shutdown_bound():.2f} s")
+
+
+@app.command()
+def schema() -> None:
+    """Print the JSON Schema of the robot configuration (for editors)."""
+    print(json.dumps(RobotConfig.model_json_schema(), indent=2))
+
+
+@app.command()
+def broker(
+    host: Annotated[str, typer.Option(help="address to bind")] = "127.0.0.1",
+    port: Annotated[int, typer.Option(help="port to bind (0: any free port)")] = 18830,
+    verbose: Verbose = False,
+) -> None:
+    """Run the embedded broker alone (until Ctrl-C)."""
+    _setup_logging(verbose)
+    from orchestrator.broker import run_broker
+
+    try:
+        asyncio.run(run_broker(host, port))
+    except OrchestratorError as exc:
+        err_console.print(f"[red]{exc}[/]")
+        raise typer.Exit(1) from None
+    except KeyboardInterrupt:
+        pass
+
+
+@app.command()
+def part(
+    config: ConfigArg,
+    name: Annotated[str, typer.Option("--name", help="which part of the config to run")],
+    broker_url: BrokerOpt = None,
+    verbose: Verbose = False,
+) -> None:
+    """Run one part (a process of its own)."""
+    _setup_logging(verbose)
+    loaded = _load(config)
+    if name not in loaded.topology.parts:
+        err_console.print(f"[red]{config}: no part named {name!r} (parts: {', '.join(loaded.topology.parts)})[/]")
+        raise typer.Exit(EXIT_CONFIG)
+    from orchestrator.runtime.main import run_part
+
+    urls = parse_urls(broker_url) if broker_url else None
+    try:
+        code = asyncio.run(run_part(loaded, name, urls))
+    except BrokerUnavailable as exc:
+        err_console.print(f"[red]part {name}: {exc}[/]")
+        raise typer.Exit(1) from None
+    raise typer.Exit(code)
+
+
+@app.command()
+def up(
+    config: ConfigArg,
+    timeline_json: Annotated[Path | None, typer.Option(help="also write the shutdown timeline here")] = None,
+    verbose: Verbose = False,
+) -> None:
+    """Start the robot: the embedded broker, then every part; Ctrl-C stops it bottom-up."""
+    _setup_logging(verbose)
+    loaded = _load(config)
+    from orchestrator.launcher.up import run_up
+
+    try:
+        code = asyncio.run(run_up(loaded, timeline_json=timeline_json, console=console))
+    except OrchestratorError as exc:
+        err_console.print(f"[red]{exc}[/]")
+        raise typer.Exit(1) from None
+    raise typer.Exit(code)
+
+
+async def _read_retained(urls: list[tuple[str, int]], cfg: RobotConfig, filters: list[str],
+                         settle_s: float = 0.3) -> dict[str, bytes]:
+    from orchestrator.transport.client import MqttClient
+
+    got: dict[str, bytes] = {}
+    async with MqttClient(f"{cfg.robot}.cli.{os.getpid()}", urls, connect_timeout=3.0,
+                          username=cfg.broker.username, password=cfg.broker.password) as c:
+        async with c.messages(*filters) as stream:
+            while True:
+                try:
+                    m = await stream.get(timeout=settle_s)
+                except TimeoutError:
+                    break
+                got[m.topic] = m.payload
+    return got
+
+
+@app.command()
+def status(
+    config: ConfigArg,
+    broker_url: BrokerOpt = None,
+    as_json: Annotated[bool, typer.Option("--json", help="machine-readable output")] = False,
+) -> None:
+    """Print every part's state from the retained topics."""
+    from orchestrator.protocol.codec import decode
+    from orchestrator.protocol.messages import PartState
+    from orchestrator.protocol.topics import Topics
+
+    loaded = _load(config)
+    cfg = loaded.config
+    t = Topics(cfg.robot)
+    urls = parse_urls(broker_url) if broker_url else cfg.broker.client_urls()
+    try:
+        got = asyncio.run(_read_retained(urls, cfg, [t.all_part_states(), t.robot_status()]))
+    except BrokerUnavailable as exc:
+        err_console.print(f"[red]{exc}[/]")
+        raise typer.Exit(1) from None
+    parts: dict[str, Any] = {}
+    for name in loaded.topology.start_order():
+        raw = got.get(t.part_state(name))
+        if raw is None:
+            parts[name] = {"state": "unknown", "online": False}
+            continue
+        env = decode(raw)
+        st = env.parse(PartState)
+        parts[name] = {"state": st.state.value, "online": st.state.value not in ("offline", "stopped"),
+                       "birth": env.birth, "pid": st.pid, "parent": st.parent, "reason": st.reason}
+    robot_state = None
+    if t.robot_status() in got:
+        robot_state = decode(got[t.robot_status()]).body.get("state")
+    if as_json:
+        print(json.dumps({"robot": cfg.robot, "state": robot_state, "parts": parts}, indent=2))
+        return
+    table = Table(title=f"robot {cfg.robot}: {robot_state or 'unknown'}")
+    for col in ("part", "parent", "state", "pid", "reason"):
+        table.add_column(col)
+    for name, p in parts.items():
+        colour = "green" if p["state"] == "running" else "red" if p["state"] in ("offline", "unknown") else "yellow"
+        table.add_row(name, str(p.get("parent") or "-"), f"[{colour}]{p['state']}[/]", str(p.get("pid") or "-"),
+                      str(p.get("reason") or ""))
+    console.print(table)
+
+
+@app.command()
+def shutdown(
+    config: ConfigArg,
+    broker_url: BrokerOpt = None,
+    reason: Annotated[str, typer.Option(help="recorded in the timeline")] = "orchestrator shutdown",
+) -> None:
+    """Ask the robot's primary to shut the robot down bottom-up (over MQTT)."""
+    from orchestrator.protocol.codec import encode
+    from orchestrator.protocol.messages import ShutdownRequest
+    from orchestrator.protocol.topics import ClientId, Topics
+    from orchestrator.transport.client import MqttClient
+
+    loaded = _load(config)
+    cfg = loaded.config
+    urls = parse_urls(broker_url) if broker_url else cfg.broker.client_urls()
+    me = ClientId(cfg.robot, f"cli-{os.getpid()}")
+
+    async def go() -> None:
+        async with MqttClient(f"{cfg.robot}.cli.{os.getpid()}", urls, connect_timeout=3.0,
+                              username=cfg.broker.username, password=cfg.broker.password) as c:
+            await c.publish(Topics(cfg.robot).client_shutdown(me.name),
+                            encode(me.sender, ShutdownRequest(reason=reason)), qos=1, timeout=3.0)
+
+    try:
+        asyncio.run(go())
+    except BrokerUnavailable as exc:
+        err_console.print(f"[red]{exc}[/]")
+        raise typer.Exit(1) from None
+    console.print("shutdown requested")
+
+
+def main() -> None:
+    app()
+
+
+if __name__ == "__main__":
+    main()

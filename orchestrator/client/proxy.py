@@ -1,0 +1,60 @@
+"""Remote proxies: a subclass of the resource's own abstract base whose methods are calls."""
+
+from __future__ import annotations
+
+import functools
+from typing import Any, TypeVar
+
+from orchestrator.resources.base import Resource
+from orchestrator.rpc.client import RpcClient
+from orchestrator.rpc.methods import MethodSpec, api_methods
+
+R = TypeVar("R", bound=Resource)
+
+
+class RemoteResource(Resource):
+    """Mixin state of every proxy: where the resource lives and how to reach it."""
+
+    _rpc: RpcClient
+    part: str
+    timeout: float | None
+
+    async def call(self, method: str, **args: Any) -> Any:
+        """Call any method by name (plugins may add methods the abstract base does not declare)."""
+        return await self._rpc.call(self.part, self.name, method, args, timeout=self.timeout)
+
+
+def _remote_method(spec: MethodSpec) -> Any:
+    async def method(self: RemoteResource, *args: Any, **kwargs: Any) -> Any:
+        bound = spec.signature.bind(self, *args, **kwargs)
+        bound.apply_defaults()
+        call_args = {k: v for k, v in list(bound.arguments.items())[1:]}
+        result = await self._rpc.call(self.part, self.name, spec.name, call_args, timeout=self.timeout)
+        return spec.returns.validate_python(result) if spec.returns is not None else result
+
+    method.__name__ = spec.name
+    method.__qualname__ = f"Remote.{spec.name}"
+    if spec.actuating:
+        from orchestrator.resources.base import actuating
+
+        actuating(method)
+    return method
+
+
+@functools.cache
+def proxy_class(base: type[R]) -> type[R]:
+    """``RemoteMotor`` for ``Motor``: every API method of the base becomes a call."""
+    ns: dict[str, Any] = {name: _remote_method(spec) for name, spec in api_methods(base).items()}
+    cls: type[R] = type(f"Remote{base.__name__}", (RemoteResource, base), ns)
+    return cls
+
+
+def make_proxy(base: type[R], rpc: RpcClient, part: str, name: str, timeout: float | None = None) -> R:
+    cls = proxy_class(base)
+    obj: Any = object.__new__(cls)
+    Resource.__init__(obj, name)
+    obj._rpc = rpc
+    obj.part = part
+    obj.timeout = timeout
+    result: R = obj
+    return result

@@ -1,0 +1,115 @@
+"""``RobotClient``: the Python SDK.  Calls resources over MQTT, one broker round trip each way.
+
+    async with RobotClient.from_config("examples/rover.yaml") as robot:
+        motor = robot.resource("base/left", Motor)
+        await motor.set_power(0.3)
+        print(await motor.get_position())
+
+A proxy subclasses the resource's own abstract base (``isinstance(motor, Motor)``), so code written
+for a local motor runs unchanged against a remote one.  Errors come back as the same exception
+types a local call raises (see :mod:`orchestrator.errors`).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import uuid
+from pathlib import Path
+from typing import Any, TypeVar
+
+from orchestrator.config.loader import LoadedConfig, load_config
+from orchestrator.errors import ProtocolError
+from orchestrator.protocol.codec import decode, encode
+from orchestrator.protocol.messages import Notice, ShutdownRequest
+from orchestrator.protocol.topics import ClientId, Topics
+from orchestrator.resources.base import Resource
+from orchestrator.rpc.client import RpcClient
+from orchestrator.transport.client import Message, MqttClient
+
+from .proxy import make_proxy
+
+R = TypeVar("R", bound=Resource)
+
+
+class RobotClient:
+    def __init__(
+        self,
+        robot: str,
+        urls: list[tuple[str, int]],
+        *,
+        name: str | None = None,
+        username: str | None = None,
+        password: str | None = None,
+        timeout: float = 10.0,
+        connect_timeout: float = 10.0,
+    ) -> None:
+        self.id = ClientId(robot, name or f"sdk-{os.getpid()}-{uuid.uuid4().hex[:6]}")
+        self.topics = Topics(robot)
+        self.mqtt = MqttClient(f"{robot}.client.{self.id.name}", urls, username=username, password=password,
+                               connect_timeout=connect_timeout)
+        self.rpc = RpcClient(self.mqtt, self.topics, self.id.sender, default_timeout=timeout)
+        self.robot_down = asyncio.Event()
+        self.notices: list[Notice] = []
+
+    @classmethod
+    def from_config(cls, config: str | Path | LoadedConfig, **kwargs: Any) -> RobotClient:
+        loaded = config if isinstance(config, LoadedConfig) else load_config(config)
+        b = loaded.config.broker
+        kwargs.setdefault("username", b.username)
+        kwargs.setdefault("password", b.password)
+        return cls(loaded.config.robot, kwargs.pop("urls", None) or b.client_urls(), **kwargs)
+
+    async def __aenter__(self) -> RobotClient:
+        await self.connect()
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.close()
+
+    async def connect(self) -> None:
+        await self.rpc.start()
+        await self.mqtt.subscribe(self.topics.robot_notice(), self._on_notice)
+        await self.mqtt.start()
+
+    async def close(self) -> None:
+        await self.mqtt.close()
+
+    def _on_notice(self, msg: Message) -> None:
+        with contextlib.suppress(ProtocolError):
+            n = decode(msg.payload).parse(Notice)
+            self.notices.append(n)
+            if n.kind == "down":
+                self.robot_down.set()
+
+    # -- calls --------------------------------------------------------------------------------------
+    def resource(self, path: str, kind: type[R], *, timeout: float | None = None) -> R:
+        """A proxy for ``PART/RESOURCE`` implementing ``kind`` (Motor, Base, Sensor, ...)."""
+        part, _, name = path.partition("/")
+        if not part or not name:
+            raise ValueError(f"{path!r}: expected PART/RESOURCE")
+        return make_proxy(kind, self.rpc, part, name, timeout)
+
+    async def call(self, path: str, method: str, args: dict[str, Any] | None = None, *,
+                   timeout: float | None = None) -> Any:
+        part, _, name = path.partition("/")
+        return await self.rpc.call(part, name, method, args or {}, timeout=timeout)
+
+    async def resources(self, settle_s: float = 0.3) -> dict[str, list[dict[str, Any]]]:
+        """What every part hosts, from the retained ``part/+/resources`` topics."""
+        out: dict[str, list[dict[str, Any]]] = {}
+        async with self.mqtt.messages(self.topics.all_part_resources()) as stream:
+            while True:
+                try:
+                    m = await stream.get(timeout=settle_s)
+                except TimeoutError:
+                    break
+                part = self.topics.part_of(m.topic)
+                if part is not None:
+                    out[part] = decode(m.payload).body.get("resources", [])
+        return out
+
+    async def shutdown_robot(self, reason: str = "requested by a client") -> None:
+        await self.mqtt.publish(self.topics.client_shutdown(self.id.name),
+                                encode(self.id.sender, ShutdownRequest(reason=reason)), qos=1, timeout=5.0)

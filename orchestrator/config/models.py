@@ -1,0 +1,133 @@
+"""Robot configuration: pydantic models.  Load them with :func:`orchestrator.config.load_config`."""
+
+from __future__ import annotations
+
+from enum import StrEnum
+from typing import Any, Literal
+from urllib.parse import urlsplit
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+
+from orchestrator.protocol.topics import NAME_PATTERN
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+Name = Field(pattern=NAME_PATTERN, min_length=1, max_length=64)
+
+
+class EmbeddedBroker(_Strict):
+    """The in-process amqtt broker run by ``orchestrator up``."""
+
+    host: str = "127.0.0.1"
+    port: int = Field(default=18830, ge=0, le=65535, description="0 picks a free port")
+
+
+class BrokerConfig(_Strict):
+    """Either an embedded broker (default) or a list of external broker URLs for fail-over."""
+
+    embedded: EmbeddedBroker | None = None
+    urls: list[str] = Field(default_factory=list, description="mqtt://host:port, tried in order")
+    username: str | None = None
+    password: str | None = None
+    keepalive_s: int = Field(default=2, ge=1, le=600, description="MQTT keep-alive of every part")
+
+    @field_validator("urls")
+    @classmethod
+    def _check_urls(cls, urls: list[str]) -> list[str]:
+        for url in urls:
+            parts = urlsplit(url)
+            if parts.scheme not in ("mqtt", "tcp") or not parts.hostname:
+                raise ValueError(f"{url!r} is not a broker URL: expected mqtt://HOST:PORT")
+            try:
+                _ = parts.port
+            except ValueError as exc:
+                raise ValueError(f"{url!r}: {exc}") from exc
+        return urls
+
+    @model_validator(mode="after")
+    def _one_kind(self) -> BrokerConfig:
+        if self.embedded is not None and self.urls:
+            raise ValueError("give either 'embedded' or 'urls', not both")
+        if self.embedded is None and not self.urls:
+            object.__setattr__(self, "embedded", EmbeddedBroker())
+        return self
+
+    def client_urls(self) -> list[tuple[str, int]]:
+        """(host, port) pairs a part connects to, in fail-over order."""
+        if self.embedded is not None:
+            host = self.embedded.host if self.embedded.host not in ("0.0.0.0", "::") else "127.0.0.1"
+            return [(host, self.embedded.port)]
+        out = []
+        for url in self.urls:
+            p = urlsplit(url)
+            out.append((p.hostname or "127.0.0.1", p.port or 1883))
+        return out
+
+
+class RestartPolicy(StrEnum):
+    NEVER = "never"
+    ON_FAILURE = "on-failure"
+    ALWAYS = "always"
+
+
+class Restart(_Strict):
+    """How ``orchestrator up`` restarts a part process that exits on its own."""
+
+    policy: RestartPolicy = RestartPolicy.ON_FAILURE
+    max_restarts: int = Field(default=3, ge=0, le=1000, description="restarts allowed inside window_s")
+    window_s: float = Field(default=60.0, gt=0, le=86400)
+    backoff_s: float = Field(default=0.2, ge=0, le=60)
+
+
+class ResourceConfig(_Strict):
+    name: str = Name
+    model: str = Field(description="model triplet namespace:family:name, provided by a plugin package")
+    attributes: dict[str, Any] = Field(default_factory=dict)
+    depends_on: list[str] = Field(
+        default_factory=list, description="resource names, or PART/RESOURCE for a resource on another part"
+    )
+
+    @field_validator("model")
+    @classmethod
+    def _triplet(cls, v: str) -> str:
+        bits = v.split(":")
+        if len(bits) != 3 or not all(bits):
+            raise ValueError(f"{v!r} is not a model triplet: expected namespace:family:name")
+        return v
+
+
+class PartConfig(_Strict):
+    name: str = Name
+    parent: str | None = Field(default=None, description="absent for the primary")
+    heartbeat_s: float = Field(default=0.2, ge=0.01, le=60, description="seconds between heartbeats")
+    heartbeat_misses: int = Field(default=3, ge=1, le=100, description="missed beats before offline")
+    stop_deadline_s: float = Field(
+        default=3.0, gt=0, le=300, description="time this part's subtree gets to stop before it is forced"
+    )
+    restart: Restart = Field(default_factory=Restart)
+    resources: list[ResourceConfig] = Field(default_factory=list)
+
+
+class RobotConfig(_Strict):
+    robot: str = Name
+    broker: BrokerConfig = Field(default_factory=BrokerConfig)
+    shutdown_timeout_s: float = Field(
+        default=30.0, gt=0, le=600, description="upper bound on the whole bottom-up shutdown"
+    )
+    parts: list[PartConfig] = Field(min_length=1)
+
+    def part(self, name: str) -> PartConfig:
+        for p in self.parts:
+            if p.name == name:
+                return p
+        raise KeyError(name)
+
+    @property
+    def primary(self) -> PartConfig:
+        return next(p for p in self.parts if p.parent is None)
+
+
+ConfigKind = Literal["robot"]

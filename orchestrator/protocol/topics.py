@@ -1,0 +1,196 @@
+"""Every MQTT topic of the protocol, built in one place from typed identities.
+
+Layout (``orc/v1/<robot>/...``): every topic carries the identity of the one sender allowed to
+publish on it, right after the root, so a single rule per identity ("write only under your own
+name") is the whole ACL (see ``docs/protocol.md``)::
+
+    orc/v1/<robot>/part/<part>/state            retained  part state, birth and Will (death)
+    orc/v1/<robot>/part/<part>/hb                         part heartbeat
+    orc/v1/<robot>/part/<parent>/ctl/<child>              parent -> child control (stop)
+    orc/v1/<robot>/part/<part>/report                     child -> parent report (stopped)
+    orc/v1/<robot>/part/<part>/resources        retained  what the part hosts
+    orc/v1/<robot>/robot/status                 retained  primary: robot status
+    orc/v1/<robot>/robot/timeline               retained  primary: last shutdown timeline
+    orc/v1/<robot>/robot/notice                           primary: notices to clients
+    orc/v1/<robot>/client/<client>/shutdown               a client asks the robot to shut down
+    orc/v1/<robot>/<kind>/<caller>/call/<part>/<res>      a call (kind: client or part)
+    orc/v1/<robot>/part/<part>/reply/<kind>/<caller>      its reply, to the caller only
+    orc/v1/<robot>/part/<part>/telemetry/<res>            sensor readings
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from typing import Final
+
+PROTOCOL_VERSION: Final = 1
+ROOT: Final = f"orc/v{PROTOCOL_VERSION}"
+
+_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
+NAME_PATTERN: Final = _NAME.pattern
+
+
+def check_name(kind: str, name: str) -> str:
+    """Names become topic levels: no ``/``, ``+``, ``#``, spaces; 1 to 64 characters."""
+    if not _NAME.match(name):
+        raise ValueError(
+            f"invalid {kind} name {name!r}: expected 1-64 characters of letters, digits, '_', '-', '.', "
+            "starting with a letter or digit"
+        )
+    return name
+
+
+@dataclass(frozen=True, slots=True)
+class PartId:
+    robot: str
+    name: str
+
+    def __post_init__(self) -> None:
+        check_name("robot", self.robot)
+        check_name("part", self.name)
+
+    @property
+    def sender(self) -> str:
+        return f"part/{self.name}"
+
+    def __str__(self) -> str:
+        return f"{self.robot}/{self.name}"
+
+
+@dataclass(frozen=True, slots=True)
+class ClientId:
+    robot: str
+    name: str
+
+    def __post_init__(self) -> None:
+        check_name("robot", self.robot)
+        check_name("client", self.name)
+
+    @property
+    def sender(self) -> str:
+        return f"client/{self.name}"
+
+    def __str__(self) -> str:
+        return f"{self.robot}/client:{self.name}"
+
+
+@dataclass(frozen=True, slots=True)
+class Topics:
+    """Topic builder for one robot."""
+
+    robot: str
+
+    def __post_init__(self) -> None:
+        check_name("robot", self.robot)
+
+    @property
+    def root(self) -> str:
+        return f"{ROOT}/{self.robot}"
+
+    # -- parts -------------------------------------------------------------------------------
+    def part_state(self, part: str) -> str:
+        return f"{self.root}/part/{part}/state"
+
+    def part_heartbeat(self, part: str) -> str:
+        return f"{self.root}/part/{part}/hb"
+
+    def part_control(self, parent: str, child: str) -> str:
+        return f"{self.root}/part/{parent}/ctl/{child}"
+
+    def part_report(self, part: str) -> str:
+        return f"{self.root}/part/{part}/report"
+
+    def part_resources(self, part: str) -> str:
+        return f"{self.root}/part/{part}/resources"
+
+    # -- robot (published by the primary) -------------------------------------------------------
+    def robot_status(self) -> str:
+        return f"{self.root}/robot/status"
+
+    def robot_timeline(self) -> str:
+        return f"{self.root}/robot/timeline"
+
+    def robot_notice(self) -> str:
+        return f"{self.root}/robot/notice"
+
+    # -- clients --------------------------------------------------------------------------------
+    def client_shutdown(self, client: str) -> str:
+        return f"{self.root}/client/{client}/shutdown"
+
+    # -- calls ----------------------------------------------------------------------------------
+    def call(self, caller: str, part: str, resource: str) -> str:
+        """``caller`` is a sender identity: ``client/<name>`` or ``part/<name>``."""
+        return f"{self.root}/{caller}/call/{part}/{resource}"
+
+    def calls_to(self, part: str) -> str:
+        """The one filter a part subscribes to for every call to any of its resources."""
+        return f"{self.root}/+/+/call/{part}/+"
+
+    def reply(self, part: str, caller: str) -> str:
+        return f"{self.root}/part/{part}/reply/{caller}"
+
+    def replies_to(self, caller: str) -> str:
+        return f"{self.root}/part/+/reply/{caller}"
+
+    def call_parts(self, topic: str) -> tuple[str, str, str] | None:
+        """(caller sender, part, resource) of a call topic, else None."""
+        prefix = f"{self.root}/"
+        if not topic.startswith(prefix):
+            return None
+        bits = topic[len(prefix) :].split("/")
+        if len(bits) != 5 or bits[2] != "call" or bits[0] not in ("client", "part"):
+            return None
+        return f"{bits[0]}/{bits[1]}", bits[3], bits[4]
+
+    def telemetry(self, part: str, resource: str) -> str:
+        return f"{self.root}/part/{part}/telemetry/{resource}"
+
+    # -- subscription filters -------------------------------------------------------------------
+    def all_part_states(self) -> str:
+        return f"{self.root}/part/+/state"
+
+    def all_part_heartbeats(self) -> str:
+        return f"{self.root}/part/+/hb"
+
+    def all_part_resources(self) -> str:
+        return f"{self.root}/part/+/resources"
+
+    def all_client_shutdowns(self) -> str:
+        return f"{self.root}/client/+/shutdown"
+
+    def everything(self) -> str:
+        return f"{self.root}/#"
+
+    # -- parsing --------------------------------------------------------------------------------
+    def part_of(self, topic: str) -> str | None:
+        """The part name in a ``.../part/<name>/...`` topic of this robot, else None."""
+        prefix = f"{self.root}/part/"
+        if not topic.startswith(prefix):
+            return None
+        rest = topic[len(prefix) :]
+        name, _, _ = rest.partition("/")
+        return name or None
+
+    def client_of(self, topic: str) -> str | None:
+        prefix = f"{self.root}/client/"
+        if not topic.startswith(prefix):
+            return None
+        name, _, _ = topic[len(prefix) :].partition("/")
+        return name or None
+
+
+def topic_matches(filter_: str, topic: str) -> bool:
+    """MQTT 3.1.1 topic filter matching (``+`` one level, ``#`` the rest, ``$`` topics excluded)."""
+    if topic.startswith("$") and not filter_.startswith("$"):
+        return False
+    f_parts = filter_.split("/")
+    t_parts = topic.split("/")
+    for i, f in enumerate(f_parts):
+        if f == "#":
+            return True
+        if i >= len(t_parts):
+            return False
+        if f != "+" and f != t_parts[i]:
+            return False
+    return len(f_parts) == len(t_parts)

@@ -1,0 +1,99 @@
+"""Making calls: one reply subscription per caller, correlation ids, deadlines in the envelope.
+
+Used by :class:`~orchestrator.client.RobotClient` and by parts that depend on a resource of
+another part.  One broker round trip each way: caller -> broker -> part -> broker -> caller.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import logging
+import os
+import time
+from typing import Any
+
+from orchestrator.errors import DeadlineExceeded, PartOffline, ProtocolError, from_wire
+from orchestrator.protocol.codec import decode, encode
+from orchestrator.protocol.messages import CallReply, CallRequest, PartState, PartStateName
+from orchestrator.protocol.topics import Topics
+from orchestrator.transport.client import Message, MqttClient
+
+log = logging.getLogger("orchestrator.rpc")
+
+
+class RpcClient:
+    def __init__(self, client: MqttClient, topics: Topics, sender: str, *, default_timeout: float = 10.0) -> None:
+        self.client = client
+        self.topics = topics
+        self.sender = sender
+        self.default_timeout = default_timeout
+        self._pending: dict[str, tuple[str, asyncio.Future[Any]]] = {}
+        self._ids = itertools.count()
+        self._prefix = f"{os.getpid():x}.{id(self) & 0xFFFF:x}."
+        self.part_states: dict[str, tuple[int, PartStateName]] = {}
+        self.session: str | None = None
+
+    async def start(self) -> None:
+        await self.client.subscribe(self.topics.replies_to(self.sender), self._on_reply)
+        await self.client.subscribe(self.topics.all_part_states(), self._on_state)
+
+    def offline(self, part: str) -> bool:
+        st = self.part_states.get(part)
+        return st is not None and st[1] in (PartStateName.OFFLINE, PartStateName.STOPPED)
+
+    async def call(self, part: str, resource: str, method: str, args: dict[str, Any] | None = None, *,
+                   timeout: float | None = None, session: str | None = None) -> Any:
+        if self.offline(part):
+            raise PartOffline(f"part {part} is {self.part_states[part][1].value}", part=part)
+        timeout = self.default_timeout if timeout is None else timeout
+        rid = self._prefix + str(next(self._ids))
+        fut: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
+        self._pending[rid] = (part, fut)
+        req = CallRequest(id=rid, method=method, args=args or {}, deadline=time.time() + timeout,
+                          session=session if session is not None else self.session)
+        try:
+            if not self.client.publish_nowait(self.topics.call(self.sender, part, resource),
+                                              encode(self.sender, req), qos=1):
+                raise PartOffline(f"not connected to the broker: cannot call {part}/{resource}", part=part)
+            try:
+                # a small grace over the deadline so the part's own DeadlineExceeded usually wins
+                return await asyncio.wait_for(fut, timeout + 0.25)
+            except TimeoutError:
+                raise DeadlineExceeded(f"{part}/{resource}.{method}: no reply within {timeout:g} s",
+                                       part=part, resource=resource, method=method) from None
+        finally:
+            self._pending.pop(rid, None)
+
+    def _on_reply(self, msg: Message) -> None:
+        try:
+            rep = decode(msg.payload).parse(CallReply)
+        except ProtocolError as exc:
+            log.warning("%s: malformed reply dropped: %s", self.sender, exc)
+            return
+        got = self._pending.get(rep.id)
+        if got is None or got[1].done():
+            return
+        if rep.ok:
+            got[1].set_result(rep.result)
+        else:
+            got[1].set_exception(from_wire(rep.error or {}))
+
+    def _on_state(self, msg: Message) -> None:
+        part = self.topics.part_of(msg.topic)
+        if part is None:
+            return
+        try:
+            env = decode(msg.payload)
+            st = env.parse(PartState)
+        except ProtocolError:
+            return
+        prev = self.part_states.get(part)
+        if prev is not None and env.birth < prev[0]:
+            return
+        self.part_states[part] = (env.birth, st.state)
+        if st.state in (PartStateName.OFFLINE, PartStateName.STOPPED):
+            for rid, (p, fut) in list(self._pending.items()):
+                if p == part and not fut.done():
+                    fut.set_exception(PartOffline(f"part {part} went {st.state.value} during the call", part=part))
+                    self._pending.pop(rid, None)

@@ -1,0 +1,150 @@
+"""Serving calls to the resources of one part.
+
+One subscription per part (``+/+/call/<part>/+``).  Each call runs in a task of its own, bounded
+by the caller's deadline: a plugin that raises or hangs costs that call an error reply, never the
+part; other calls keep being served.  Errors cross the wire with their stable code.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import logging
+import time
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+from pydantic import BaseModel, ValidationError
+
+from orchestrator.errors import (
+    DeadlineExceeded,
+    InternalError,
+    InvalidArgument,
+    OrchestratorError,
+    ProtocolError,
+    UnknownMethod,
+    UnknownResource,
+)
+from orchestrator.protocol.codec import decode, encode
+from orchestrator.protocol.messages import CallReply, CallRequest
+from orchestrator.protocol.topics import Topics
+from orchestrator.resources.base import Resource
+from orchestrator.rpc.methods import MethodSpec, api_methods
+from orchestrator.transport.client import Message, MqttClient
+
+log = logging.getLogger("orchestrator.rpc")
+
+DEFAULT_TIMEOUT_S = 30.0
+
+# before_call(caller, session, resource name, resource, spec): raise an OrchestratorError to refuse
+BeforeCall = Callable[[str, str | None, str, Resource, MethodSpec], Awaitable[None]]
+
+
+def to_wire(value: Any) -> Any:
+    if isinstance(value, BaseModel):
+        return value.model_dump(mode="python")
+    if dataclasses.is_dataclass(value) and not isinstance(value, type):
+        return dataclasses.asdict(value)
+    return value
+
+
+class RpcServer:
+    def __init__(
+        self,
+        client: MqttClient,
+        topics: Topics,
+        part: str,
+        sender: str,
+        lookup: Callable[[str], Resource | None],
+        describe_missing: Callable[[str], str | None] | None = None,
+    ) -> None:
+        self.client = client
+        self.topics = topics
+        self.part = part
+        self.sender = sender
+        self.lookup = lookup
+        self.describe_missing = describe_missing
+        self.before_call: list[BeforeCall] = []
+        self.inflight: set[asyncio.Task[None]] = set()
+        self.served = 0
+        self.malformed = 0
+
+    async def start(self) -> None:
+        await self.client.subscribe(self.topics.calls_to(self.part), self._on_call)
+
+    def _on_call(self, msg: Message) -> None:
+        where = self.topics.call_parts(msg.topic)
+        if where is None:
+            self.malformed += 1
+            return
+        caller, _part, resource = where
+        try:
+            env = decode(msg.payload)
+            req = env.parse(CallRequest)
+        except ProtocolError as exc:
+            self.malformed += 1
+            log.warning("part %s: malformed call on %s dropped: %s", self.part, msg.topic, exc)
+            return
+        if env.src != caller:
+            # the topic names the caller the broker let publish there; a different claim is a forgery
+            self.malformed += 1
+            self._reply(caller, CallReply(id=req.id, ok=False, error=ProtocolError(
+                f"sender {env.src!r} does not match the call topic's identity {caller!r}").to_wire()))
+            return
+        task = asyncio.create_task(self._serve(caller, resource, req),
+                                   name=f"part[{self.part}].call[{resource}.{req.method}#{req.id}]")
+        self.inflight.add(task)
+        task.add_done_callback(self.inflight.discard)
+
+    async def _serve(self, caller: str, resource: str, req: CallRequest) -> None:
+        try:
+            result = await self.invoke(caller, resource, req)
+            reply = CallReply(id=req.id, ok=True, result=to_wire(result))
+        except OrchestratorError as exc:
+            reply = CallReply(id=req.id, ok=False, error=exc.to_wire())
+        except Exception as exc:
+            log.exception("part %s: %s.%s raised", self.part, resource, req.method)
+            err = InternalError(f"{resource}.{req.method} raised {type(exc).__name__}: {exc}",
+                                part=self.part, resource=resource)
+            reply = CallReply(id=req.id, ok=False, error=err.to_wire())
+        self.served += 1
+        self._reply(caller, reply)
+
+    def _reply(self, caller: str, reply: CallReply) -> None:
+        try:
+            payload = encode(self.sender, reply)
+        except Exception as exc:  # an unencodable result
+            payload = encode(self.sender, CallReply(id=reply.id, ok=False, error=InternalError(
+                f"result cannot be encoded: {exc}").to_wire()))
+        self.client.publish_nowait(self.topics.reply(self.part, caller), payload, qos=1)
+
+    async def invoke(self, caller: str, resource: str, req: CallRequest) -> Any:
+        res = self.lookup(resource)
+        if res is None:
+            why = self.describe_missing(resource) if self.describe_missing else None
+            raise UnknownResource(f"part {self.part} has no resource {resource!r}" + (f" ({why})" if why else ""),
+                                  part=self.part, resource=resource)
+        spec = api_methods(type(res)).get(req.method)
+        if spec is None:
+            raise UnknownMethod(f"{resource} ({type(res).__name__}) has no method {req.method!r}",
+                                part=self.part, resource=resource, method=req.method)
+        try:
+            args = spec.params.model_validate(req.args)
+        except ValidationError as exc:
+            raise InvalidArgument(f"{resource}.{req.method}: {exc}", part=self.part, resource=resource,
+                                  method=req.method) from None
+        timeout = DEFAULT_TIMEOUT_S if req.deadline is None else req.deadline - time.time()
+        if timeout <= 0:
+            raise DeadlineExceeded(f"{resource}.{req.method}: deadline passed before the call started")
+        for hook in self.before_call:
+            await hook(caller, req.session, resource, res, spec)
+        kwargs = {k: getattr(args, k) for k in type(args).model_fields}
+        try:
+            return await asyncio.wait_for(getattr(res, req.method)(**kwargs), timeout)
+        except TimeoutError:
+            raise DeadlineExceeded(f"{resource}.{req.method} did not finish within {timeout:.3f} s",
+                                   part=self.part, resource=resource, method=req.method) from None
+
+    async def close(self) -> None:
+        for t in list(self.inflight):
+            t.cancel()

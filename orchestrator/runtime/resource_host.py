@@ -1,0 +1,184 @@
+"""The resources of one part: built in dependency order, stopped actuators-first, closed in reverse.
+
+A resource that fails to build is reported (``degraded`` with the reason) and retried in the
+background; the rest of the part runs.  Every stop and close is bounded in time; a failure while
+stopping one resource is recorded and never prevents stopping the others.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+from orchestrator.config.models import PartConfig, RobotConfig
+from orchestrator.config.topology import ResourceRef, Topology
+from orchestrator.resources.base import Actuator, Resource
+from orchestrator.resources.registry import Registry, default_registry
+
+if TYPE_CHECKING:
+    from orchestrator.rpc.client import RpcClient
+
+log = logging.getLogger("orchestrator.part")
+
+
+@dataclass
+class ResourceState:
+    name: str
+    model: str
+    status: str = "pending"  # pending | ready | degraded | closed
+    reason: str | None = None
+    attempts: int = 0
+
+
+@dataclass
+class StopResult:
+    stopped: list[str] = field(default_factory=list)
+    errors: list[str] = field(default_factory=list)
+
+
+class ResourceHost:
+    def __init__(
+        self,
+        part: PartConfig,
+        topology: Topology,
+        registry: Registry | None = None,
+        *,
+        robot: RobotConfig | None = None,
+        rpc: RpcClient | None = None,
+        retry_s: float = 1.0,
+        remote_wait_s: float = 10.0,
+    ) -> None:
+        self.part = part
+        self.robot = robot
+        self.rpc = rpc
+        self.remote_wait_s = remote_wait_s
+        self.topology = topology
+        self.registry = registry or default_registry()
+        self.retry_s = retry_s
+        self.resources: dict[str, Resource] = {}
+        self.states: dict[str, ResourceState] = {
+            r.name: ResourceState(r.name, r.model) for r in part.resources
+        }
+        self._configs = {r.name: r for r in part.resources}
+        self._retry_task: asyncio.Task[None] | None = None
+        self._closed = False
+
+    @property
+    def order(self) -> list[str]:
+        return self.topology.resource_start_order(self.part.name)
+
+    async def start(self) -> None:
+        for name in self.order:
+            await self._build(name)
+        if any(s.status == "degraded" for s in self.states.values()):
+            self._retry_task = asyncio.create_task(self._retry_loop(), name=f"part[{self.part.name}].resource-retry")
+
+    async def _build(self, name: str) -> bool:
+        cfg = self._configs[name]
+        st = self.states[name]
+        st.attempts += 1
+        deps: dict[str, Resource] = {}
+        for written in cfg.depends_on:
+            d = ResourceRef(written.partition("/")[0], written.partition("/")[2]) if "/" in written \
+                else ResourceRef(self.part.name, written)
+            if d.part != self.part.name:
+                remote = await self._remote(d)
+                if remote is None:
+                    st.status, st.reason = "degraded", f"remote dependency {d} is not available"
+                    return False
+                deps[written] = remote
+                continue
+            dep = self.resources.get(d.name)
+            if dep is None:
+                st.status, st.reason = "degraded", f"dependency {d.name} is not ready"
+                return False
+            deps[written] = dep
+        try:
+            res = self.registry.get(cfg.model).build(name, dict(cfg.attributes), deps)
+            await asyncio.wait_for(res.start(), timeout=max(self.part.stop_deadline_s, 5.0))
+        except Exception as exc:  # a plugin may raise anything: report, retry, keep the part running
+            st.status, st.reason = "degraded", f"{type(exc).__name__}: {exc}"
+            log.warning("part %s: resource %s failed to build: %s", self.part.name, name, st.reason)
+            return False
+        self.resources[name] = res
+        st.status, st.reason = "ready", None
+        return True
+
+    async def _remote(self, ref: ResourceRef) -> Resource | None:
+        """A proxy for a resource of another part, once that part runs (waited for, bounded)."""
+        if self.rpc is None or self.robot is None:
+            return None
+        from orchestrator.client.proxy import make_proxy
+        from orchestrator.protocol.messages import PartStateName
+
+        model = next(r.model for r in self.robot.part(ref.part).resources if r.name == ref.name)
+        kind = self.registry.get(model).kind
+        end = time.monotonic() + self.remote_wait_s
+        while True:
+            st = self.rpc.part_states.get(ref.part)
+            if st is not None and st[1] in (PartStateName.RUNNING, PartStateName.STARTING):
+                break
+            if time.monotonic() >= end:
+                return None
+            await asyncio.sleep(0.05)  # bounded wait for the other part's retained state
+        return make_proxy(kind, self.rpc, ref.part, ref.name)
+
+    async def _retry_loop(self) -> None:
+        while not self._closed and any(s.status == "degraded" for s in self.states.values()):
+            await asyncio.sleep(self.retry_s)
+            for name in self.order:
+                if self.states[name].status == "degraded" and not self._closed:
+                    await self._build(name)
+
+    def actuators(self) -> list[tuple[str, Actuator]]:
+        """Actuators in stop order (dependents first)."""
+        out = []
+        for name in reversed(self.order):
+            r = self.resources.get(name)
+            if isinstance(r, Actuator):
+                out.append((name, r))
+        return out
+
+    async def stop_actuators(self, bound_s: float) -> StopResult:
+        """``stop()`` on every actuator, dependents first, each bounded; never raises."""
+        result = StopResult()
+        for name, act in self.actuators():
+            try:
+                await asyncio.wait_for(act.stop(), timeout=bound_s)
+                result.stopped.append(name)
+            except TimeoutError:
+                result.errors.append(f"{name}: stop() did not return within {bound_s:g} s")
+            except Exception as exc:
+                result.errors.append(f"{name}: stop() raised {type(exc).__name__}: {exc}")
+        return result
+
+    async def close(self, deadline_s: float) -> StopResult:
+        """Stop actuators, then close every resource in reverse dependency order, all within ``deadline_s``."""
+        self._closed = True
+        if self._retry_task is not None:
+            self._retry_task.cancel()
+        end = time.monotonic() + deadline_s
+        n = max(1, len(self.resources))
+        result = await self.stop_actuators(max(0.05, deadline_s / (2 * n)))
+        for name in reversed(self.order):
+            res = self.resources.pop(name, None)
+            if res is None:
+                continue
+            remaining = max(0.01, end - time.monotonic())
+            try:
+                await asyncio.wait_for(res.close(), timeout=remaining)
+            except TimeoutError:
+                result.errors.append(f"{name}: close() did not return in time")
+            except Exception as exc:
+                result.errors.append(f"{name}: close() raised {type(exc).__name__}: {exc}")
+            self.states[name].status = "closed"
+        return result
+
+    def describe(self) -> list[dict[str, Any]]:
+        return [
+            {"name": s.name, "model": s.model, "status": s.status, "reason": s.reason}
+            for s in self.states.values()
+        ]

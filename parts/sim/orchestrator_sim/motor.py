@@ -1,0 +1,75 @@
+"""A simulated DC motor: power in [-1, 1] turns into velocity, velocity into position over time."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from pydantic import BaseModel, ConfigDict, Field
+
+from orchestrator.errors import InvalidArgument
+from orchestrator.resources.base import Motor, Resource, actuating
+
+
+class SimMotorAttributes(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    max_rpm: float = Field(default=100.0, gt=0, le=100000)
+    # Fault injection for tests and demos: a stop() that blocks the part's event loop this long.
+    hang_on_stop_s: float = Field(default=0.0, ge=0, le=3600)
+
+
+class SimMotor(Motor):
+    def __init__(self, name: str, attributes: SimMotorAttributes, deps: dict[str, Resource] | None = None) -> None:
+        super().__init__(name)
+        self.attributes = attributes
+        self._power = 0.0
+        self._position = 0.0
+        self._since = time.monotonic()
+        self._target: float | None = None
+        self.stops = 0
+
+    def _integrate(self) -> None:
+        now = time.monotonic()
+        self._position += self._power * self.attributes.max_rpm / 60.0 * (now - self._since)
+        self._since = now
+        if self._target is not None and (
+            (self._power > 0 and self._position >= self._target) or (self._power < 0 and self._position <= self._target)
+        ):
+            self._position, self._power, self._target = self._target, 0.0, None
+
+    @actuating
+    async def set_power(self, power: float) -> None:
+        if not -1.0 <= power <= 1.0:
+            raise InvalidArgument(f"{self.name}.set_power: power must be within [-1, 1], got {power}")
+        self._integrate()
+        self._power = power
+        self._target = None
+
+    @actuating
+    async def go_for(self, rpm: float, revolutions: float) -> None:
+        self._integrate()
+        rpm = max(-self.attributes.max_rpm, min(self.attributes.max_rpm, rpm))
+        direction = 1.0 if (rpm >= 0) == (revolutions >= 0) else -1.0
+        self._power = direction * abs(rpm) / self.attributes.max_rpm
+        self._target = self._position + direction * abs(revolutions)
+
+    async def get_position(self) -> float:
+        self._integrate()
+        return self._position
+
+    async def get_power(self) -> float:
+        self._integrate()
+        return self._power
+
+    async def is_moving(self) -> bool:
+        self._integrate()
+        return self._power != 0.0
+
+    async def stop(self) -> None:
+        if self.attributes.hang_on_stop_s:
+            time.sleep(self.attributes.hang_on_stop_s)  # noqa: ASYNC251 - deliberately blocks, like a hung driver
+        self._integrate()
+        self._power = 0.0
+        self._target = None
+        self.stops += 1
+        await asyncio.sleep(0)

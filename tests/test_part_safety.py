@@ -1,0 +1,49 @@
+"""A part that loses its broker stops its own actuators (in-process part, real mosquitto)."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from pathlib import Path
+
+import pytest
+from brokers import start_mosquitto
+from robot import unique_robot, write_config
+
+from orchestrator.config import load_config
+from orchestrator.resources.base import Actuator
+from orchestrator.runtime.part import Part
+
+
+@pytest.mark.timeout(30)
+async def test_part_that_loses_the_broker_stops_its_actuators(tmp_path: Path) -> None:
+    robot = unique_robot()
+    with start_mosquitto() as info:
+        cfg = write_config(tmp_path / "r.yaml", robot, {"urls": [info.url], "keepalive_s": 1}, [
+            {"name": "main", "resources": [{"name": "m", "model": "orc:sim:motor"},
+                                           {"name": "n", "model": "orc:sim:motor"}]},
+        ])
+        part = Part(load_config(cfg), "main")
+        await part.start()
+        try:
+            motors = [r for r in part.host.resources.values() if isinstance(r, Actuator)]
+            for m in motors:
+                await m.set_power(0.5)  # type: ignore[attr-defined]
+            assert all([await m.is_moving() for m in motors])
+            lost = asyncio.Event()
+            part.client.on_disconnect(lambda _reason: lost.set())
+            assert info.log_path is not None
+            await asyncio.to_thread(_kill_mosquitto, str(info.log_path.parent))
+            await asyncio.wait_for(lost.wait(), 10)
+            deadline = time.monotonic() + 5
+            while any([await m.is_moving() for m in motors]):
+                assert time.monotonic() < deadline, "actuators still moving after the broker was lost"
+                await asyncio.sleep(0.01)
+        finally:
+            await part.close()
+
+
+def _kill_mosquitto(conf_dir: str) -> None:
+    import subprocess
+
+    subprocess.run(["pkill", "-KILL", "-f", f"mosquitto -c {conf_dir}"], check=True)

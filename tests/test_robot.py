@@ -1,0 +1,211 @@
+"""Whole robots as real processes on real brokers: start, status, bottom-up shutdown, faults."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import pytest
+from robot import Up, Watcher, alive, robot_broker, three_level_parts, unique_robot, write_config
+
+from orchestrator.config import load_config
+from orchestrator.protocol.codec import encode
+from orchestrator.protocol.messages import PartState, PartStateName
+from orchestrator.transport.client import MqttClient, Will
+
+KINDS = ["amqtt", "mosquitto"]
+PARTS = ["main", "base", "odo", "arm", "cam"]
+
+
+def entries_by_part(timeline: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    return {e["part"]: e for e in timeline["entries"]}
+
+
+def assert_bottom_up(tl: dict[str, Any], forced: set[str] = frozenset()) -> None:  # type: ignore[assignment]
+    by = entries_by_part(tl)
+    assert set(by) == set(PARTS)
+    for name, e in by.items():
+        assert e["forced"] is (name in forced), (name, e)
+        parent = e["parent"]
+        if parent is None or name in forced:
+            continue
+        # every part reported stopped before its parent began to stop its own resources
+        assert e["reported_at"] <= by[parent]["began_at"], (name, e, by[parent])
+        assert e["stopped_at"] <= e["reported_at"]
+    for e in by.values():
+        if e["part"] not in forced:
+            assert e["stopped_at"] <= tl["clients_closed_at"]  # all before the primary closes clients
+    assert by["main"]["began_at"] >= max(
+        (e["reported_at"] for n, e in by.items() if e["parent"] == "main" and n not in forced), default=0)
+
+
+@pytest.mark.timeout(90)
+@pytest.mark.parametrize("kind", KINDS)
+async def test_three_level_robot_starts_and_sigterm_stops_it_bottom_up(tmp_path: Path, kind: str) -> None:
+    robot = unique_robot()
+    with robot_broker(kind) as (broker, where):
+        cfg = write_config(tmp_path / "robot.yaml", robot, broker, three_level_parts())
+        up = Up(cfg, tmp_path)
+        try:
+            async with Watcher(robot, where) as w:
+                await w.all_running(PARTS)
+                await w.until(lambda: w.status is not None and w.status.state == "running", 10, "robot running")
+                res = await asyncio.to_thread(
+                    subprocess.run,
+                    [sys.executable, "-m", "orchestrator", "status", str(cfg), "--json",
+                     "--broker", f"mqtt://{where[0]}:{where[1]}"],
+                    capture_output=True, text=True, timeout=30)
+                assert res.returncode == 0, res.stderr
+                st = json.loads(res.stdout)
+                assert {p: v["state"] for p, v in st["parts"].items()} == dict.fromkeys(PARTS, "running")
+                pids = set(w.pids)
+                assert len(pids) == len(PARTS)
+                t0 = time.monotonic()
+                up.terminate(signal.SIGTERM)
+                bound = load_config(cfg).topology.shutdown_bound() + 5
+                assert await up.wait(bound) == 0, up.output()
+                elapsed = time.monotonic() - t0
+                if kind == "mosquitto":  # the embedded broker went down with `up`; mosquitto outlives it
+                    await w.until(lambda: w.timeline is not None, 5, "timeline on the wire")
+                    # a clean stop leaves "stopped" retained: no Will was published after it
+                    await w.until(lambda: all(w.state(p) == "stopped" for p in PARTS), 5, "all stopped")
+                    assert "offline" not in [s for _, p, s in w.log if p in PARTS]
+            tl = up.timeline()["timeline"]
+            assert_bottom_up(tl)
+            assert not [p for p in pids if alive(p)], "orphan part processes"
+            out = up.output()
+            assert "shutdown of" in out and "FORCED" not in out
+            assert elapsed < bound
+        finally:
+            up.close()
+
+
+@pytest.mark.timeout(90)
+@pytest.mark.parametrize("kind", KINDS)
+async def test_hung_subpart_is_forced_and_the_rest_stops_in_order(tmp_path: Path, kind: str) -> None:
+    robot = unique_robot()
+    parts = three_level_parts(arm={
+        "stop_deadline_s": 0.5,
+        "resources": [{"name": "shoulder", "model": "orc:sim:motor", "attributes": {"hang_on_stop_s": 60}}],
+    })
+    with robot_broker(kind) as (broker, where):
+        cfg = write_config(tmp_path / "robot.yaml", robot, broker, parts, shutdown_timeout_s=10)
+        topo = load_config(cfg).topology
+        up = Up(cfg, tmp_path)
+        try:
+            async with Watcher(robot, where) as w:
+                await w.all_running(PARTS)
+                arm_pid = w.states["arm"][1].pid
+                t0 = time.monotonic()
+                up.terminate(signal.SIGTERM)
+                assert await up.wait(topo.shutdown_bound() + 5) == 0, up.output()
+                elapsed = time.monotonic() - t0
+            data = up.timeline()
+            tl = data["timeline"]
+            assert_bottom_up(tl, forced={"arm"})
+            arm = entries_by_part(tl)["arm"]
+            assert arm["forced"] and arm["killed"]
+            assert "arm" in data["killed"]
+            assert arm_pid is not None and not alive(arm_pid)
+            # the whole shutdown stays within the configured bound (plus process start-up of python)
+            assert elapsed <= topo.shutdown_bound() + 2.0, (elapsed, topo.shutdown_bound())
+        finally:
+            up.close()
+
+
+@pytest.mark.timeout(90)
+@pytest.mark.parametrize("kind", KINDS)
+async def test_kill9_subpart_goes_offline_fast_and_is_restarted(tmp_path: Path, kind: str) -> None:
+    robot = unique_robot()
+    with robot_broker(kind) as (broker, where):
+        cfg = write_config(tmp_path / "robot.yaml", robot, broker, three_level_parts())
+        up = Up(cfg, tmp_path)
+        try:
+            async with Watcher(robot, where) as w:
+                await w.all_running(PARTS)
+                await w.until(lambda: w.status is not None and w.status.state == "running", 10, "robot running")
+                birth, st = w.states["arm"]
+                assert st.pid is not None
+                killed_at = time.time()
+                os.kill(st.pid, signal.SIGKILL)
+
+                def arm_offline() -> bool:
+                    s = w.status
+                    return s is not None and not s.parts["arm"].online and s.parts["arm"].birth == birth
+
+                await w.until(arm_offline, 5, "primary marks arm offline")
+                assert w.status is not None
+                marked = w.status.parts["arm"].since  # the primary's own time of the change
+                assert marked - killed_at < 0.100, f"offline after {(marked - killed_at) * 1000:.1f} ms"
+                assert w.status.state == "degraded"
+                # `up` restarts it (policy on-failure): a new birth, running again
+                await w.until(lambda: w.states["arm"][0] > birth and w.state("arm") == "running", 20,
+                              "arm restarted")
+                await w.until(lambda: w.status is not None and w.status.state == "running", 10, "running again")
+                up.terminate(signal.SIGINT)
+                assert await up.wait(30) == 0, up.output()
+            assert_bottom_up(up.timeline()["timeline"])
+            assert not [p for p in w.pids if alive(p)]
+        finally:
+            up.close()
+
+
+@pytest.mark.timeout(90)
+async def test_late_will_of_an_old_connection_does_not_mark_the_new_one_offline(tmp_path: Path) -> None:
+    robot = unique_robot()
+    with robot_broker("mosquitto") as (broker, where):
+        cfg = write_config(tmp_path / "robot.yaml", robot, broker, three_level_parts())
+        up = Up(cfg, tmp_path)
+        try:
+            async with Watcher(robot, where) as w:
+                await w.all_running(PARTS)
+                await w.until(lambda: w.status is not None and w.status.state == "running", 10, "robot running")
+                birth, _ = w.states["arm"]
+                topic = w.topics.part_state("arm")
+                # an older connection of "arm" (smaller birth) whose link dies only now: its Will is late
+                old_will = encode("part/arm", PartState(state=PartStateName.OFFLINE, reason="old link"),
+                                  birth=birth - 1)
+                ghost = MqttClient(f"{robot}.ghost", [where], will=lambda _b: Will(topic, old_will))
+                await ghost.start()
+                await ghost.close(disconnect=False)  # socket dropped: the broker publishes the Will
+                await w.until(lambda: birth - 1 in w.births.get("arm", set()), 10, "the late Will on the wire")
+                # make the primary publish a fresh status: kill another part
+                _, cam = w.states["cam"]
+                assert cam.pid is not None
+                os.kill(cam.pid, signal.SIGKILL)
+                await w.until(lambda: w.status is not None and not w.status.parts["cam"].online, 5, "cam offline")
+                assert w.status is not None
+                assert w.status.parts["arm"].online and w.status.parts["arm"].birth == birth
+                up.terminate()
+                assert await up.wait(30) == 0
+        finally:
+            up.close()
+
+
+@pytest.mark.timeout(90)
+async def test_shutdown_requested_over_mqtt(tmp_path: Path) -> None:
+    robot = unique_robot()
+    with robot_broker("amqtt") as (broker, where):
+        cfg = write_config(tmp_path / "robot.yaml", robot, broker, three_level_parts())
+        up = Up(cfg, tmp_path)
+        try:
+            async with Watcher(robot, where) as w:
+                await w.all_running(PARTS)
+                res = await asyncio.to_thread(
+                    subprocess.run, [sys.executable, "-m", "orchestrator", "shutdown", str(cfg), "--reason", "test"],
+                    capture_output=True, text=True, timeout=30)
+                assert res.returncode == 0, res.stderr
+                await w.until(lambda: w.timeline is not None, 20, "timeline")
+            assert await up.wait(30) == 0, up.output()
+            tl = up.timeline()["timeline"]
+            assert "test" in tl["reason"]
+            assert_bottom_up(tl)
+        finally:
+            up.close()
