@@ -1,0 +1,1 @@
+"""`orchestrator up`: broker and part processes on one machine."""

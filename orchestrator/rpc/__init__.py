@@ -1,0 +1,1 @@
+"""Calls to resources: request/response over MQTT with correlation ids and deadlines."""
