@@ -38,9 +38,9 @@ from orchestrator.protocol.messages import (
 )
 from orchestrator.protocol.topics import PartId, Topics
 from orchestrator.resources.registry import Registry
-from orchestrator.runtime.liveness import Liveness
 from orchestrator.rpc.client import RpcClient
 from orchestrator.rpc.server import RpcServer
+from orchestrator.runtime.liveness import Liveness
 from orchestrator.runtime.resource_host import ResourceHost
 from orchestrator.transport.client import Message, MqttClient, Will
 

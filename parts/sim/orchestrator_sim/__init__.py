@@ -1,18 +1,19 @@
 """Simulated resources for examples and tests.
 
 Models: ``orc:sim:motor``, ``orc:sim:base`` (differential, drives two motors), ``orc:sim:servo``,
-``orc:sim:gripper``, ``orc:sim:sensor``.
+``orc:sim:gripper``, ``orc:sim:sensor``, ``orc:sim:faulty`` (misbehaves on request).
 """
 
 from __future__ import annotations
 
 from orchestrator.resources.registry import Registry
 from orchestrator_sim.base import SimBase, SimBaseAttributes, dependencies
+from orchestrator_sim.faulty import Faulty, FaultyAttributes
 from orchestrator_sim.motor import SimMotor, SimMotorAttributes
 from orchestrator_sim.sensor import SimSensor, SimSensorAttributes
 from orchestrator_sim.servo_gripper import SimGripper, SimGripperAttributes, SimServo, SimServoAttributes
 
-__all__ = ["SimBase", "SimGripper", "SimMotor", "SimSensor", "SimServo", "register"]
+__all__ = ["Faulty", "SimBase", "SimGripper", "SimMotor", "SimSensor", "SimServo", "register"]
 
 
 def register(registry: Registry) -> None:
@@ -21,3 +22,4 @@ def register(registry: Registry) -> None:
     registry.register("orc:sim:servo", SimServo, SimServoAttributes)
     registry.register("orc:sim:gripper", SimGripper, SimGripperAttributes)
     registry.register("orc:sim:sensor", SimSensor, SimSensorAttributes)
+    registry.register("orc:sim:faulty", Faulty, FaultyAttributes)

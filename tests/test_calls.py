@@ -1,0 +1,171 @@
+"""Calls from clients: one behaviour suite for a local motor and its remote proxy; errors cross the wire."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from brokers import start_broker
+from inproc import client_for, running_robot
+
+from orchestrator import (
+    DeadlineExceeded,
+    InternalError,
+    InvalidArgument,
+    Motor,
+    PartOffline,
+    UnknownMethod,
+    UnknownResource,
+)
+from orchestrator.client import RobotClient
+from orchestrator.resources.base import Base, Generic, Sensor
+from orchestrator.resources.registry import default_registry
+
+PARTS: list[dict[str, Any]] = [
+    {"name": "main", "resources": [{"name": "health", "model": "orc:sim:sensor"}]},
+    {"name": "drive", "parent": "main", "resources": [
+        {"name": "left", "model": "orc:sim:motor", "attributes": {"max_rpm": 600}},
+        {"name": "right", "model": "orc:sim:motor", "attributes": {"max_rpm": 600}},
+        {"name": "faulty", "model": "orc:sim:faulty"},
+    ]},
+    # a base on another part than its motors: it drives them through remote proxies
+    {"name": "nav", "parent": "main", "resources": [
+        {"name": "base", "model": "orc:sim:base", "attributes": {"left": "drive/left", "right": "drive/right"}},
+    ]},
+]
+
+
+@pytest.fixture(params=["local", "amqtt", "mosquitto"])
+async def motor(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[Motor]:
+    """The same motor model, either in-process or behind a remote proxy on a real broker."""
+    if request.param == "local":
+        reg = default_registry().get("orc:sim:motor")
+        m = reg.build("m", {"max_rpm": 600}, {})
+        assert isinstance(m, Motor)
+        yield m
+        return
+    with start_broker(request.param) as info:
+        async with running_robot(tmp_path, (info.host, info.port), PARTS) as (loaded, _), \
+                client_for(loaded) as client:
+            yield client.resource("drive/left", Motor)
+
+
+# ---- the behaviour suite: written once, run on the local motor and on its remote proxy ------------
+
+@pytest.mark.timeout(30)
+async def test_motor_is_a_motor(motor: Motor) -> None:
+    assert isinstance(motor, Motor)
+
+
+@pytest.mark.timeout(30)
+async def test_set_power_moves_and_stop_stops(motor: Motor) -> None:
+    await motor.set_power(0.5)
+    assert await motor.is_moving()
+    assert await motor.get_power() == 0.5
+    await motor.stop()
+    assert not await motor.is_moving()
+    assert await motor.get_power() == 0.0
+
+
+@pytest.mark.timeout(30)
+async def test_go_for_reaches_the_target_and_stops_by_itself(motor: Motor) -> None:
+    start = await motor.get_position()
+    await motor.go_for(rpm=600, revolutions=0.2)  # 20 ms of travel
+    deadline = time.monotonic() + 5
+    while await motor.is_moving():
+        assert time.monotonic() < deadline
+        await asyncio.sleep(0.01)
+    assert await motor.get_position() == pytest.approx(start + 0.2)
+
+
+@pytest.mark.timeout(30)
+async def test_out_of_range_power_is_invalid_argument(motor: Motor) -> None:
+    with pytest.raises(InvalidArgument, match="power"):
+        await motor.set_power(2.0)
+    assert not await motor.is_moving()
+
+
+# ---- errors -------------------------------------------------------------------------------------
+
+@pytest.fixture(params=["amqtt", "mosquitto"])
+async def robot(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[RobotClient]:
+    with start_broker(request.param) as info:
+        async with running_robot(tmp_path, (info.host, info.port), PARTS) as (loaded, _), \
+                client_for(loaded, timeout=5.0) as client:
+            yield client
+
+
+@pytest.mark.timeout(30)
+async def test_errors_come_back_as_the_same_exception_and_the_part_keeps_serving(robot: RobotClient) -> None:
+    with pytest.raises(UnknownResource, match="nope"):
+        await robot.call("drive/nope", "stop")
+    with pytest.raises(UnknownMethod, match="fly"):
+        await robot.call("drive/left", "fly")
+    with pytest.raises(InvalidArgument, match="power"):
+        await robot.call("drive/left", "set_power", {"power": "fast"})
+    with pytest.raises(InvalidArgument, match=r"unexpected|Extra"):
+        await robot.call("drive/left", "set_power", {"power": 0.1, "turbo": True})
+    faulty = robot.resource("drive/faulty", Generic)
+    with pytest.raises(InternalError, match="boom"):
+        await faulty.do_command({"raise": "boom"})
+    # a hanging plugin: the caller gets DeadlineExceeded, the part goes on serving
+    t0 = time.monotonic()
+    with pytest.raises(DeadlineExceeded):
+        await robot.call("drive/faulty", "do_command", {"command": {"hang_s": 30}}, timeout=0.3)
+    assert time.monotonic() - t0 < 2
+    assert await faulty.do_command({"echo": 7}) == {"echo": 7}
+    assert not await robot.resource("drive/left", Motor).is_moving()
+
+
+@pytest.mark.timeout(30)
+async def test_other_calls_are_served_while_one_hangs(robot: RobotClient) -> None:
+    hang = asyncio.create_task(robot.call("drive/faulty", "do_command", {"command": {"hang_s": 2}}, timeout=3))
+    left = robot.resource("drive/left", Motor)
+    t0 = time.monotonic()
+    for _ in range(20):
+        await left.get_position()
+    assert time.monotonic() - t0 < 1.5
+    assert await hang == {"echo": None}
+
+
+@pytest.mark.timeout(30)
+async def test_call_to_an_unknown_part_times_out_and_to_a_stopped_part_is_part_offline(
+    tmp_path: Path,
+) -> None:
+    with start_broker("mosquitto") as info:
+        async with running_robot(tmp_path, (info.host, info.port), PARTS) as (loaded, parts), \
+                client_for(loaded, timeout=0.5) as client:
+            with pytest.raises(DeadlineExceeded):
+                await client.call("ghost/x", "stop")
+            await parts["nav"].close()
+            deadline = time.monotonic() + 5
+            while not client.rpc.offline("nav"):
+                assert time.monotonic() < deadline
+                await asyncio.sleep(0.01)
+            with pytest.raises(PartOffline):
+                await client.call("nav/base", "stop")
+
+
+@pytest.mark.timeout(30)
+async def test_base_drives_its_two_motors_on_another_part(robot: RobotClient) -> None:
+    base = robot.resource("nav/base", Base)
+    left, right = robot.resource("drive/left", Motor), robot.resource("drive/right", Motor)
+    await base.set_power(linear=0.5, angular=0.25)
+    assert await left.get_power() == pytest.approx(0.25)
+    assert await right.get_power() == pytest.approx(0.75)
+    assert await base.is_moving()
+    await base.stop()
+    assert not await left.is_moving() and not await right.is_moving()
+
+
+@pytest.mark.timeout(30)
+async def test_sensor_readings_and_resource_listing(robot: RobotClient) -> None:
+    readings = await robot.resource("main/health", Sensor).get_readings()
+    assert set(readings) == {"value"}
+    listing = await robot.resources()
+    assert {r["name"] for r in listing["drive"]} == {"left", "right", "faulty"}
+    assert all(r["status"] == "ready" for rs in listing.values() for r in rs)
