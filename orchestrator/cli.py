@@ -231,6 +231,109 @@ def shutdown(
     console.print("shutdown requested")
 
 
+ConfigOpt = Annotated[Path, typer.Option("--config", "-c", envvar="ORCHESTRATOR_CONFIG",
+                                         help="robot configuration (YAML); or $ORCHESTRATOR_CONFIG")]
+
+
+@app.command()
+def reload(
+    config: ConfigArg,
+    broker_url: BrokerOpt = None,
+    reason: Annotated[str, typer.Option(help="recorded in the parts' logs")] = "orchestrator reload",
+) -> None:
+    """Ask the robot to re-read its configuration: changed resources and their dependents are rebuilt."""
+    from orchestrator.protocol.codec import encode
+    from orchestrator.protocol.messages import ReloadRequest
+    from orchestrator.protocol.topics import ClientId, Topics
+    from orchestrator.transport.client import MqttClient
+
+    loaded = _load(config)  # refuse to ask for a reload of an invalid file
+    cfg = loaded.config
+    urls = parse_urls(broker_url) if broker_url else cfg.broker.client_urls()
+    me = ClientId(cfg.robot, f"cli-{os.getpid()}")
+
+    async def go() -> None:
+        async with MqttClient(f"{cfg.robot}.cli.{os.getpid()}", urls, connect_timeout=3.0,
+                              username=cfg.broker.username, password=cfg.broker.password) as c:
+            await c.publish(Topics(cfg.robot).client_reload(me.name),
+                            encode(me.sender, ReloadRequest(reason=reason)), qos=1, timeout=3.0)
+
+    try:
+        asyncio.run(go())
+    except BrokerUnavailable as exc:
+        err_console.print(f"[red]{exc}[/]")
+        raise typer.Exit(1) from None
+    console.print("reload requested")
+
+
+@app.command()
+def resources(
+    config: ConfigOpt,
+    broker_url: BrokerOpt = None,
+    as_json: Annotated[bool, typer.Option("--json", help="machine-readable output")] = False,
+) -> None:
+    """List what every part hosts (from the retained topics)."""
+    from orchestrator.client import RobotClient
+
+    loaded = _load(config)
+    urls = parse_urls(broker_url) if broker_url else None
+
+    async def go() -> dict[str, list[dict[str, Any]]]:
+        async with RobotClient.from_config(loaded, urls=urls, connect_timeout=3.0) as client:
+            return await client.resources()
+
+    try:
+        listing = asyncio.run(go())
+    except BrokerUnavailable as exc:
+        err_console.print(f"[red]{exc}[/]")
+        raise typer.Exit(1) from None
+    if as_json:
+        print(json.dumps(listing, indent=2))
+        return
+    table = Table(title=f"resources of {loaded.config.robot}")
+    for col in ("part", "resource", "model", "status", "reason"):
+        table.add_column(col)
+    for part_name in loaded.topology.start_order():
+        for r in listing.get(part_name, []):
+            colour = "green" if r["status"] == "ready" else "red"
+            table.add_row(part_name, r["name"], r["model"], f"[{colour}]{r['status']}[/]", r.get("reason") or "")
+    console.print(table)
+
+
+@app.command()
+def call(
+    target: Annotated[str, typer.Argument(help="PART/RESOURCE")],
+    method: Annotated[str, typer.Argument(help="method name, e.g. set_power")],
+    config: ConfigOpt,
+    args: Annotated[str, typer.Option("--args", help="keyword arguments as a JSON object")] = "{}",
+    timeout: Annotated[float, typer.Option(help="seconds")] = 10.0,
+    broker_url: BrokerOpt = None,
+) -> None:
+    """Make one call and print the result as JSON (exit 1 with the error code on failure)."""
+    from orchestrator.client import RobotClient
+
+    try:
+        kwargs = json.loads(args)
+        if not isinstance(kwargs, dict):
+            raise ValueError("not an object")
+    except ValueError as exc:
+        err_console.print(f"[red]--args must be a JSON object: {exc}[/]")
+        raise typer.Exit(EXIT_CONFIG) from None
+    loaded = _load(config)
+    urls = parse_urls(broker_url) if broker_url else None
+
+    async def go() -> Any:
+        async with RobotClient.from_config(loaded, urls=urls, connect_timeout=3.0) as client:
+            return await client.call(target, method, kwargs, timeout=timeout)
+
+    try:
+        result = asyncio.run(go())
+    except OrchestratorError as exc:
+        err_console.print(f"[red]{exc.code}[/]: {exc}", highlight=False)
+        raise typer.Exit(1) from None
+    print(json.dumps(result, default=str))
+
+
 def main() -> None:
     app()
 

@@ -209,3 +209,51 @@ async def test_shutdown_requested_over_mqtt(tmp_path: Path) -> None:
             assert_bottom_up(tl)
         finally:
             up.close()
+
+
+async def _cli(*argv: str) -> subprocess.CompletedProcess[str]:
+    return await asyncio.to_thread(subprocess.run, [sys.executable, "-m", "orchestrator", *argv],
+                                   capture_output=True, text=True, timeout=30)
+
+
+@pytest.mark.timeout(90)
+async def test_cli_call_resources_and_sighup_reload(tmp_path: Path) -> None:
+    robot = unique_robot()
+    with robot_broker("amqtt") as (broker, where):
+        cfg = write_config(tmp_path / "robot.yaml", robot, broker, three_level_parts())
+        up = Up(cfg, tmp_path)
+        try:
+            async with Watcher(robot, where) as w:
+                await w.all_running(PARTS)
+                res = await _cli("call", "base/left", "set_power", "--args", '{"power": 0.5}', "-c", str(cfg))
+                assert res.returncode == 0 and res.stdout.strip() == "null", res.stderr
+                res = await _cli("call", "base/left", "get_power", "-c", str(cfg))
+                assert json.loads(res.stdout) == 0.5
+                res = await _cli("call", "base/left", "set_power", "--args", '{"power": 7}', "-c", str(cfg))
+                assert res.returncode == 1 and "invalid_argument" in res.stderr
+                res = await _cli("call", "base/nothing", "stop", "-c", str(cfg))
+                assert res.returncode == 1 and "unknown_resource" in res.stderr
+                res = await _cli("resources", "-c", str(cfg), "--json")
+                listing = json.loads(res.stdout)
+                assert {r["name"] for r in listing["arm"]} == {"shoulder", "elbow"}
+                # SIGHUP: the file is re-read; arm gets a new resource, the rest keeps running
+                text = cfg.read_text().replace("name: elbow", "name: wrist")
+                cfg.write_text(text)
+                up.terminate(signal.SIGHUP)
+
+                async def arm_has_wrist() -> bool:
+                    r = await _cli("resources", "-c", str(cfg), "--json")
+                    return {x["name"] for x in json.loads(r.stdout)["arm"]} == {"shoulder", "wrist"}
+
+                deadline = time.monotonic() + 20
+                while not await arm_has_wrist():
+                    assert time.monotonic() < deadline, up.output()
+                res = await _cli("call", "base/left", "get_power", "-c", str(cfg))
+                assert json.loads(res.stdout) == 0.5, "an untouched resource kept running through the reload"
+                up.terminate()
+                assert await up.wait(30) == 0
+            # the motor that was left running was stopped by the shutdown
+            tl = up.timeline()["timeline"]
+            assert "left" in entries_by_part(tl)["base"]["resources_stopped"]
+        finally:
+            up.close()

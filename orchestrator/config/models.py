@@ -82,6 +82,13 @@ class Restart(_Strict):
     backoff_s: float = Field(default=0.2, ge=0, le=60)
 
 
+class Telemetry(_Strict):
+    """Publish a sensor's readings on ``part/<p>/telemetry/<resource>`` for any MQTT client to watch."""
+
+    period_s: float = Field(default=1.0, ge=0.01, le=3600, description="seconds between readings")
+    on_change: bool = Field(default=False, description="publish only readings that differ from the last")
+
+
 class ResourceConfig(_Strict):
     name: str = Name
     model: str = Field(description="model triplet namespace:family:name, provided by a plugin package")
@@ -89,6 +96,7 @@ class ResourceConfig(_Strict):
     depends_on: list[str] = Field(
         default_factory=list, description="resource names, or PART/RESOURCE for a resource on another part"
     )
+    telemetry: Telemetry | None = Field(default=None, description="sensors only: publish readings periodically")
 
     @field_validator("model")
     @classmethod

@@ -29,8 +29,16 @@ from rich.table import Table
 from orchestrator.config.loader import LoadedConfig
 from orchestrator.errors import ProtocolError
 from orchestrator.launcher.processes import PartProcess
-from orchestrator.protocol.codec import decode
-from orchestrator.protocol.messages import Notice, PartState, PartStateName, StopReport, Timeline, TimelineEntry
+from orchestrator.protocol.codec import decode, encode
+from orchestrator.protocol.messages import (
+    Notice,
+    PartState,
+    PartStateName,
+    ReloadRequest,
+    StopReport,
+    Timeline,
+    TimelineEntry,
+)
 from orchestrator.protocol.topics import Topics
 from orchestrator.transport.client import Message, MqttClient
 
@@ -76,6 +84,7 @@ class Launcher:
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGINT, signal.SIGTERM):
             loop.add_signal_handler(sig, self.request_shutdown, signal.Signals(sig).name)
+        loop.add_signal_handler(signal.SIGHUP, self.request_reload)
         try:
             await self._start_broker()
             await self._start_monitor()
@@ -87,7 +96,7 @@ class Launcher:
             await self._stop_robot()
             return 0
         finally:
-            for sig in (signal.SIGINT, signal.SIGTERM):
+            for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
                 loop.remove_signal_handler(sig)
             for t in self._watchers:
                 t.cancel()
@@ -104,6 +113,27 @@ class Launcher:
         if not self._shutdown.is_set():
             self.say(f"[bold yellow]{why or 'shutdown'}: stopping the robot bottom-up[/]")
             self._shutdown.set()
+
+    def request_reload(self) -> None:
+        """SIGHUP: validate the file again; if valid, ask the primary to reload (it tells every part)."""
+        task = asyncio.ensure_future(self._reload())
+        self._watchers.append(task)
+
+    async def _reload(self) -> None:
+        from orchestrator.config.loader import load_config
+        from orchestrator.errors import ConfigError
+
+        try:
+            load_config(self.loaded.path)
+        except ConfigError as exc:
+            self.say(f"[red]SIGHUP: configuration invalid, nothing reloaded:[/]\n{exc}")
+            return
+        if self.monitor is None:
+            return
+        me = f"up-{os.getpid()}"
+        self.say("SIGHUP: asking the robot to reload its configuration")
+        await self.monitor.publish(self.topics.client_reload(me),
+                                   encode(f"client/{me}", ReloadRequest(reason="SIGHUP to up")), qos=1, timeout=5)
 
     def _broker_url(self) -> str:
         h, p = self.urls[0]

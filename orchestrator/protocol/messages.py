@@ -38,6 +38,7 @@ class Heartbeat(_Body):
 
 class ControlCommand(StrEnum):
     STOP = "stop"
+    RELOAD = "reload"
 
 
 class Control(_Body):
@@ -118,6 +119,15 @@ class Notice(_Body):
 
 class ShutdownRequest(_Body):
     reason: str = "requested over MQTT"
+
+
+class ReloadRequest(_Body):
+    reason: str = "requested over MQTT"
+
+
+class TelemetryReading(_Body):
+    resource: str
+    readings: dict[str, Any]
 
 
 class CallRequest(_Body):

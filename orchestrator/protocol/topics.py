@@ -13,6 +13,7 @@ name") is the whole ACL (see ``docs/protocol.md``)::
     orc/v1/<robot>/robot/timeline               retained  primary: last shutdown timeline
     orc/v1/<robot>/robot/notice                           primary: notices to clients
     orc/v1/<robot>/client/<client>/shutdown               a client asks the robot to shut down
+    orc/v1/<robot>/client/<client>/reload                 a client asks the robot to reload its config
     orc/v1/<robot>/<kind>/<caller>/call/<part>/<res>      a call (kind: client or part)
     orc/v1/<robot>/part/<part>/reply/<kind>/<caller>      its reply, to the caller only
     orc/v1/<robot>/part/<part>/telemetry/<res>            sensor readings
@@ -118,6 +119,9 @@ class Topics:
     def client_shutdown(self, client: str) -> str:
         return f"{self.root}/client/{client}/shutdown"
 
+    def client_reload(self, client: str) -> str:
+        return f"{self.root}/client/{client}/reload"
+
     # -- calls ----------------------------------------------------------------------------------
     def call(self, caller: str, part: str, resource: str) -> str:
         """``caller`` is a sender identity: ``client/<name>`` or ``part/<name>``."""
@@ -158,6 +162,9 @@ class Topics:
 
     def all_client_shutdowns(self) -> str:
         return f"{self.root}/client/+/shutdown"
+
+    def all_client_reloads(self) -> str:
+        return f"{self.root}/client/+/reload"
 
     def everything(self) -> str:
         return f"{self.root}/#"

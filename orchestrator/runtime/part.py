@@ -23,8 +23,9 @@ from typing import Any
 
 from pydantic import BaseModel
 
-from orchestrator.config.loader import LoadedConfig
-from orchestrator.errors import ProtocolError
+from orchestrator.config.loader import LoadedConfig, load_config
+from orchestrator.config.topology import ResourceRef
+from orchestrator.errors import ConfigError, ProtocolError
 from orchestrator.protocol.codec import Envelope, Sequencer, decode, encode
 from orchestrator.protocol.messages import (
     Control,
@@ -34,9 +35,11 @@ from orchestrator.protocol.messages import (
     PartStateName,
     PartStatus,
     StopReport,
+    TelemetryReading,
     TimelineEntry,
 )
 from orchestrator.protocol.topics import PartId, Topics
+from orchestrator.resources.base import Sensor
 from orchestrator.resources.registry import Registry
 from orchestrator.rpc.client import RpcClient
 from orchestrator.rpc.server import RpcServer
@@ -80,6 +83,9 @@ class Part:
         self._reports: dict[str, tuple[float, Envelope, StopReport]] = {}
         self._report_events: dict[str, asyncio.Event] = {c: asyncio.Event() for c in self.children}
         self._tasks: list[asyncio.Task[Any]] = []
+        self._telemetry: dict[str, asyncio.Task[Any]] = {}
+        self.last_reload: tuple[list[str], list[str]] | None = None
+        self._reload_lock = asyncio.Lock()
         self._closing = False
         self.entry: TimelineEntry | None = None
         self.children_liveness = Liveness(
@@ -163,6 +169,7 @@ class Part:
         self.spawn(self._heartbeat_loop(), "heartbeat")
         if self.children:
             self.spawn(self._liveness_loop(), "children-liveness")
+        self._start_telemetry()
         reason = f"{len(degraded)} resource(s) degraded" if degraded else None
         await self.publish_state(PartStateName.RUNNING, reason)
         log.info("part %s running (birth %d)", self.name, self.client.birth)
@@ -242,6 +249,78 @@ class Part:
                 delay = 0
             await asyncio.sleep(delay)
 
+    # -- telemetry --------------------------------------------------------------------------------
+    def _start_telemetry(self) -> None:
+        for t in self._telemetry.values():
+            t.cancel()
+        self._telemetry = {
+            r.name: self.spawn(self._telemetry_loop(r.name), f"telemetry[{r.name}]")
+            for r in self.part_config.resources
+            if r.telemetry is not None
+        }
+
+    async def _telemetry_loop(self, name: str) -> None:
+        topic = self.topics.telemetry(self.name, name)
+        last: dict[str, Any] | None = None
+        while True:
+            cfg = next((r for r in self.part_config.resources if r.name == name), None)
+            if cfg is None or cfg.telemetry is None:
+                return
+            res = self.host.resources.get(name)
+            if isinstance(res, Sensor) and self.client.is_connected:
+                try:
+                    readings = await asyncio.wait_for(res.get_readings(), cfg.telemetry.period_s * 5)
+                except Exception as exc:
+                    log.warning("part %s: telemetry of %s: %s: %s", self.name, name, type(exc).__name__, exc)
+                else:
+                    if not (cfg.telemetry.on_change and readings == last):
+                        last = readings
+                        self.client.publish_nowait(
+                            topic, self.encode(TelemetryReading(resource=name, readings=readings)), qos=0)
+            await asyncio.sleep(cfg.telemetry.period_s)
+
+    # -- reload ---------------------------------------------------------------------------------
+    async def reload(self, reason: str = "reload") -> tuple[list[str], list[str]] | None:
+        """Re-read the config file: rebuild changed resources and their dependents, keep the rest.
+
+        Then tells the children to reload too.  Returns (rebuilt or added, removed), None if refused.
+        """
+        async with self._reload_lock:
+            return await self._reload(reason)
+
+    async def _reload(self, reason: str) -> tuple[list[str], list[str]] | None:
+        if self.state != PartStateName.RUNNING:
+            return None
+        try:
+            new = load_config(self.loaded.path)
+        except ConfigError as exc:
+            log.error("part %s: reload refused, the configuration is invalid:\n%s", self.name, exc)
+            return None
+        if new.config.robot != self.config.robot or self.name not in new.topology.parts:
+            log.error("part %s: reload refused: the new configuration has no part %s in robot %s",
+                      self.name, self.name, self.config.robot)
+            return None
+        if new.topology.parent(self.name) != self.parent or new.topology.children(self.name) != self.children:
+            log.warning("part %s: parent/children changes need a restart; reloading resources only", self.name)
+        old = {ResourceRef(p.name, r.name): r for p in self.config.parts for r in p.resources}
+        cur = {ResourceRef(p.name, r.name): r for p in new.config.parts for r in p.resources}
+        changed = {ref for ref, r in cur.items() if old.get(ref) != r} | {ref for ref in old if ref not in cur}
+        affected = {ref.name for ref in new.topology.affected_by(changed & set(cur)) if ref.part == self.name}
+        affected |= {ref.name for ref in changed if ref.part == self.name}
+        new_part = new.config.part(self.name)
+        rebuilt, removed = await self.host.reload(new_part, new.topology, new.config, affected)
+        self.loaded, self.config, self.topology, self.part_config = new, new.config, new.topology, new_part
+        self.last_reload = (rebuilt, removed)
+        self._start_telemetry()
+        await self.publish_resources()
+        log.info("part %s reloaded (%s): rebuilt %s, removed %s", self.name, reason, rebuilt, removed)
+        for child in self.children:
+            ctl = Control(cmd=ControlCommand.RELOAD, reason=reason)
+            with contextlib.suppress(Exception):
+                await self.client.publish(self.topics.part_control(self.name, child), self.encode(ctl), qos=1,
+                                          timeout=2.0)
+        return rebuilt, removed
+
     async def _liveness_loop(self) -> None:
         period = min(self.config.part(c).heartbeat_s for c in self.children) / 2
         while True:
@@ -303,6 +382,8 @@ class Part:
         if ctl.cmd == ControlCommand.STOP:
             self._shutdown_id = self._shutdown_id or ctl.shutdown_id
             self.request_stop(ctl.reason or f"asked by {self.parent}")
+        elif ctl.cmd == ControlCommand.RELOAD:
+            self.spawn(self.reload(ctl.reason or f"asked by {self.parent}"), "reload")
 
     def _on_report(self, msg: Message) -> None:
         env = self._decode(msg)

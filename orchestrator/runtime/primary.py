@@ -22,6 +22,7 @@ from orchestrator.protocol.messages import (
     PartState,
     PartStateName,
     PartStatus,
+    ReloadRequest,
     RobotStatus,
     ShutdownRequest,
     Timeline,
@@ -55,6 +56,7 @@ class Primary(Part):
         for c in self.children:
             await self.client.subscribe(t.part_report(c), self._on_report)
         await self.client.subscribe(t.all_client_shutdowns(), self._on_shutdown_request)
+        await self.client.subscribe(t.all_client_reloads(), self._on_reload_request)
 
     async def start(self) -> None:
         await super().start()
@@ -147,6 +149,19 @@ class Primary(Part):
             return
         log.info("primary: shutdown requested by client %s: %s", client, req.reason)
         self.request_stop(f"requested by client {client}: {req.reason}")
+
+    def _on_reload_request(self, msg: Message) -> None:
+        client = self.topics.client_of(msg.topic)
+        try:
+            env = decode(msg.payload)
+            req = env.parse(ReloadRequest)
+        except ProtocolError as exc:
+            log.warning("primary: malformed reload request on %s: %s", msg.topic, exc)
+            return
+        if env.src != f"client/{client}":
+            log.warning("primary: reload request on %s claims to be from %s: ignored", msg.topic, env.src)
+            return
+        self.spawn(self.reload(f"requested by client {client}: {req.reason}"), "reload")
 
     async def shutdown(self, reason: str) -> TimelineEntry:
         if self._shutdown_started_at is None:

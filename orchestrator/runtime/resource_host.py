@@ -133,6 +133,43 @@ class ResourceHost:
                 if self.states[name].status == "degraded" and not self._closed:
                     await self._build(name)
 
+    async def reload(
+        self, part: PartConfig, topology: Topology, robot: RobotConfig, affected: set[str]
+    ) -> tuple[list[str], list[str]]:
+        """Rebuild ``affected`` resources (changed, or depending on a change), drop removed ones, build
+        new ones; untouched resources keep running.  Returns (rebuilt or added, removed)."""
+        new_names = [r.name for r in part.resources]
+        added = {r.name for r in part.resources} - {r.name for r in self.part.resources}
+        bound = max(0.05, part.stop_deadline_s / max(1, len(affected)))
+        closing = [n for n in reversed(self.order) if n in affected or n not in new_names]
+        removed = [n for n in closing if n not in new_names]
+        for name in closing:
+            res = self.resources.pop(name, None)
+            if res is None:
+                continue
+            try:
+                if isinstance(res, Actuator):
+                    await asyncio.wait_for(res.stop(), bound)
+                await asyncio.wait_for(res.close(), bound)
+            except Exception as exc:  # includes timeouts: a stuck close must not block the reload
+                log.warning("part %s: closing %s for reload: %s: %s", part.name, name, type(exc).__name__, exc)
+        self.part, self.topology, self.robot = part, topology, robot
+        self._configs = {r.name: r for r in part.resources}
+        self.states = {
+            r.name: (self.states[r.name] if r.name in self.resources else ResourceState(r.name, r.model))
+            for r in part.resources
+        }
+        built = []
+        for name in self.order:
+            if name not in self.resources and (name in affected or name in added):
+                await self._build(name)
+                built.append(name)
+        if any(s.status == "degraded" for s in self.states.values()) and (
+            self._retry_task is None or self._retry_task.done()
+        ):
+            self._retry_task = asyncio.create_task(self._retry_loop(), name=f"part[{part.name}].resource-retry")
+        return built, removed
+
     def actuators(self) -> list[tuple[str, Actuator]]:
         """Actuators in stop order (dependents first)."""
         out = []
