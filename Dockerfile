@@ -4,7 +4,7 @@ WORKDIR /app
 COPY pyproject.toml README.md ./
 COPY orchestrator ./orchestrator
 COPY parts ./parts
-RUN pip install --no-cache-dir . ./parts/sim
+RUN pip install --no-cache-dir . ./parts/sim ./parts/host
 COPY examples ./examples
 # docker compose stops containers with SIGTERM: a part then stops its subtree and reports to its parent.
 STOPSIGNAL SIGTERM

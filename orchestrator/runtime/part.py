@@ -381,7 +381,7 @@ class Part:
             return
         if ctl.cmd == ControlCommand.STOP:
             self._shutdown_id = self._shutdown_id or ctl.shutdown_id
-            self.request_stop(ctl.reason or f"asked by {self.parent}")
+            self.request_stop(f"asked by {self.parent}" + (f": {ctl.reason}" if ctl.reason else ""))
         elif ctl.cmd == ControlCommand.RELOAD:
             self.spawn(self.reload(ctl.reason or f"asked by {self.parent}"), "reload")
 
