@@ -1,15 +1,20 @@
 """Core benchmark: `up` to all-running, bottom-up shutdown time, memory per part process.
 
-For 10 and 50 parts in a tree of depth 3, on the embedded broker and on mosquitto. The raw
-baseline, measured in the same run on the same broker: N bare paho clients that connect and publish
-one retained QoS 1 message each (the least a part must do to announce itself), started the same
-way (one Python process each) — so the start-up figure is read as a ratio to what Python + paho
-alone cost on this machine.
+For 10 and 50 parts (``BENCH_PARTS=10,50``) in a tree of depth 3, on the embedded broker and on
+mosquitto. The raw baseline, measured in the same run on the same broker: N bare paho clients that
+connect and publish one retained QoS 1 message each (the least a part must do to announce itself),
+started the same way (one Python process each) — so the start-up figure is read as a ratio to what
+Python + paho alone cost on this machine.
+
+With the embedded broker, `up` runs the broker inside its own process (what a user gets); the raw
+baseline runs ``python -m orchestrator.broker`` in a process of its own.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import json
 import os
 import signal
 import statistics
@@ -18,20 +23,26 @@ import sys
 import tempfile
 import time
 import uuid
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import yaml
 
 ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT / "tests"))
+if str(ROOT / "tests") not in sys.path:
+    sys.path.insert(0, str(ROOT / "tests"))
 
-from brokers import free_port, start_mosquitto  # noqa: E402
+from brokers import free_port, start_embedded_process, start_mosquitto  # noqa: E402
 
 from orchestrator.protocol.codec import decode  # noqa: E402
 from orchestrator.protocol.messages import PartState  # noqa: E402
 from orchestrator.protocol.topics import Topics  # noqa: E402
 from orchestrator.transport.client import Message, MqttClient  # noqa: E402
+
+DEPTH = 3
+START_TIMEOUT_S = 120.0  # `up` to all running, or the raw clients to all published
+STOP_TIMEOUT_S = 120.0  # `up` to exit after SIGTERM
 
 RAW_CLIENT = """
 import socket, sys, paho.mqtt.client as m
@@ -44,28 +55,45 @@ sys.stdin.read()
 """
 
 
-def tree(n: int, depth: int = 3) -> list[dict[str, Any]]:
-    """n parts: a primary, then levels filled breadth first up to ``depth`` levels below it."""
+def log(msg: str) -> None:
+    print(f"[bench.core] {msg}", file=sys.stderr, flush=True)
+
+
+def branching(n: int, depth: int = DEPTH) -> int:
+    """The smallest fan-out b with b + b^2 + ... + b^depth >= n - 1 (room for every non-primary part)."""
+    b = 1
+    while sum(b**k for k in range(1, depth + 1)) < n - 1:
+        b += 1
+    return b
+
+
+def tree(n: int, depth: int = DEPTH) -> list[dict[str, Any]]:
+    """n parts: a primary ``p0`` and a b-ary tree filled breadth first, at most ``depth`` levels below it.
+
+    Part ``i``'s parent is ``p((i - 1) // b)`` with the smallest fan-out ``b`` that fits n parts in
+    ``depth`` levels: 10 parts give 2 + 4 + 3, 50 give 4 + 16 + 29, no parent with more than b children.
+    """
+    b = branching(n, depth)
     parts: list[dict[str, Any]] = [{"name": "p0", "heartbeat_s": 0.2, "stop_deadline_s": 2,
                                     "resources": [{"name": "m", "model": "orc:sim:motor"}]}]
-    level = [["p0"]]
-    per_level = max(1, round((n - 1) ** (1 / depth)))
-    i = 1
-    while i < n:
-        parents = level[-1] if len(level) <= depth else level[-2]
-        nxt: list[str] = []
-        for par in parents:
-            for _ in range(per_level if len(level) < depth else n):
-                if i >= n:
-                    break
-                name = f"p{i}"
-                parts.append({"name": name, "parent": par, "heartbeat_s": 0.2, "stop_deadline_s": 2,
-                              "resources": [{"name": "m", "model": "orc:sim:motor"},
-                                            {"name": "s", "model": "orc:sim:sensor"}]})
-                nxt.append(name)
-                i += 1
-        level.append(nxt)
+    for i in range(1, n):
+        parts.append({"name": f"p{i}", "parent": f"p{(i - 1) // b}", "heartbeat_s": 0.2, "stop_deadline_s": 2,
+                      "resources": [{"name": "m", "model": "orc:sim:motor"},
+                                    {"name": "s", "model": "orc:sim:sensor"}]})
     return parts
+
+
+def tree_depth(parts: list[dict[str, Any]]) -> int:
+    parent: dict[str, str | None] = {p["name"]: p.get("parent") for p in parts}
+
+    def depth(name: str) -> int:
+        d = 0
+        up = parent[name]
+        while up is not None:
+            up, d = parent[up], d + 1
+        return d
+
+    return max(depth(p["name"]) for p in parts)
 
 
 def rss_mb(pid: int) -> float | None:
@@ -73,14 +101,50 @@ def rss_mb(pid: int) -> float | None:
         for line in Path(f"/proc/{pid}/status").read_text().splitlines():
             if line.startswith("VmRSS:"):
                 return int(line.split()[1]) / 1024
-    except FileNotFoundError:
+    except (FileNotFoundError, ProcessLookupError):
         return None
     return None
 
 
-async def _watch_running(where: tuple[str, int], robot: str, names: set[str], timeout: float) -> dict[str, int]:
+def rss_summary(values: list[float]) -> dict[str, float | None]:
+    if not values:
+        return {"median": None, "max": None}
+    return {"median": round(statistics.median(values), 1), "max": round(max(values), 1)}
+
+
+def tail(path: Path, n: int = 2000) -> str:
+    with contextlib.suppress(OSError):
+        return path.read_text(errors="replace")[-n:]
+    return ""
+
+
+@contextlib.contextmanager
+def broker_process(kind: str) -> Iterator[tuple[str, int]]:
+    """A broker in a process of its own (the raw baseline's)."""
+    if kind == "mosquitto":
+        with start_mosquitto() as info:
+            yield info.host, info.port
+    else:
+        with start_embedded_process() as info:
+            yield info.host, info.port
+
+
+def _reap_parts(pids: dict[str, int], cfg: Path) -> None:
+    """Safety net: `up` makes its parts die with it, but never leave one behind (checked by command line)."""
+    for pid in pids.values():
+        try:
+            cmdline = Path(f"/proc/{pid}/cmdline").read_bytes()
+        except OSError:
+            continue
+        if str(cfg).encode() in cmdline:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
+
+
+async def _watch_running(where: tuple[str, int], robot: str, names: set[str], timeout: float,
+                         pids: dict[str, int], up: subprocess.Popen[bytes]) -> None:
+    """Until every part's retained state says running; fills ``pids`` as states arrive."""
     t = Topics(robot)
-    pids: dict[str, int] = {}
     running: set[str] = set()
     done = asyncio.Event()
 
@@ -96,120 +160,122 @@ async def _watch_running(where: tuple[str, int], robot: str, names: set[str], ti
 
     async with MqttClient(f"bench.{uuid.uuid4().hex[:6]}", [where], connect_timeout=30) as c:
         await c.subscribe(t.all_part_states(), on_state)
-        await asyncio.wait_for(done.wait(), timeout)
-    return pids
+        deadline = time.monotonic() + timeout
+        while not done.is_set():
+            if up.poll() is not None:
+                raise RuntimeError(f"`up` exited with {up.returncode} before every part was running")
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"{len(running)} of {len(names)} parts running after {timeout:g} s")
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(done.wait(), 0.2)
 
 
 def run_robot(kind: str, n: int) -> dict[str, Any]:
     robot = f"b{uuid.uuid4().hex[:8]}"
-    with tempfile.TemporaryDirectory() as d:
+    with tempfile.TemporaryDirectory(prefix="bench-core-") as d, contextlib.ExitStack() as stack:
         tmp = Path(d)
-        ctx = start_mosquitto() if kind == "mosquitto" else None
-        info = ctx.__enter__() if ctx else None
-        try:
-            if info is not None:
-                broker: dict[str, Any] = {"urls": [info.url]}
-                where = (info.host, info.port)
-            else:
-                port = free_port()
-                broker = {"embedded": {"port": port}}
-                where = ("127.0.0.1", port)
-            cfg = tmp / "robot.yaml"
-            parts = tree(n)
-            cfg.write_text(yaml.safe_dump({"robot": robot, "broker": broker, "parts": parts,
-                                           "shutdown_timeout_s": 60}))
+        if kind == "mosquitto":
+            info = stack.enter_context(start_mosquitto())
+            broker: dict[str, Any] = {"urls": [info.url]}
+            where = (info.host, info.port)
+        else:  # the embedded broker, inside `up`
+            port = free_port()
+            broker = {"embedded": {"port": port}}
+            where = ("127.0.0.1", port)
+        cfg = tmp / "robot.yaml"
+        parts = tree(n)
+        cfg.write_text(yaml.safe_dump({"robot": robot, "broker": broker, "parts": parts, "shutdown_timeout_s": 60}))
+        up_log = tmp / "up.log"
+        pids: dict[str, int] = {}
+        with open(up_log, "wb") as out:
             t0 = time.monotonic()
             up = subprocess.Popen([sys.executable, "-m", "orchestrator", "up", str(cfg), "--timeline-json",
-                                   str(tmp / "tl.json")], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+                                   str(tmp / "tl.json")], stdin=subprocess.DEVNULL, stdout=out, stderr=out)
             try:
-                pids = asyncio.run(_watch_running(where, robot, {p["name"] for p in parts}, 240))
+                try:
+                    asyncio.run(_watch_running(where, robot, {p["name"] for p in parts}, START_TIMEOUT_S, pids, up))
+                except (RuntimeError, TimeoutError) as exc:
+                    raise RuntimeError(f"{kind}, {n} parts: {exc}\n{tail(up_log)}") from None
                 start_s = time.monotonic() - t0
                 rss = [r for r in (rss_mb(p) for p in pids.values()) if r is not None]
                 t1 = time.monotonic()
                 up.send_signal(signal.SIGTERM)
-                up.wait(120)
+                code = up.wait(STOP_TIMEOUT_S)
                 total_stop_s = time.monotonic() - t1
-                import json
-
-                tl = json.loads((tmp / "tl.json").read_text())["timeline"]
-                bottom_up_s = tl["finished_at"] - tl["started_at"]
-                forced = sum(1 for e in tl["entries"] if e["forced"])
             finally:
                 if up.poll() is None:
                     up.kill()
                     up.wait()
-            return {"parts": n, "up_to_all_running_s": round(start_s, 3),
-                    "bottom_up_shutdown_s": round(bottom_up_s, 4),
-                    "up_exit_after_sigterm_s": round(total_stop_s, 3), "forced": forced,
-                    "rss_mb_per_part": {"median": round(statistics.median(rss), 1), "max": round(max(rss), 1)}}
-        finally:
-            if ctx is not None:
-                ctx.__exit__(None, None, None)
+                _reap_parts(pids, cfg)
+        result: dict[str, Any] = {"parts": n, "depth": tree_depth(parts), "fan_out": branching(n),
+                                  "up_to_all_running_s": round(start_s, 3)}
+        tl = json.loads((tmp / "tl.json").read_text()).get("timeline") if (tmp / "tl.json").exists() else None
+        if tl is None or tl.get("finished_at") is None:
+            result.update({"bottom_up_shutdown_s": None, "forced": None,
+                           "note": "no complete shutdown timeline was written: " + tail(up_log, 500)})
+        else:
+            forced = sorted((e["part"] for e in tl["entries"] if e["forced"]), key=lambda p: int(p[1:]))
+            result.update({"bottom_up_shutdown_s": round(tl["finished_at"] - tl["started_at"], 4),
+                           "forced": len(forced), "forced_parts": forced})
+        result.update({"up_exit_after_sigterm_s": round(total_stop_s, 3), "up_exit_code": code,
+                       "rss_mb_per_part": rss_summary(rss)})
+        return result
 
 
 def raw_baseline(kind: str, n: int) -> dict[str, Any]:
     """N bare paho processes connect and publish one retained QoS 1 message each."""
-    ctx = start_mosquitto() if kind == "mosquitto" else None
-    if ctx is None:
-        port = free_port()
-        broker_proc = subprocess.Popen([sys.executable, "-m", "orchestrator.broker", "--port", str(port)],
-                                       stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        from brokers import wait_for_port
+    procs: list[subprocess.Popen[bytes]] = []
+    with broker_process(kind) as where:
+        try:
+            topic_root = f"raw/{uuid.uuid4().hex[:8]}"
+            names = {f"c{i}" for i in range(n)}
+            t0 = time.monotonic()
+            for i in range(n):
+                procs.append(subprocess.Popen([sys.executable, "-c", RAW_CLIENT, where[0], str(where[1]),
+                                               f"raw{i}-{topic_root}", f"{topic_root}/c{i}"],
+                                              stdin=subprocess.PIPE, stdout=subprocess.DEVNULL))
 
-        wait_for_port("127.0.0.1", port)
-        where = ("127.0.0.1", port)
-    else:
-        info = ctx.__enter__()
-        where = (info.host, info.port)
-    procs = []
-    try:
-        topic_root = f"raw/{uuid.uuid4().hex[:8]}"
-        names = {f"c{i}" for i in range(n)}
-        t0 = time.monotonic()
-        for i in range(n):
-            procs.append(subprocess.Popen([sys.executable, "-c", RAW_CLIENT, where[0], str(where[1]),
-                                           f"raw{i}-{topic_root}", f"{topic_root}/c{i}"],
-                                          stdin=subprocess.PIPE, stdout=subprocess.DEVNULL))
+            async def wait_all() -> None:
+                seen: set[str] = set()
+                done = asyncio.Event()
 
-        async def wait_all() -> None:
-            seen: set[str] = set()
-            done = asyncio.Event()
+                def on(msg: Message) -> None:
+                    seen.add(msg.topic.rsplit("/", 1)[-1])
+                    if seen >= names:
+                        done.set()
 
-            def on(msg: Message) -> None:
-                seen.add(msg.topic.rsplit("/", 1)[-1])
-                if seen >= names:
-                    done.set()
+                async with MqttClient(f"bench.{uuid.uuid4().hex[:6]}", [where], connect_timeout=30) as c:
+                    await c.subscribe(f"{topic_root}/+", on)
+                    await asyncio.wait_for(done.wait(), START_TIMEOUT_S)
 
-            async with MqttClient(f"bench.{uuid.uuid4().hex[:6]}", [where]) as c:
-                await c.subscribe(f"{topic_root}/+", on)
-                await asyncio.wait_for(done.wait(), 240)
-
-        asyncio.run(wait_all())
-        start_s = time.monotonic() - t0
-        rss = [r for r in (rss_mb(p.pid) for p in procs) if r is not None]
-        return {"clients": n, "all_published_s": round(start_s, 3),
-                "rss_mb_per_process": round(statistics.median(rss), 1)}
-    finally:
-        for p in procs:
-            p.kill()
-            p.wait()
-        if ctx is not None:
-            ctx.__exit__(None, None, None)
-        else:
-            broker_proc.send_signal(signal.SIGTERM)
-            broker_proc.wait(10)
+            asyncio.run(wait_all())
+            start_s = time.monotonic() - t0
+            rss = [r for r in (rss_mb(p.pid) for p in procs) if r is not None]
+            return {"clients": n, "all_published_s": round(start_s, 3),
+                    "rss_mb_per_process": rss_summary(rss)["median"]}
+        finally:
+            for p in procs:
+                if p.stdin is not None:
+                    with contextlib.suppress(OSError):
+                        p.stdin.close()
+                p.kill()
+                p.wait()
 
 
 def run() -> dict[str, Any]:
-    out: dict[str, Any] = {"machine": {"cpus": os.cpu_count(), "python": sys.version.split()[0]}}
+    out: dict[str, Any] = {"when": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+                           "machine": {"cpus": os.cpu_count(), "python": sys.version.split()[0],
+                                       "loadavg_1m_before": round(os.getloadavg()[0], 2)}}
     sizes = [int(x) for x in os.environ.get("BENCH_PARTS", "10,50").split(",")]
     for kind in ("amqtt", "mosquitto"):
         res: dict[str, Any] = {}
         for n in sizes:
+            log(f"{kind}: {n} parts")
             robot = run_robot(kind, n)
             raw = raw_baseline(kind, n)
             robot["raw_paho_baseline"] = raw
             robot["start_ratio_to_raw"] = round(robot["up_to_all_running_s"] / raw["all_published_s"], 2)
             res[str(n)] = robot
         out[kind] = res
+    out["machine"]["loadavg_1m_after"] = round(os.getloadavg()[0], 2)
     return out

@@ -261,8 +261,9 @@ class _StockAmqtt:
     equivalent and are ignored (authentication tests then fail, as they should).
     """
 
-    def __init__(self, port: int = 0, *, acl_rules: dict[str | None, tuple[list[str], list[str]]] | None = None,
-                 **_ignored: Any) -> None:
+    def __init__(
+        self, port: int = 0, *, acl_rules: dict[str | None, tuple[list[str], list[str]]] | None = None, **_ignored: Any
+    ) -> None:
         self.port = port
         self._acl_rules = acl_rules
         self._broker: Any = None
@@ -272,11 +273,13 @@ class _StockAmqtt:
 
         plugins: dict[str, Any] = {"amqtt.plugins.authentication.AnonymousAuthPlugin": {"allow_anonymous": True}}
         if self._acl_rules is not None:
+
             def by_user(index: int) -> dict[str, list[str]]:
                 return {(u or "anonymous"): rw[index] for u, rw in self._acl_rules.items()}  # type: ignore[union-attr]
 
             plugins["amqtt.plugins.topic_checking.TopicAccessControlListPlugin"] = {
-                "acl": by_user(0), "publish_acl": by_user(1),
+                "acl": by_user(0),
+                "publish_acl": by_user(1),
             }
         config = {"listeners": {"default": {"type": "tcp", "bind": f"{HOST}:{self.port}"}}, "plugins": plugins}
         self._broker = Broker(config)
@@ -444,7 +447,7 @@ async def embedded_broker() -> AsyncIterator[EmbeddedBroker]:
 
 @pytest.fixture(params=BROKER_KINDS)
 def broker_kind(request: pytest.FixtureRequest) -> str:
-    """"amqtt" or "mosquitto": use with :func:`start_broker` when a test needs a configured broker."""
+    """ "amqtt" or "mosquitto": use with :func:`start_broker` when a test needs a configured broker."""
     kind: str = request.param
     return kind
 

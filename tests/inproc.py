@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -31,7 +32,7 @@ async def running_robot(tmp: Path, where: tuple[str, int], parts: list[dict[str,
     finally:
         for name in loaded.topology.stop_order():
             if name in started:
-                await started[name].close()
+                await asyncio.wait_for(started[name].close(), 10)
 
 
 @contextlib.asynccontextmanager

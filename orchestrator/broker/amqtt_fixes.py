@@ -145,6 +145,7 @@ class _Handler(BrokerProtocolHandler):  # type: ignore[misc]  # amqtt ships no t
         self.outbox: Outbox | None = None
         self.kill_reason: str | None = None
         self.stats: dict[str, int] | None = None
+        self.oversize_logged = False  # warn once per connection, count every time
 
     def handle_read_timeout(self) -> None:
         # amqtt's reader loop waited `session.keep_alive` (our deadline) for a packet: drop the client.
@@ -456,7 +457,11 @@ class FixedBroker(Broker):  # type: ignore[misc]  # amqtt ships no type informat
         data = bytes(app_message.data or b"")
         if len(data) > self._settings.max_payload:
             self._stats["oversize"] += 1
-            log.warning(
+            first = not getattr(handler, "oversize_logged", True)
+            if first:
+                handler.oversize_logged = True
+            log.log(
+                logging.WARNING if first else logging.DEBUG,
                 "dropped a %d-byte message from %r on %r (max_payload %d)",
                 len(data),
                 client_session.client_id,
@@ -523,6 +528,8 @@ class FixedBroker(Broker):  # type: ignore[misc]  # amqtt ships no type informat
         topic_filter, qos = subscription
         if qos not in (0, 1, 2) or not valid_filter(topic_filter):
             return SUBACK_FAILURE
+        if topic_filter.startswith("$share/"):
+            return SUBACK_FAILURE  # shared subscriptions are MQTT 5; amqtt granted them and delivered nothing
         if not self._allowed(session, "subscribe", topic_filter):
             return SUBACK_FAILURE
         subscriptions = self._subscriptions.setdefault(topic_filter, [])

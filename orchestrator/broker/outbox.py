@@ -119,6 +119,9 @@ class Outbox:
             task = asyncio.create_task(self._send_acked(message), name=f"broker.outbox[{self.client_id}].qos")
             self._inflight.add(task)
             task.add_done_callback(self._inflight.discard)
+            # Let it write its PUBLISH (or queue on the handler's FIFO write lock) before anything
+            # offered after it: clients see messages in the order the broker accepted them.
+            await asyncio.sleep(0)
 
     async def _send_acked(self, message: Outgoing) -> None:
         delivered = False

@@ -119,9 +119,24 @@ class PartConfig(_Strict):
     resources: list[ResourceConfig] = Field(default_factory=list)
 
 
+class SessionsConfig(_Strict):
+    """Client sessions: whatever a session sets moving stops when the session expires."""
+
+    default_management: bool = Field(
+        default=True,
+        description="stop what an expired session last drove; false: only resources associated by hand "
+        "(session management API) are stopped on expiry",
+    )
+    heartbeat_window_s: float = Field(default=2.0, ge=0.03, le=60, description="a session expires after this "
+                                      "long without a heartbeat; clients heartbeat at a fifth of it")
+    key_env: str = Field(default="ORCHESTRATOR_SESSION_KEY", description="environment variable holding the "
+                         "robot's session key (`up` generates one per run for the parts it starts)")
+
+
 class RobotConfig(_Strict):
     robot: str = Name
     broker: BrokerConfig = Field(default_factory=BrokerConfig)
+    sessions: SessionsConfig = Field(default_factory=SessionsConfig)
     shutdown_timeout_s: float = Field(
         default=30.0, gt=0, le=600, description="upper bound on the whole bottom-up shutdown"
     )

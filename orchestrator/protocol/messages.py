@@ -138,6 +138,29 @@ class CallRequest(_Body):
     args: dict[str, Any] = Field(default_factory=dict)
     deadline: float | None = None  # caller's wall clock, seconds; None: the part's default
     session: str | None = None
+    # a part calling on behalf of a session it was called in (indirect control): the session's owner
+    on_behalf: str | None = None
+
+
+class SessionHeartbeat(_Body):
+    """On ``<owner>/session/hb``: n rises; tag = HMAC(heartbeat secret, session|n)."""
+
+    session: str
+    n: int
+    tag: str
+    close: bool = False  # the owner closes the session (stops what it owns)
+
+
+class SessionEvent(_Body):
+    """On ``part/<p>/sessions/events``: opened, closed, expired, stopped, owned."""
+
+    kind: str
+    session: str  # short form: never the full id
+    owner: str
+    part: str
+    resources: list[str] = Field(default_factory=list)
+    at: float = 0.0
+    detail: str = ""
 
 
 class CallReply(_Body):

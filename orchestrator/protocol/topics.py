@@ -17,6 +17,9 @@ name") is the whole ACL (see ``docs/protocol.md``)::
     orc/v1/<robot>/<kind>/<caller>/call/<part>/<res>      a call (kind: client or part)
     orc/v1/<robot>/part/<part>/reply/<kind>/<caller>      its reply, to the caller only
     orc/v1/<robot>/part/<part>/telemetry/<res>            sensor readings
+    orc/v1/<robot>/<kind>/<owner>/session/hb              session heartbeats of their owner
+    orc/v1/<robot>/part/<part>/sessions         retained  sessions tracked by a part, what each owns
+    orc/v1/<robot>/part/<part>/sessions/events            opened, closed, expired, stopped
 """
 
 from __future__ import annotations
@@ -146,6 +149,34 @@ class Topics:
         if len(bits) != 5 or bits[2] != "call" or bits[0] not in ("client", "part"):
             return None
         return f"{bits[0]}/{bits[1]}", bits[3], bits[4]
+
+    # -- sessions -------------------------------------------------------------------------------
+    def session_heartbeat(self, owner: str) -> str:
+        """``owner`` is a sender identity (``client/<c>`` or ``part/<p>``): only it publishes here."""
+        return f"{self.root}/{owner}/session/hb"
+
+    def all_session_heartbeats(self) -> str:
+        return f"{self.root}/+/+/session/hb"
+
+    def owner_of_heartbeat(self, topic: str) -> str | None:
+        prefix = f"{self.root}/"
+        bits = topic[len(prefix) :].split("/") if topic.startswith(prefix) else []
+        if len(bits) == 4 and bits[2:] == ["session", "hb"] and bits[0] in ("client", "part"):
+            return f"{bits[0]}/{bits[1]}"
+        return None
+
+    def session_events(self, part: str) -> str:
+        return f"{self.root}/part/{part}/sessions/events"
+
+    def all_session_events(self) -> str:
+        return f"{self.root}/part/+/sessions/events"
+
+    def part_sessions(self, part: str) -> str:
+        """Retained: the sessions this part tracks and the resources each owns here."""
+        return f"{self.root}/part/{part}/sessions"
+
+    def all_part_sessions(self) -> str:
+        return f"{self.root}/part/+/sessions"
 
     def telemetry(self, part: str, resource: str) -> str:
         return f"{self.root}/part/{part}/telemetry/{resource}"

@@ -17,6 +17,7 @@ from orchestrator.errors import DeadlineExceeded, PartOffline, ProtocolError, fr
 from orchestrator.protocol.codec import decode, encode
 from orchestrator.protocol.messages import CallReply, CallRequest, PartState, PartStateName
 from orchestrator.protocol.topics import Topics
+from orchestrator.sessions.context import current
 from orchestrator.transport.client import Message, MqttClient
 
 log = logging.getLogger("orchestrator.rpc")
@@ -50,15 +51,23 @@ class RpcClient:
         rid = self._prefix + str(next(self._ids))
         fut: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
         self._pending[rid] = (part, fut)
+        on_behalf = None
+        ctx = current.get()
+        if session is None and ctx is not None and ctx.caller != self.sender:
+            # called from inside a call we serve: the resources we drive belong to the caller's session
+            session, on_behalf = ctx.session, ctx.caller
+        elif session is None:
+            session = self.session
         req = CallRequest(id=rid, method=method, args=args or {}, deadline=time.time() + timeout,
-                          session=session if session is not None else self.session)
+                          session=session, on_behalf=on_behalf)
         try:
             if not self.client.publish_nowait(self.topics.call(self.sender, part, resource),
                                               encode(self.sender, req), qos=1):
                 raise PartOffline(f"not connected to the broker: cannot call {part}/{resource}", part=part)
             try:
                 # a small grace over the deadline so the part's own DeadlineExceeded usually wins
-                return await asyncio.wait_for(fut, timeout + 0.25)
+                async with asyncio.timeout(timeout + 0.25):
+                    return await fut
             except TimeoutError:
                 raise DeadlineExceeded(f"{part}/{resource}.{method}: no reply within {timeout:g} s",
                                        part=part, resource=resource, method=method) from None

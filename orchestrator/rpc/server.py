@@ -30,14 +30,17 @@ from orchestrator.protocol.messages import CallReply, CallRequest
 from orchestrator.protocol.topics import Topics
 from orchestrator.resources.base import Resource
 from orchestrator.rpc.methods import MethodSpec, api_methods
+from orchestrator.sessions.context import CallContext, current
+from orchestrator.tasks import cancel_and_wait
 from orchestrator.transport.client import Message, MqttClient
 
 log = logging.getLogger("orchestrator.rpc")
 
 DEFAULT_TIMEOUT_S = 30.0
 
-# before_call(caller, session, resource name, resource, spec): raise an OrchestratorError to refuse
-BeforeCall = Callable[[str, str | None, str, Resource, MethodSpec], Awaitable[None]]
+# before_call(context, direct, resource name, resource, spec): raise an OrchestratorError to refuse.
+# ``direct`` is False for a part calling on behalf of the session it was itself called in.
+BeforeCall = Callable[[CallContext, bool, str, Resource, MethodSpec], Awaitable[None]]
 
 
 def to_wire(value: Any) -> Any:
@@ -136,15 +139,23 @@ class RpcServer:
         timeout = DEFAULT_TIMEOUT_S if req.deadline is None else req.deadline - time.time()
         if timeout <= 0:
             raise DeadlineExceeded(f"{resource}.{req.method}: deadline passed before the call started")
-        for hook in self.before_call:
-            await hook(caller, req.session, resource, res, spec)
-        kwargs = {k: getattr(args, k) for k in type(args).model_fields}
+        # only a part may call on behalf of someone else (indirect control); a client's claim is ignored,
+        # so its session is then checked against its own identity
+        direct = req.on_behalf is None or not caller.startswith("part/")
+        ctx = CallContext(caller if direct else str(req.on_behalf), req.session)
+        token = current.set(ctx)
         try:
-            return await asyncio.wait_for(getattr(res, req.method)(**kwargs), timeout)
-        except TimeoutError:
-            raise DeadlineExceeded(f"{resource}.{req.method} did not finish within {timeout:.3f} s",
-                                   part=self.part, resource=resource, method=req.method) from None
+            for hook in self.before_call:
+                await hook(ctx, direct, resource, res, spec)
+            kwargs = {k: getattr(args, k) for k in type(args).model_fields}
+            try:
+                async with asyncio.timeout(timeout):
+                    return await getattr(res, req.method)(**kwargs)
+            except TimeoutError:
+                raise DeadlineExceeded(f"{resource}.{req.method} did not finish within {timeout:.3f} s",
+                                       part=self.part, resource=resource, method=req.method) from None
+        finally:
+            current.reset(token)
 
     async def close(self) -> None:
-        for t in list(self.inflight):
-            t.cancel()
+        await cancel_and_wait(list(self.inflight))

@@ -25,7 +25,7 @@ from pydantic import BaseModel
 
 from orchestrator.config.loader import LoadedConfig, load_config
 from orchestrator.config.topology import ResourceRef
-from orchestrator.errors import ConfigError, ProtocolError
+from orchestrator.errors import ConfigError, PartOffline, ProtocolError
 from orchestrator.protocol.codec import Envelope, Sequencer, decode, encode
 from orchestrator.protocol.messages import (
     Control,
@@ -39,12 +39,20 @@ from orchestrator.protocol.messages import (
     TimelineEntry,
 )
 from orchestrator.protocol.topics import PartId, Topics
-from orchestrator.resources.base import Sensor
+from orchestrator.resources.base import Resource, Sensor
 from orchestrator.resources.registry import Registry
 from orchestrator.rpc.client import RpcClient
+from orchestrator.rpc.methods import MethodSpec
 from orchestrator.rpc.server import RpcServer
 from orchestrator.runtime.liveness import Liveness
 from orchestrator.runtime.resource_host import ResourceHost
+from orchestrator.sessions.context import CallContext
+from orchestrator.sessions.guard import SessionGuard
+from orchestrator.sessions.heartbeat import Heartbeater
+from orchestrator.sessions.service import SERVICE as SESSION_SERVICE
+from orchestrator.sessions.service import SessionService
+from orchestrator.sessions.tokens import SessionKey
+from orchestrator.tasks import cancel_and_wait
 from orchestrator.transport.client import Message, MqttClient, Will
 
 log = logging.getLogger("orchestrator.part")
@@ -60,6 +68,7 @@ class Part:
         *,
         urls: list[tuple[str, int]] | None = None,
         registry: Registry | None = None,
+        session_key: SessionKey | None = None,
     ) -> None:
         self.loaded = loaded
         self.config = loaded.config
@@ -107,8 +116,23 @@ class Part:
         # calls this part makes (remote dependencies) and serves (its resources)
         self.rpc = RpcClient(self.client, self.topics, self.sender)
         self.host = ResourceHost(self.part_config, self.topology, registry, robot=self.config, rpc=self.rpc)
-        self.server = RpcServer(self.client, self.topics, name, self.sender, self.host.resources.get,
-                                self._describe_missing)
+        self.server = RpcServer(self.client, self.topics, name, self.sender, self._lookup, self._describe_missing)
+        # sessions: expiry checked here, where the actuators live
+        self.session_key = session_key or SessionKey.from_env(self.config.sessions.key_env, self.config.robot)
+        self.sessions = SessionGuard(name, self.sender, self.client, self.topics, self.session_key,
+                                     self.config.sessions, self.host.resources)
+        self.session_service = SessionService(self.sessions, can_open=self.parent is None,
+                                              window_s=self.config.sessions.heartbeat_window_s)
+        self.host.on_built = self.sessions.guard_resource
+        self.server.before_call.append(self._refuse_moves_while_stopping)
+        self.server.before_call.append(self.sessions.before_call)
+        # this part's own session: what it drives on other parts stops if it dies or loses its link
+        own_window = self.config.sessions.heartbeat_window_s
+        self.own_session = self.session_key.issue(self.sender, own_window)
+        self.rpc.session = self.own_session
+        self._own_heartbeat = Heartbeater(self.client, self.topics.session_heartbeat(self.sender), self.sender,
+                                          self.own_session, self.session_key.heartbeat_secret(self.own_session),
+                                          own_window / 5)
 
     # -- identity and wire helpers ---------------------------------------------------------------
     @property
@@ -151,6 +175,17 @@ class Part:
     async def __aexit__(self, *exc: object) -> None:
         await self.close()
 
+    def _lookup(self, resource: str) -> Resource | None:
+        if resource == SESSION_SERVICE:
+            return self.session_service
+        return self.host.resources.get(resource)
+
+    async def _refuse_moves_while_stopping(self, ctx: CallContext, direct: bool, resource: str, res: Resource,
+                                           spec: MethodSpec) -> None:
+        if spec.actuating and self.state in (PartStateName.STOPPING, PartStateName.STOPPED):
+            raise PartOffline(f"part {self.name} is {self.state.value}: it accepts no command that moves",
+                              part=self.name)
+
     def _describe_missing(self, resource: str) -> str | None:
         st = self.host.states.get(resource)
         if st is None:
@@ -162,6 +197,8 @@ class Part:
         await self.rpc.start()
         await self.server.start()
         await self.client.start()
+        self.sessions.start()
+        self._own_heartbeat.start()
         await self.publish_state(PartStateName.STARTING)
         await self.host.start()
         degraded = [s for s in self.host.states.values() if s.status == "degraded"]
@@ -206,11 +243,9 @@ class Part:
             with contextlib.suppress(Exception):
                 await self.shutdown("closed")
         await self.server.close()
-        for t in self._tasks:
-            t.cancel()
-        for t in self._tasks:
-            with contextlib.suppress(BaseException):
-                await t
+        await self.sessions.close()
+        await asyncio.to_thread(self._own_heartbeat.stop, True)
+        await cancel_and_wait(self._tasks)
         await self.client.close()
 
     async def wait_stopped(self) -> None:

@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -59,6 +60,7 @@ class ResourceHost:
         self.registry = registry or default_registry()
         self.retry_s = retry_s
         self.resources: dict[str, Resource] = {}
+        self.on_built: Callable[[str, Resource], None] | None = None
         self.states: dict[str, ResourceState] = {
             r.name: ResourceState(r.name, r.model) for r in part.resources
         }
@@ -103,6 +105,8 @@ class ResourceHost:
             st.status, st.reason = "degraded", f"{type(exc).__name__}: {exc}"
             log.warning("part %s: resource %s failed to build: %s", self.part.name, name, st.reason)
             return False
+        if self.on_built is not None:
+            self.on_built(name, res)
         self.resources[name] = res
         st.status, st.reason = "ready", None
         return True

@@ -122,6 +122,7 @@ class MqttClient:
         self.connections = 0
         self.dropped_messages = 0
         self._bg: set[asyncio.Task[Any]] = set()
+        self._socket_closed = threading.Event()
 
         self._paho = paho.Client(
             callback_api_version=CallbackAPIVersion.VERSION2,
@@ -189,8 +190,13 @@ class MqttClient:
         try:
             if self._started:
                 if disconnect:
+                    await self._drain(1.0)
                     with contextlib.suppress(Exception):
                         self._paho.disconnect()
+                    # stop the network thread only once DISCONNECT is on the wire: stopping it earlier can
+                    # leave the socket to be closed without it, and the broker then publishes our Will
+                    if self.is_connected:
+                        await asyncio.to_thread(self._socket_closed.wait, 2.0)
                 else:
                     with contextlib.suppress(Exception):
                         sock = self._paho.socket()
@@ -202,6 +208,19 @@ class MqttClient:
             self._fail_all(ConnectionLost("client closed"))
             for t in list(self._bg):
                 t.cancel()
+
+    async def _drain(self, timeout: float) -> None:
+        """Wait (bounded) until paho has no unacknowledged QoS 1 message and nothing left to write.
+
+        Sending DISCONNECT while paho still has acknowledgements outstanding was seen to corrupt the
+        stream (mosquitto: "disconnected due to out of memory"), so the broker published our Will
+        after a clean close.  paho exposes no public way to ask, hence the private attributes.
+        """
+        end = time.monotonic() + timeout
+        while self.is_connected and time.monotonic() < end:
+            if not getattr(self._paho, "_out_messages", None) and not getattr(self._paho, "_out_packet", None):
+                return
+            await asyncio.sleep(0.002)
 
     @property
     def is_connected(self) -> bool:
@@ -244,10 +263,8 @@ class MqttClient:
         fut: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         self._pending_pub[mid] = fut
         try:
-            if timeout is None:
+            async with asyncio.timeout(timeout):  # not wait_for: it can lose a cancellation in 3.11
                 await fut
-            else:
-                await asyncio.wait_for(fut, timeout)
         finally:
             self._pending_pub.pop(mid, None)
 
@@ -278,7 +295,8 @@ class MqttClient:
             fut: asyncio.Future[list[int]] = asyncio.get_running_loop().create_future()
             self._pending_sub[mid] = fut
             try:
-                codes = await asyncio.wait_for(fut, self.connect_timeout)
+                async with asyncio.timeout(self.connect_timeout):
+                    codes = await fut
             except TimeoutError:
                 raise ConnectionLost(f"no SUBACK for {filter_}") from None
             finally:
@@ -357,6 +375,7 @@ class MqttClient:
             log.exception("%s: cannot set TCP_NODELAY", self.client_id)
 
     def _on_connect(self, client: paho.Client, userdata: Any, flags: Any, rc: Any, props: Any) -> None:
+        self._socket_closed.clear()
         try:
             if rc.is_failure:
                 self.last_error = f"broker refused the connection: {rc}"
@@ -377,6 +396,7 @@ class MqttClient:
         self.last_error = "connection attempt failed"
 
     def _on_disconnect(self, client: paho.Client, userdata: Any, flags: Any, rc: Any, props: Any) -> None:
+        self._socket_closed.set()
         try:
             self._post(self._disconnected, str(rc))
         except Exception:

@@ -1,0 +1,1 @@
+"""Sessions: ownership of actuators, expiry where the actuator lives, the management API."""

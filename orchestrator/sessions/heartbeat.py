@@ -1,0 +1,63 @@
+"""Session heartbeats from a thread of their own, so a busy or blocked event loop does not expire them."""
+
+from __future__ import annotations
+
+import logging
+import threading
+
+from orchestrator.protocol.codec import encode
+from orchestrator.protocol.messages import SessionHeartbeat
+from orchestrator.sessions.tokens import heartbeat_tag, short
+from orchestrator.transport.client import MqttClient
+
+log = logging.getLogger("orchestrator.sessions")
+
+
+class Heartbeater:
+    """Publishes ``SessionHeartbeat`` every ``interval_s`` on the owner's heartbeat topic until stopped.
+
+    paho's publish is thread-safe; this thread never touches the event loop.
+    """
+
+    def __init__(self, mqtt: MqttClient, topic: str, sender: str, session: str, secret: str,
+                 interval_s: float) -> None:
+        self.mqtt = mqtt
+        self.topic = topic
+        self.sender = sender
+        self.session = session
+        self.secret = secret
+        self.interval_s = interval_s
+        self.n = 0
+        self.sent = 0
+        self._stop = threading.Event()
+        self._lock = threading.Lock()
+        self._thread = threading.Thread(target=self._run, name=f"session-heartbeat[{short(session)}]", daemon=True)
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def beat(self, close: bool = False) -> bool:
+        """One heartbeat now (also callable from the event loop: the manual API)."""
+        with self._lock:
+            self.n += 1
+            n = self.n
+        body = SessionHeartbeat(session=self.session, n=n, tag=heartbeat_tag(self.secret, self.session, n),
+                                close=close)
+        ok = self.mqtt.publish_nowait(self.topic, encode(self.sender, body), qos=0 if not close else 1)
+        if ok:
+            self.sent += 1
+        return ok
+
+    def _run(self) -> None:
+        while not self._stop.wait(self.interval_s):
+            try:
+                self.beat()
+            except Exception:  # never let the thread die silently: log and go on beating
+                log.exception("session heartbeat failed")
+
+    def stop(self, close: bool = False) -> None:
+        self._stop.set()
+        if close:
+            self.beat(close=True)
+        if self._thread.is_alive() and threading.current_thread() is not self._thread:
+            self._thread.join(timeout=2 * self.interval_s + 1)

@@ -1,0 +1,97 @@
+"""The transport on real brokers: clean close, fail-over, reconnect with resubscription, streams."""
+
+from __future__ import annotations
+
+import asyncio
+import socket
+import uuid
+
+import pytest
+from brokers import BrokerInfo, free_port, start_mosquitto
+
+from orchestrator.errors import BrokerUnavailable, ConnectionLost
+from orchestrator.transport.client import Message, MqttClient, Will
+
+
+@pytest.mark.timeout(30)
+async def test_a_clean_close_never_publishes_the_will(broker: BrokerInfo) -> None:
+    """Regression: DISCONNECT sent with acknowledgements outstanding corrupted the stream (Will sent)."""
+    prefix = f"t/{uuid.uuid4().hex[:8]}"
+    wills: list[bytes] = []
+    async with MqttClient(f"w-{prefix}", [(broker.host, broker.port)]) as watcher:
+        await watcher.subscribe(f"{prefix}/#", lambda m: wills.append(m.payload) if m.topic.endswith("will") else None)
+        for i in range(20):
+            c = MqttClient(f"c{i}-{prefix}", [(broker.host, broker.port)],
+                           will=lambda _b: Will(f"{prefix}/will", b"dead", retain=False))
+            await c.subscribe(f"{prefix}/x/{i}/#", lambda m: None)
+            await c.start()
+            c.publish_nowait(f"{prefix}/data", b"hello", qos=1)
+            await c.close()
+        # a last client whose Will we do want: proves the watcher would have seen Wills
+        last = MqttClient(f"last-{prefix}", [(broker.host, broker.port)],
+                          will=lambda _b: Will(f"{prefix}/will", b"crashed", retain=False))
+        await last.start()
+        got = asyncio.Event()
+        await watcher.subscribe(f"{prefix}/will", lambda m: got.set() if m.payload == b"crashed" else None)
+        await last.close(disconnect=False)
+        await asyncio.wait_for(got.wait(), 10)
+    assert wills == [b"crashed"]
+
+
+@pytest.mark.timeout(30)
+async def test_fail_over_to_the_next_url_and_rising_births() -> None:
+    dead = ("127.0.0.1", free_port())  # nothing listens here
+    with start_mosquitto() as info:
+        c = MqttClient(f"fo-{uuid.uuid4().hex[:6]}", [dead, (info.host, info.port)], connect_timeout=10,
+                       reconnect_min_s=0.05, reconnect_max_s=0.2)
+        async with c:
+            assert c.url == info.url
+            assert c.birth > 0
+
+
+@pytest.mark.timeout(30)
+async def test_nothing_to_connect_to_is_a_clear_error() -> None:
+    port = free_port()
+    with pytest.raises(BrokerUnavailable, match=f"127.0.0.1:{port}"):
+        async with MqttClient("nobody", [("127.0.0.1", port)], connect_timeout=0.5):
+            pass
+
+
+@pytest.mark.timeout(40)
+async def test_reconnect_restores_subscriptions_and_streams_raise_connection_lost() -> None:
+    port = free_port()
+    prefix = f"r/{uuid.uuid4().hex[:8]}"
+    births: list[int] = []
+    with start_mosquitto(port) as info:
+        c = MqttClient(f"rc-{prefix}", [(info.host, port)], reconnect_min_s=0.05, reconnect_max_s=0.2)
+        got: asyncio.Queue[Message] = asyncio.Queue()
+        await c.subscribe(f"{prefix}/#", got.put_nowait)
+
+        async def on_connect(birth: int) -> None:
+            births.append(birth)
+
+        c.on_connect(on_connect)
+        await c.start()
+        sock = c._paho.socket()
+        assert sock is not None and sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY) == 1
+        async with c.messages(f"{prefix}/stream") as stream:
+            pass_through = stream
+        lost = asyncio.Event()
+        c.on_disconnect(lambda _r: lost.set())
+        async with c.messages(f"{prefix}/stream") as stream:
+            assert stream is not pass_through
+            # kill the broker: the stream raises, the client reconnects once it is back
+            info_dir = info.log_path.parent if info.log_path else None
+            assert info_dir is not None
+            proc = await asyncio.create_subprocess_exec("pkill", "-KILL", "-f", f"mosquitto -c {info_dir}")
+            await proc.wait()
+            with pytest.raises(ConnectionLost):
+                await stream.get(timeout=10)
+        await asyncio.wait_for(lost.wait(), 10)
+    with start_mosquitto(port):
+        await asyncio.wait_for(c.connected.wait(), 15)
+        await c.publish(f"{prefix}/again", b"1", qos=1, timeout=5)
+        msg = await asyncio.wait_for(got.get(), 5)
+        assert msg.topic == f"{prefix}/again"
+        assert len(births) >= 2 and births[-1] > births[0]
+        await c.close()
