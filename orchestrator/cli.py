@@ -279,7 +279,7 @@ def resources(
     urls = parse_urls(broker_url) if broker_url else None
 
     async def go() -> dict[str, list[dict[str, Any]]]:
-        async with RobotClient.from_config(loaded, urls=urls, connect_timeout=3.0) as client:
+        async with RobotClient.from_config(loaded, urls=urls, connect_timeout=3.0, sessions=False) as client:
             return await client.resources()
 
     try:
@@ -307,6 +307,9 @@ def call(
     config: ConfigOpt,
     args: Annotated[str, typer.Option("--args", help="keyword arguments as a JSON object")] = "{}",
     timeout: Annotated[float, typer.Option(help="seconds")] = 10.0,
+    hold: Annotated[float | None, typer.Option(
+        help="make the call in a session and keep it alive this many seconds; what the call set moving "
+             "stops when the session closes (default: no session, the command persists)")] = None,
     broker_url: BrokerOpt = None,
 ) -> None:
     """Make one call and print the result as JSON (exit 1 with the error code on failure)."""
@@ -323,15 +326,56 @@ def call(
     urls = parse_urls(broker_url) if broker_url else None
 
     async def go() -> Any:
-        async with RobotClient.from_config(loaded, urls=urls, connect_timeout=3.0) as client:
-            return await client.call(target, method, kwargs, timeout=timeout)
+        async with RobotClient.from_config(loaded, urls=urls, connect_timeout=3.0,
+                                           sessions=hold is not None) as client:
+            result = await client.call(target, method, kwargs, timeout=timeout)
+            if hold:
+                print(json.dumps(result, default=str), flush=True)
+                await asyncio.sleep(hold)  # the session's heartbeats run on their own thread meanwhile
+            return result
 
     try:
         result = asyncio.run(go())
     except OrchestratorError as exc:
         err_console.print(f"[red]{exc.code}[/]: {exc}", highlight=False)
         raise typer.Exit(1) from None
-    print(json.dumps(result, default=str))
+    if not hold:
+        print(json.dumps(result, default=str))
+
+
+@app.command()
+def sessions(
+    config: ConfigOpt,
+    broker_url: BrokerOpt = None,
+    as_json: Annotated[bool, typer.Option("--json", help="machine-readable output")] = False,
+) -> None:
+    """List open sessions: owner, age, last heartbeat, the resources each owns on each part."""
+    from orchestrator.client import RobotClient
+
+    loaded = _load(config)
+    urls = parse_urls(broker_url) if broker_url else None
+
+    async def go() -> list[dict[str, Any]]:
+        async with RobotClient.from_config(loaded, urls=urls, connect_timeout=3.0, sessions=False) as client:
+            await asyncio.sleep(0.2)  # let the retained part states arrive: they say which parts run
+            return await client.sessions.list()
+
+    try:
+        rows = asyncio.run(go())
+    except BrokerUnavailable as exc:
+        err_console.print(f"[red]{exc}[/]")
+        raise typer.Exit(1) from None
+    if as_json:
+        print(json.dumps(rows, indent=2))
+        return
+    table = Table(title=f"sessions of {loaded.config.robot}")
+    for col in ("session", "owner", "part", "age s", "last heartbeat s ago", "window s", "owns"):
+        table.add_column(col)
+    for r in sorted(rows, key=lambda r: (r["session"], r["part"])):
+        table.add_row(r["session"], r["owner"], r["part"], f"{r['age_s']:.1f}",
+                      "-" if r["last_heartbeat_s_ago"] is None else f"{r['last_heartbeat_s_ago']:.2f}",
+                      f"{r['window_s']:g}", ", ".join(r["resources"]) or "-")
+    console.print(table)
 
 
 def main() -> None:

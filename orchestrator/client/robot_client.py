@@ -29,6 +29,7 @@ from orchestrator.rpc.client import RpcClient
 from orchestrator.transport.client import Message, MqttClient
 
 from .proxy import make_proxy
+from .sessions import ClientSessions, Session
 
 R = TypeVar("R", bound=Resource)
 
@@ -44,6 +45,8 @@ class RobotClient:
         password: str | None = None,
         timeout: float = 10.0,
         connect_timeout: float = 10.0,
+        sessions: bool = True,
+        primary: str | None = None,
     ) -> None:
         self.id = ClientId(robot, name or f"sdk-{os.getpid()}-{uuid.uuid4().hex[:6]}")
         self.topics = Topics(robot)
@@ -52,6 +55,10 @@ class RobotClient:
         self.rpc = RpcClient(self.mqtt, self.topics, self.id.sender, default_timeout=timeout)
         self.robot_down = asyncio.Event()
         self.notices: list[Notice] = []
+        self.use_sessions = sessions
+        self._primary = primary
+        self.sessions = ClientSessions(self)
+        self.session: Session | None = None
 
     @classmethod
     def from_config(cls, config: str | Path | LoadedConfig, **kwargs: Any) -> RobotClient:
@@ -59,6 +66,7 @@ class RobotClient:
         b = loaded.config.broker
         kwargs.setdefault("username", b.username)
         kwargs.setdefault("password", b.password)
+        kwargs.setdefault("primary", loaded.topology.primary)
         return cls(loaded.config.robot, kwargs.pop("urls", None) or b.client_urls(), **kwargs)
 
     async def __aenter__(self) -> RobotClient:
@@ -72,9 +80,26 @@ class RobotClient:
         await self.rpc.start()
         await self.mqtt.subscribe(self.topics.robot_notice(), self._on_notice)
         await self.mqtt.start()
+        if self.use_sessions:
+            try:
+                self.session = await self.sessions.open()
+            except BaseException:
+                await self.mqtt.close()
+                raise
+            self.rpc.session = self.session.id
 
     async def close(self) -> None:
+        """Close the session (the robot stops what it owns) and disconnect.  Idempotent."""
+        await self.sessions.close_all()
         await self.mqtt.close()
+
+    async def primary_name(self, timeout: float = 5.0) -> str:
+        """The primary's name (given, or read from the retained robot status)."""
+        if self._primary is None:
+            async with self.mqtt.messages(self.topics.robot_status()) as stream:
+                msg = await stream.get(timeout=timeout)
+            self._primary = str(decode(msg.payload).body["primary"])
+        return self._primary
 
     def _on_notice(self, msg: Message) -> None:
         with contextlib.suppress(ProtocolError):

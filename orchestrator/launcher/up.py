@@ -40,6 +40,7 @@ from orchestrator.protocol.messages import (
     TimelineEntry,
 )
 from orchestrator.protocol.topics import Topics
+from orchestrator.sessions.tokens import SessionKey
 from orchestrator.transport.client import Message, MqttClient
 
 log = logging.getLogger("orchestrator.up")
@@ -170,6 +171,8 @@ class Launcher:
     async def _start_parts(self) -> None:
         env = dict(os.environ)
         env.setdefault("PYTHONUNBUFFERED", "1")
+        # every part holds the robot's session key: one per run unless the operator provides one
+        env.setdefault(self.config.sessions.key_env, SessionKey.generate())
         levels: dict[int, list[str]] = {}
         for name in self.topology.start_order():
             levels.setdefault(self.topology.depth(name), []).append(name)

@@ -23,6 +23,9 @@ from orchestrator.transport.client import Message, MqttClient
 log = logging.getLogger("orchestrator.rpc")
 
 
+_DEFAULT: Any = object()  # "the caller's session": the context's, else this client's own
+
+
 class RpcClient:
     def __init__(self, client: MqttClient, topics: Topics, sender: str, *, default_timeout: float = 10.0) -> None:
         self.client = client
@@ -44,7 +47,7 @@ class RpcClient:
         return st is not None and st[1] in (PartStateName.OFFLINE, PartStateName.STOPPED)
 
     async def call(self, part: str, resource: str, method: str, args: dict[str, Any] | None = None, *,
-                   timeout: float | None = None, session: str | None = None) -> Any:
+                   timeout: float | None = None, session: Any = _DEFAULT) -> Any:
         if self.offline(part):
             raise PartOffline(f"part {part} is {self.part_states[part][1].value}", part=part)
         timeout = self.default_timeout if timeout is None else timeout
@@ -53,13 +56,15 @@ class RpcClient:
         self._pending[rid] = (part, fut)
         on_behalf = None
         ctx = current.get()
-        if session is None and ctx is not None and ctx.caller != self.sender:
+        if session is not _DEFAULT:
+            pass  # explicit: a given session, or None for a call outside any session
+        elif ctx is not None and ctx.caller != self.sender:
             # called from inside a call we serve: the resources we drive belong to the caller's session
             session, on_behalf = ctx.session, ctx.caller
-        elif session is None:
+        else:
             session = self.session
         req = CallRequest(id=rid, method=method, args=args or {}, deadline=time.time() + timeout,
-                          session=session, on_behalf=on_behalf)
+                          session=session if isinstance(session, str) else None, on_behalf=on_behalf)
         try:
             if not self.client.publish_nowait(self.topics.call(self.sender, part, resource),
                                               encode(self.sender, req), qos=1):

@@ -50,12 +50,10 @@ class ResourceHost:
         robot: RobotConfig | None = None,
         rpc: RpcClient | None = None,
         retry_s: float = 1.0,
-        remote_wait_s: float = 10.0,
     ) -> None:
         self.part = part
         self.robot = robot
         self.rpc = rpc
-        self.remote_wait_s = remote_wait_s
         self.topology = topology
         self.registry = registry or default_registry()
         self.retry_s = retry_s
@@ -89,7 +87,7 @@ class ResourceHost:
             if d.part != self.part.name:
                 remote = await self._remote(d)
                 if remote is None:
-                    st.status, st.reason = "degraded", f"remote dependency {d} is not available"
+                    st.status, st.reason = "degraded", f"waiting for part {d.part} to run (needs {d})"
                     return False
                 deps[written] = remote
                 continue
@@ -112,27 +110,24 @@ class ResourceHost:
         return True
 
     async def _remote(self, ref: ResourceRef) -> Resource | None:
-        """A proxy for a resource of another part, once that part runs (waited for, bounded)."""
+        """A proxy for a resource of another part, once that part runs; None (retried) until then."""
         if self.rpc is None or self.robot is None:
             return None
         from orchestrator.client.proxy import make_proxy
         from orchestrator.protocol.messages import PartStateName
 
+        st = self.rpc.part_states.get(ref.part)
+        if st is None or st[1] != PartStateName.RUNNING:
+            return None
         model = next(r.model for r in self.robot.part(ref.part).resources if r.name == ref.name)
-        kind = self.registry.get(model).kind
-        end = time.monotonic() + self.remote_wait_s
-        while True:
-            st = self.rpc.part_states.get(ref.part)
-            if st is not None and st[1] in (PartStateName.RUNNING, PartStateName.STARTING):
-                break
-            if time.monotonic() >= end:
-                return None
-            await asyncio.sleep(0.05)  # bounded wait for the other part's retained state
-        return make_proxy(kind, self.rpc, ref.part, ref.name)
+        return make_proxy(self.registry.get(model).kind, self.rpc, ref.part, ref.name)
 
     async def _retry_loop(self) -> None:
+        """Retry degraded resources: quickly at first (a remote part coming up), then every ``retry_s``."""
+        delay = 0.02
         while not self._closed and any(s.status == "degraded" for s in self.states.values()):
-            await asyncio.sleep(self.retry_s)
+            await asyncio.sleep(delay)
+            delay = min(self.retry_s, delay * 2)
             for name in self.order:
                 if self.states[name].status == "degraded" and not self._closed:
                     await self._build(name)
