@@ -274,3 +274,24 @@ async def test_default_management_off_and_the_manual_api(tmp_path: Path, kind: s
                     await client.close()
             finally:
                 robot.close()
+
+
+@pytest.mark.timeout(60)
+async def test_the_session_api_from_inside_a_plugin(tmp_path: Path) -> None:
+    parts = [{"name": "main", "resources": [{"name": "lamp", "model": "orc:sim:lamp"}]}]
+    with start_broker("mosquitto") as info:
+        async with running_robot(tmp_path, (info.host, info.port), parts,
+                                 sessions={"heartbeat_window_s": WINDOW}) as (loaded, started):
+            robot = Robot(loaded, started, info.url, tmp_path)
+            try:
+                proc, _ = await robot.client_process("main/lamp", "switch_on", "{}")
+                lamp = started["main"].host.resources["lamp"]
+                assert await lamp.is_moving()
+                proc.send_signal(signal.SIGKILL)
+                await until(lambda: _not(lamp.is_moving()), 5, "the lamp to go off on expiry")
+                seen = await lamp.do_command({})
+                assert seen["switched_by"].startswith("client/")
+                assert [e["kind"] for e in seen["expiries"]] == ["expired"]
+                assert seen["expiries"][0]["resources"] == ["lamp"]
+            finally:
+                robot.close()

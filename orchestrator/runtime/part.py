@@ -379,7 +379,7 @@ class Part:
         except ProtocolError as exc:
             log.warning("part %s: bad state from %s: %s", self.name, child, exc)
         ev = self._report_events.get(child)
-        if ev is not None and not self.children_liveness.status(child).online and self._shutdown_id:
+        if ev is not None and self._child_gone(child) and self._shutdown_id:
             ev.set()  # a child that died while we wait for its report: do not wait for the deadline
 
     def _on_child_heartbeat(self, msg: Message) -> None:
@@ -487,8 +487,9 @@ class Part:
         return entries
 
     def _child_gone(self, child: str) -> bool:
+        """Only a Will says a child is gone; missed heartbeats (a starved machine) are waited out."""
         st: PartStatus = self.children_liveness.status(child)
-        return not st.online and st.birth != 0
+        return st.state == PartStateName.OFFLINE and st.birth != 0
 
     async def stop_self(self) -> tuple[float, float, list[str], list[str]]:
         began = time.time()

@@ -142,9 +142,19 @@ class SessionGuard:
         owned = {r for r, s in self.owner_of.items() if s == session}
         return sorted(owned | (t.manual if t else set()))
 
+    def on_expiry(self, listener: ExpiryListener) -> None:
+        """Call ``listener(event)`` (sync or async) after every session expiry or close seen here."""
+        self.listeners.append(listener)
+
     def guard_resource(self, name: str, res: Resource) -> None:
         """Wrap the actuating methods of a hosted resource so calls *between* resources inside this part
-        (a base driving its motors) bind ownership to the session of the call that started them."""
+        (a base driving its motors) bind ownership to the session of the call that started them.
+
+        A resource with an ``attach_sessions(guard)`` method receives this guard: the session management
+        API from inside a plugin (associate, on_expiry, describe)."""
+        attach = getattr(res, "attach_sessions", None)
+        if callable(attach):
+            attach(self)
         for mname, spec in api_methods(type(res)).items():
             if not spec.actuating:
                 continue
