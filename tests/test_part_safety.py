@@ -47,3 +47,29 @@ def _kill_mosquitto(conf_dir: str) -> None:
     import subprocess
 
     subprocess.run(["pkill", "-KILL", "-f", f"mosquitto -c {conf_dir}"], check=True)
+
+
+@pytest.mark.timeout(30)
+async def test_a_stalled_event_loop_gets_its_actuators_emergency_stopped(tmp_path: Path) -> None:
+    robot = unique_robot()
+    with start_mosquitto() as info:
+        cfg = write_config(tmp_path / "r.yaml", robot, {"urls": [info.url]}, [
+            {"name": "main", "watchdog_s": 0.2, "resources": [
+                {"name": "m", "model": "orc:sim:motor"}, {"name": "faulty", "model": "orc:sim:faulty"}]},
+        ])
+        part = Part(load_config(cfg), "main")
+        await part.start()
+        try:
+            m = part.host.resources["m"]
+            await m.set_power(0.5)  # type: ignore[attr-defined]
+            faulty = part.host.resources["faulty"]
+            t0 = time.monotonic()
+            await faulty.do_command({"block_s": 1.0})  # blocks this loop: nothing async can run
+            blocked = time.monotonic() - t0
+            assert blocked >= 1.0
+            assert part.watchdog is not None and part.watchdog.fired == 1
+            assert part.watchdog.last_stopped == ["m"]
+            assert getattr(m, "emergency_stops") == 1  # noqa: B009
+            assert not await m.is_moving()
+        finally:
+            await part.close()

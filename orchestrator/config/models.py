@@ -116,6 +116,10 @@ class PartConfig(_Strict):
         default=3.0, gt=0, le=300, description="time this part's subtree gets to stop before it is forced"
     )
     restart: Restart = Field(default_factory=Restart)
+    watchdog_s: float | None = Field(
+        default=1.0, ge=0.05, le=60,
+        description="emergency-stop actuators when this part's event loop stalls this long (null: off)",
+    )
     resources: list[ResourceConfig] = Field(default_factory=list)
 
 

@@ -74,6 +74,10 @@ class Actuator(Resource):
     @abc.abstractmethod
     async def is_moving(self) -> bool: ...
 
+    # Optional: ``def emergency_stop(self) -> None`` — synchronous and callable from another thread.
+    # The part's watchdog thread calls it when the event loop stalls (a plugin blocked it), when no
+    # async ``stop()`` can run.  Implement it whenever the hardware allows a stop without the loop.
+
 
 class Motor(Actuator):
     API = API("orc", "component", "motor")

@@ -46,6 +46,7 @@ from orchestrator.rpc.methods import MethodSpec
 from orchestrator.rpc.server import RpcServer
 from orchestrator.runtime.liveness import Liveness
 from orchestrator.runtime.resource_host import ResourceHost
+from orchestrator.runtime.watchdog import LoopWatchdog
 from orchestrator.sessions.context import CallContext
 from orchestrator.sessions.guard import SessionGuard
 from orchestrator.sessions.heartbeat import Heartbeater
@@ -124,6 +125,8 @@ class Part:
         self.session_service = SessionService(self.sessions, can_open=self.parent is None,
                                               window_s=self.config.sessions.heartbeat_window_s)
         self.host.on_built = self.sessions.guard_resource
+        ws = self.part_config.watchdog_s
+        self.watchdog = LoopWatchdog(name, self.host.actuators, ws) if ws else None
         self.server.before_call.append(self._refuse_moves_while_stopping)
         self.server.before_call.append(self.sessions.before_call)
         # this part's own session: what it drives on other parts stops if it dies or loses its link
@@ -199,6 +202,8 @@ class Part:
         await self.client.start()
         self.sessions.start()
         self._own_heartbeat.start()
+        if self.watchdog is not None:
+            self.watchdog.start()
         await self.publish_state(PartStateName.STARTING)
         await self.host.start()
         degraded = [s for s in self.host.states.values() if s.status == "degraded"]
@@ -243,6 +248,8 @@ class Part:
             with contextlib.suppress(Exception):
                 await self.shutdown("closed")
         await self.server.close()
+        if self.watchdog is not None:
+            await self.watchdog.close()
         await self.sessions.close()
         await asyncio.to_thread(self._own_heartbeat.stop, True)
         await cancel_and_wait(self._tasks)

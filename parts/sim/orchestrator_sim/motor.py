@@ -28,6 +28,7 @@ class SimMotor(Motor):
         self._since = time.monotonic()
         self._target: float | None = None
         self.stops = 0
+        self.emergency_stops = 0
 
     def _integrate(self) -> None:
         now = time.monotonic()
@@ -65,6 +66,13 @@ class SimMotor(Motor):
     async def is_moving(self) -> bool:
         self._integrate()
         return self._power != 0.0
+
+    def emergency_stop(self) -> None:
+        """Synchronous stop for the watchdog thread (a plain write, as a driver's brake register)."""
+        self._integrate()
+        self._power = 0.0
+        self._target = None
+        self.emergency_stops += 1
 
     async def stop(self) -> None:
         if self.attributes.hang_on_stop_s:
