@@ -109,7 +109,6 @@ class MqttClient:
         self._subs_lock = threading.Lock()
         self._streams: set[_Stream] = set()
         self._pending_pub: dict[int, asyncio.Future[None]] = {}
-        self._early_pub: set[int] = set()
         self._pending_sub: dict[int, asyncio.Future[list[int]]] = {}
         self._early_sub: dict[int, list[int]] = {}
         self._connect_hooks: list[ConnectHook] = []
@@ -257,8 +256,11 @@ class MqttClient:
         if qos == 0:
             return
         mid = info.mid
-        if mid in self._early_pub:
-            self._early_pub.discard(mid)
+        # paho runs on_publish before it marks the message published, and our _published() runs on this
+        # loop only after this synchronous stretch: either the PUBACK is fully processed already, or the
+        # posted _published() will find the future registered below.  (Recording "early" mids instead
+        # would go stale when paho reuses a mid.)
+        if info.is_published():
             return
         fut: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         self._pending_pub[mid] = fut
@@ -450,11 +452,7 @@ class MqttClient:
 
     def _published(self, mid: int) -> None:
         fut = self._pending_pub.pop(mid, None)
-        if fut is None:
-            self._early_pub.add(mid)
-            if len(self._early_pub) > 10000:  # QoS 0 / fire-and-forget mids nobody waits for
-                self._early_pub.clear()
-        elif not fut.done():
+        if fut is not None and not fut.done():
             fut.set_result(None)
 
     def _subscribed(self, mid: int, codes: list[int]) -> None:
