@@ -4,12 +4,10 @@ from __future__ import annotations
 
 import asyncio
 import json
-import logging
 import os
 import sys
 from pathlib import Path
 from typing import Annotated, Any
-from urllib.parse import urlsplit
 
 import typer
 from rich.console import Console
@@ -28,10 +26,9 @@ EXIT_CONFIG = 2
 
 
 def _setup_logging(verbose: bool) -> None:
-    level = os.environ.get("ORCHESTRATOR_LOG", "DEBUG" if verbose else "WARNING").upper()
-    logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s", stream=sys.stderr)
-    for noisy in ("amqtt", "transitions"):
-        logging.getLogger(noisy).setLevel(max(logging.WARNING, logging.getLogger().level))
+    from orchestrator.runtime.main import setup_logging
+
+    setup_logging(verbose)
 
 
 def _load(path: Path) -> LoadedConfig:
@@ -45,13 +42,12 @@ def _load(path: Path) -> LoadedConfig:
 
 
 def parse_urls(text: str) -> list[tuple[str, int]]:
-    out = []
-    for u in text.split(","):
-        p = urlsplit(u.strip() if "://" in u else f"mqtt://{u.strip()}")
-        if not p.hostname:
-            raise typer.BadParameter(f"{u!r} is not a broker URL (mqtt://HOST:PORT)")
-        out.append((p.hostname, p.port or 1883))
-    return out
+    from orchestrator.runtime.main import parse_urls as parse
+
+    try:
+        return parse(text)
+    except ValueError as exc:
+        raise typer.BadParameter(str(exc)) from None
 
 
 ConfigArg = Annotated[Path, typer.Argument(help="robot configuration (YAML)")]
@@ -102,20 +98,9 @@ def part(
     verbose: Verbose = False,
 ) -> None:
     """Run one part (a process of its own)."""
-    _setup_logging(verbose)
-    loaded = _load(config)
-    if name not in loaded.topology.parts:
-        err_console.print(f"[red]{config}: no part named {name!r} (parts: {', '.join(loaded.topology.parts)})[/]")
-        raise typer.Exit(EXIT_CONFIG)
-    from orchestrator.runtime.main import run_part
+    from orchestrator.runtime.main import part_main
 
-    urls = parse_urls(broker_url) if broker_url else None
-    try:
-        code = asyncio.run(run_part(loaded, name, urls))
-    except BrokerUnavailable as exc:
-        err_console.print(f"[red]part {name}: {exc}[/]")
-        raise typer.Exit(1) from None
-    raise typer.Exit(code)
+    raise typer.Exit(part_main(str(config), name, broker_url, verbose))
 
 
 @app.command()

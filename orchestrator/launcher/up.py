@@ -165,7 +165,7 @@ class Launcher:
         await self.monitor.start()
 
     def _argv(self, name: str) -> list[str]:
-        return [sys.executable, "-m", "orchestrator", "part", str(self.loaded.path), "--name", name,
+        return [sys.executable, "-m", "orchestrator.runtime", str(self.loaded.path), "--name", name,
                 "--broker", ",".join(f"mqtt://{h}:{p}" for h, p in self.urls)]
 
     async def _start_parts(self) -> None:

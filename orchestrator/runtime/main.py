@@ -2,11 +2,16 @@
 
 from __future__ import annotations
 
+import argparse
 import asyncio
 import logging
+import os
 import signal
+import sys
+from urllib.parse import urlsplit
 
-from orchestrator.config.loader import LoadedConfig
+from orchestrator.config.loader import LoadedConfig, load_config
+from orchestrator.errors import BrokerUnavailable, ConfigError
 from orchestrator.runtime.part import Part
 from orchestrator.runtime.primary import Primary
 
@@ -24,3 +29,62 @@ async def run_part(loaded: LoadedConfig, name: str, urls: list[tuple[str, int]] 
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, part.request_stop, f"{signal.Signals(sig).name}")
     return await part.run()
+
+
+EXIT_CONFIG = 2
+
+
+def parse_urls(text: str) -> list[tuple[str, int]]:
+    """``mqtt://h:p,mqtt://h2:p2`` (scheme optional) to (host, port) pairs."""
+    out = []
+    for u in text.split(","):
+        u = u.strip()
+        p = urlsplit(u if "://" in u else f"mqtt://{u}")
+        if not p.hostname:
+            raise ValueError(f"{u!r} is not a broker URL (mqtt://HOST:PORT)")
+        out.append((p.hostname, p.port or 1883))
+    return out
+
+
+def setup_logging(verbose: bool) -> None:
+    level = os.environ.get("ORCHESTRATOR_LOG", "DEBUG" if verbose else "WARNING").upper()
+    logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s", stream=sys.stderr)
+    for noisy in ("amqtt", "transitions"):
+        logging.getLogger(noisy).setLevel(max(logging.WARNING, logging.getLogger().level))
+
+
+def part_main(config: str, name: str, broker: str | None, verbose: bool) -> int:
+    """Run one part as this process; the exit code (2: invalid configuration, 1: no broker)."""
+    setup_logging(verbose)
+    try:
+        loaded = load_config(config)
+    except ConfigError as exc:
+        print(f"invalid configuration ({len(exc.problems)} problem(s)):", file=sys.stderr)
+        for p in exc.problems:
+            print(f"  {p}", file=sys.stderr)
+        return EXIT_CONFIG
+    if name not in loaded.topology.parts:
+        print(f"{config}: no part named {name!r} (parts: {', '.join(loaded.topology.parts)})", file=sys.stderr)
+        return EXIT_CONFIG
+    try:
+        urls = parse_urls(broker) if broker else None
+    except ValueError as exc:
+        print(str(exc), file=sys.stderr)
+        return EXIT_CONFIG
+    try:
+        return asyncio.run(run_part(loaded, name, urls))
+    except BrokerUnavailable as exc:
+        print(f"part {name}: {exc}", file=sys.stderr)
+        return 1
+
+
+def main(argv: list[str] | None = None) -> int:
+    """``python -m orchestrator.runtime CONFIG --name NAME``: a lean entry point (no CLI framework, no
+    terminal UI imported), used by ``orchestrator up`` for every part it starts."""
+    ap = argparse.ArgumentParser(prog="python -m orchestrator.runtime", description="Run one part.")
+    ap.add_argument("config")
+    ap.add_argument("--name", required=True)
+    ap.add_argument("--broker", default=None, help="broker URL(s), comma separated")
+    ap.add_argument("--verbose", "-v", action="store_true")
+    a = ap.parse_args(argv)
+    return part_main(a.config, a.name, a.broker, a.verbose)

@@ -1,0 +1,5 @@
+import sys
+
+from orchestrator.runtime.main import main
+
+sys.exit(main())
