@@ -63,14 +63,14 @@ class ClientSessions:
         sid, secret, window = str(info["id"]), str(info["secret"]), float(info["window_s"])
         heart = Heartbeater(r.mqtt, r.topics.session_heartbeat(r.id.sender), r.id.sender, sid, secret, window / 5)
         s = Session(sid, window, r.id.sender, heart, heartbeats)
-        if heartbeats:
-            heart.start()
+        await heart.start(auto=heartbeats)
         self._open.append(s)
         return s
 
     async def close_all(self) -> None:
         for s in self._open:
             await asyncio.to_thread(s.close)
+            await s._heart.aclose()
         self._open.clear()
 
     async def associate(self, session: Session, path: str) -> None:

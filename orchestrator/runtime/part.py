@@ -201,7 +201,7 @@ class Part:
         await self.server.start()
         await self.client.start()
         self.sessions.start()
-        self._own_heartbeat.start()
+        await self._own_heartbeat.start()
         if self.watchdog is not None:
             self.watchdog.start()
         await self.publish_state(PartStateName.STARTING)
@@ -251,7 +251,7 @@ class Part:
         if self.watchdog is not None:
             await self.watchdog.close()
         await self.sessions.close()
-        await asyncio.to_thread(self._own_heartbeat.stop, True)
+        await self._own_heartbeat.aclose(close=True)
         await cancel_and_wait(self._tasks)
         await self.client.close()
 

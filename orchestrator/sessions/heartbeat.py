@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import threading
 
@@ -16,12 +17,14 @@ log = logging.getLogger("orchestrator.sessions")
 class Heartbeater:
     """Publishes ``SessionHeartbeat`` every ``interval_s`` on the owner's heartbeat topic until stopped.
 
-    paho's publish is thread-safe; this thread never touches the event loop.
+    It runs on a thread of its own over a connection of its own (``<client id>.hb``, paho on its own
+    network thread), so neither a busy event loop nor the data connection's traffic delays it.
     """
 
     def __init__(self, mqtt: MqttClient, topic: str, sender: str, session: str, secret: str,
                  interval_s: float) -> None:
-        self.mqtt = mqtt
+        self.mqtt = MqttClient(f"{mqtt.client_id}.hb", mqtt.urls, keepalive=mqtt.keepalive, username=mqtt.username,
+                               password=mqtt.password, connect_timeout=mqtt.connect_timeout, threaded=True)
         self.topic = topic
         self.sender = sender
         self.session = session
@@ -33,8 +36,12 @@ class Heartbeater:
         self._lock = threading.Lock()
         self._thread = threading.Thread(target=self._run, name=f"session-heartbeat[{short(session)}]", daemon=True)
 
-    def start(self) -> None:
-        self._thread.start()
+    async def start(self, auto: bool = True) -> None:
+        """Connect (without waiting: heartbeats flow once connected) and, if ``auto``, start beating;
+        otherwise the owner calls :meth:`beat` itself (the manual API)."""
+        await self.mqtt.start(wait=False)
+        if auto:
+            self._thread.start()
 
     def beat(self, close: bool = False) -> bool:
         """One heartbeat now (also callable from the event loop: the manual API)."""
@@ -56,8 +63,14 @@ class Heartbeater:
                 log.exception("session heartbeat failed")
 
     def stop(self, close: bool = False) -> None:
+        """Stop beating (thread-safe); ``close=True`` tells the parts the session is closed."""
         self._stop.set()
         if close:
             self.beat(close=True)
         if self._thread.is_alive() and threading.current_thread() is not self._thread:
             self._thread.join(timeout=2 * self.interval_s + 1)
+
+    async def aclose(self, close: bool = False) -> None:
+        """Stop and close the heartbeat connection (a closing heartbeat is delivered first)."""
+        await asyncio.to_thread(self.stop, close)
+        await self.mqtt.close()

@@ -93,10 +93,13 @@ class MqttClient:
         connect_timeout: float = 10.0,
         reconnect_min_s: float = 0.1,
         reconnect_max_s: float = 2.0,
+        threaded: bool = False,
     ) -> None:
         if not urls:
             raise ValueError("at least one broker URL is needed")
         self.client_id = client_id
+        self.username = username
+        self.password = password
         self.urls = list(urls)
         self.keepalive = keepalive
         self.connect_timeout = connect_timeout
@@ -122,6 +125,13 @@ class MqttClient:
         self.dropped_messages = 0
         self._bg: set[asyncio.Task[Any]] = set()
         self._socket_closed = threading.Event()
+        self.threaded = threaded
+        self._reconnect_min_s = reconnect_min_s
+        self._reconnect_max_s = reconnect_max_s
+        self._loop_tid: int | None = None
+        self._connector: asyncio.Task[None] | None = None
+        self._misc: asyncio.Task[None] | None = None
+        self._connack = asyncio.Event()
 
         self._paho = paho.Client(
             callback_api_version=CallbackAPIVersion.VERSION2,
@@ -143,6 +153,11 @@ class MqttClient:
         self._paho.on_publish = self._on_publish
         self._paho.on_subscribe = self._on_subscribe
         self._paho.on_socket_open = self._on_socket_open
+        if not threaded:
+            # paho driven by this event loop (as aiomqtt does): no thread hop per message
+            self._paho.on_socket_close = self._on_socket_close
+            self._paho.on_socket_register_write = self._on_socket_register_write
+            self._paho.on_socket_unregister_write = self._on_socket_unregister_write
 
     # -- lifecycle --------------------------------------------------------------------------------
     async def __aenter__(self) -> MqttClient:
@@ -157,10 +172,15 @@ class MqttClient:
             return
         self._started = True
         self._loop = asyncio.get_running_loop()
+        self._loop_tid = threading.get_ident()
         self._first = self._loop.create_future()
         host, port = self.urls[0]
         self._paho.connect_async(host, port, self.keepalive)
-        self._paho.loop_start()
+        if self.threaded:
+            self._paho.loop_start()
+        else:
+            self._connector = self._loop.create_task(self._connect_loop(0.0), name=f"mqtt[{self.client_id}].connect")
+            self._misc = self._loop.create_task(self._misc_loop(), name=f"mqtt[{self.client_id}].misc")
         if not wait:
             return
         try:
@@ -200,13 +220,23 @@ class MqttClient:
                     with contextlib.suppress(Exception):
                         sock = self._paho.socket()
                         if sock is not None:
+                            if not self.threaded:
+                                self._forget_socket(sock)
                             sock.close()
-                await asyncio.to_thread(self._paho.loop_stop)
+                if self.threaded:
+                    await asyncio.to_thread(self._paho.loop_stop)
         finally:
             self.connected.clear()
             self._fail_all(ConnectionLost("client closed"))
-            for t in list(self._bg):
+            tasks = [t for t in (self._connector, self._misc) if t is not None]
+            for t in [*tasks, *self._bg]:
                 t.cancel()
+            if not self.threaded:
+                with contextlib.suppress(Exception):
+                    sock = self._paho.socket()
+                    if sock is not None:
+                        self._forget_socket(sock)
+                        sock.close()
 
     async def _drain(self, timeout: float) -> None:
         """Wait (bounded) until paho has no unacknowledged QoS 1 message and nothing left to write.
@@ -333,6 +363,9 @@ class MqttClient:
         loop = self._loop
         if loop is None or loop.is_closed():
             return
+        if threading.get_ident() == self._loop_tid:
+            fn(*args)  # paho driven by this loop: already on the right thread
+            return
         with contextlib.suppress(RuntimeError):  # loop closed under us during interpreter exit
             loop.call_soon_threadsafe(fn, *args)
 
@@ -351,7 +384,98 @@ class MqttClient:
         for stream in list(self._streams):
             stream._fail(exc)
 
-    # paho thread ------------------------------------------------------------------------------
+    # paho on the event loop ---------------------------------------------------------------------
+    async def _connect_loop(self, first_delay: float) -> None:
+        """Connect, and reconnect with exponential backoff, trying the URLs in turn (paho's
+        ``reconnect`` calls ``_on_pre_connect``, which picks the URL and sets the Will)."""
+        delay = max(first_delay, 0.0)
+        loop = asyncio.get_running_loop()
+        while not self._closed:
+            if delay:
+                await asyncio.sleep(delay)
+            delay = min(max(delay * 2, self._reconnect_min_s), self._reconnect_max_s)
+            self._connack.clear()
+            try:
+                await loop.run_in_executor(None, self._paho.reconnect)
+            except (OSError, ValueError) as exc:  # refused, unreachable, timed out
+                self.last_error = f"{type(exc).__name__}: {exc}"
+                continue
+            if self._closed:
+                return
+            try:
+                async with asyncio.timeout(self.connect_timeout):
+                    await self._connack.wait()
+            except TimeoutError:
+                self.last_error = "no CONNACK"
+            if self.is_connected:
+                return
+            with contextlib.suppress(Exception):
+                sock = self._paho.socket()
+                if sock is not None:
+                    self._forget_socket(sock)
+                    sock.close()
+
+    async def _misc_loop(self) -> None:
+        """paho's housekeeping: keep-alive pings, and noticing a broker that stopped answering them."""
+        while not self._closed:
+            await asyncio.sleep(0.25)
+            if self._paho.socket() is not None:
+                self._paho.loop_misc()
+
+    def _in_loop(self, fn: Callable[..., Any], *args: Any) -> None:
+        loop = self._loop
+        if loop is None or loop.is_closed():
+            return
+        if threading.get_ident() == self._loop_tid:
+            fn(*args)
+        else:  # paho's reconnect runs in an executor thread
+            with contextlib.suppress(RuntimeError):
+                loop.call_soon_threadsafe(fn, *args)
+
+    def _read(self) -> None:
+        self._paho.loop_read()
+
+    def _write(self) -> None:
+        self._paho.loop_write()
+
+    # Sockets are registered by file descriptor number, captured when paho calls us: a callback made
+    # from the executor thread runs later on the loop, when paho may already have closed the socket.
+    def _watch_socket(self, fd: int) -> None:
+        if self._loop is not None and not self._loop.is_closed() and fd >= 0:
+            self._loop.add_reader(fd, self._read)
+
+    def _forget_fd(self, fd: int) -> None:
+        if self._loop is None or self._loop.is_closed() or fd < 0:
+            return
+        with contextlib.suppress(Exception):
+            self._loop.remove_reader(fd)
+        with contextlib.suppress(Exception):
+            self._loop.remove_writer(fd)
+
+    def _forget_socket(self, sock: Any) -> None:
+        with contextlib.suppress(Exception):
+            self._forget_fd(sock.fileno())
+
+    def _add_writer(self, fd: int) -> None:
+        if self._loop is not None and not self._loop.is_closed() and fd >= 0:
+            with contextlib.suppress(Exception):
+                self._loop.add_writer(fd, self._write)
+
+    def _remove_writer(self, fd: int) -> None:
+        if self._loop is not None and not self._loop.is_closed() and fd >= 0:
+            with contextlib.suppress(Exception):
+                self._loop.remove_writer(fd)
+
+    def _on_socket_close(self, client: paho.Client, userdata: Any, sock: Any) -> None:
+        self._in_loop(self._forget_fd, sock.fileno())
+
+    def _on_socket_register_write(self, client: paho.Client, userdata: Any, sock: Any) -> None:
+        self._in_loop(self._add_writer, sock.fileno())
+
+    def _on_socket_unregister_write(self, client: paho.Client, userdata: Any, sock: Any) -> None:
+        self._in_loop(self._remove_writer, sock.fileno())
+
+    # paho thread (threaded mode) or this loop -------------------------------------------------
     def _on_pre_connect(self, client: paho.Client, userdata: Any) -> None:
         try:
             if self._attempt_failed and len(self.urls) > 1:
@@ -375,6 +499,8 @@ class MqttClient:
                 sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         except Exception:
             log.exception("%s: cannot set TCP_NODELAY", self.client_id)
+        if not self.threaded:
+            self._in_loop(self._watch_socket, sock.fileno())
 
     def _on_connect(self, client: paho.Client, userdata: Any, flags: Any, rc: Any, props: Any) -> None:
         self._socket_closed.clear()
@@ -429,6 +555,7 @@ class MqttClient:
         if self._closed:
             return
         self.connected.set()
+        self._connack.set()
         if self._first is not None and not self._first.done():
             self._first.set_result(None)
         for hook in self._connect_hooks:
@@ -437,6 +564,9 @@ class MqttClient:
     def _disconnected(self, reason: str) -> None:
         was = self.connected.is_set()
         self.connected.clear()
+        self._connack.set()  # a connection attempt that ended before CONNACK
+        if not self.threaded and was and not self._closed and (self._connector is None or self._connector.done()):
+            self._connector = asyncio.ensure_future(self._connect_loop(self._reconnect_min_s))
         if not was:
             return
         self._fail_all(ConnectionLost(f"connection to {self.url} lost: {reason}", reason=reason))
