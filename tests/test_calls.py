@@ -169,3 +169,26 @@ async def test_sensor_readings_and_resource_listing(robot: RobotClient) -> None:
     listing = await robot.resources()
     assert {r["name"] for r in listing["drive"]} == {"left", "right", "faulty"}
     assert all(r["status"] == "ready" for rs in listing.values() for r in rs)
+
+
+@pytest.mark.timeout(30)
+async def test_malformed_calls_are_counted_and_dropped_and_forged_senders_refused(tmp_path: Path) -> None:
+    from orchestrator.errors import ProtocolError
+    from orchestrator.protocol.codec import encode, pack
+
+    with start_broker("amqtt") as info:
+        async with running_robot(tmp_path, (info.host, info.port), PARTS) as (loaded, parts), \
+                client_for(loaded, timeout=2.0) as client:
+            server = parts["drive"].server
+            topic = client.topics.call(client.id.sender, "drive", "left")
+            for junk in (b"", b"\xc1", pack({"v": 1, "src": client.id.sender, "body": {"id": 5, "method": []}})):
+                await client.mqtt.publish(topic, junk, qos=1, timeout=5)
+            # a request whose envelope claims another sender than the topic's identity
+            got = asyncio.get_running_loop().create_future()
+            client.rpc._pending["forged"] = ("drive", got)
+            await client.mqtt.publish(topic, encode("client/someone-else", {"id": "forged", "method": "stop"}),
+                                      qos=1, timeout=5)
+            with pytest.raises(ProtocolError, match="does not match"):
+                await asyncio.wait_for(got, 5)
+            assert await client.call("drive/left", "get_power") == 0.0  # still serving
+            assert server.malformed == 4

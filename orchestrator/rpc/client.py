@@ -13,9 +13,11 @@ import os
 import time
 from typing import Any
 
+from pydantic import ValidationError
+
 from orchestrator.errors import DeadlineExceeded, PartOffline, ProtocolError, from_wire
-from orchestrator.protocol.codec import decode, encode
-from orchestrator.protocol.messages import CallReply, CallRequest, PartState, PartStateName
+from orchestrator.protocol.codec import decode, decode_body, encode
+from orchestrator.protocol.messages import CallReply, PartState, PartStateName
 from orchestrator.protocol.topics import Topics
 from orchestrator.sessions.context import current
 from orchestrator.transport.client import Message, MqttClient
@@ -63,8 +65,9 @@ class RpcClient:
             session, on_behalf = ctx.session, ctx.caller
         else:
             session = self.session
-        req = CallRequest(id=rid, method=method, args=args or {}, deadline=time.time() + timeout,
-                          session=session if isinstance(session, str) else None, on_behalf=on_behalf)
+        # the CallRequest body, built directly: this is the hot path (see messages.CallRequest)
+        req = {"id": rid, "method": method, "args": args or {}, "deadline": time.time() + timeout,
+               "session": session if isinstance(session, str) else None, "on_behalf": on_behalf}
         try:
             if not self.client.publish_nowait(self.topics.call(self.sender, part, resource),
                                               encode(self.sender, req), qos=1):
@@ -81,17 +84,22 @@ class RpcClient:
 
     def _on_reply(self, msg: Message) -> None:
         try:
-            rep = decode(msg.payload).parse(CallReply)
-        except ProtocolError as exc:
+            _src, body = decode_body(msg.payload)
+            rid, ok = body.get("id"), body.get("ok")
+            if not isinstance(rid, str) or not isinstance(ok, bool):
+                rep = CallReply.model_validate(body)  # raises the precise error
+                rid, ok = rep.id, rep.ok
+        except (ProtocolError, ValidationError) as exc:
             log.warning("%s: malformed reply dropped: %s", self.sender, exc)
             return
-        got = self._pending.get(rep.id)
+        got = self._pending.get(rid)
         if got is None or got[1].done():
             return
-        if rep.ok:
-            got[1].set_result(rep.result)
+        if ok:
+            got[1].set_result(body.get("result"))
         else:
-            got[1].set_exception(from_wire(rep.error or {}))
+            err = body.get("error")
+            got[1].set_exception(from_wire(err if isinstance(err, dict) else {}))
 
     def _on_state(self, msg: Message) -> None:
         part = self.topics.part_of(msg.topic)

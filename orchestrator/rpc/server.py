@@ -25,7 +25,7 @@ from orchestrator.errors import (
     UnknownMethod,
     UnknownResource,
 )
-from orchestrator.protocol.codec import decode, encode
+from orchestrator.protocol.codec import decode_body, encode
 from orchestrator.protocol.messages import CallReply, CallRequest
 from orchestrator.protocol.topics import Topics
 from orchestrator.resources.base import Resource
@@ -41,6 +41,28 @@ DEFAULT_TIMEOUT_S = 30.0
 # before_call(context, direct, resource name, resource, spec): raise an OrchestratorError to refuse.
 # ``direct`` is False for a part calling on behalf of the session it was itself called in.
 BeforeCall = Callable[[CallContext, bool, str, Resource, MethodSpec], Awaitable[None]]
+
+
+_FIELDS: dict[str, type] = {"id": str, "method": str}
+_OPTIONAL: dict[str, type | tuple[type, ...]] = {"deadline": (int, float), "session": str, "on_behalf": str}
+
+
+def _call_request(body: dict[str, Any]) -> CallRequest:
+    """A CallRequest from a decoded body: plain type checks on the hot path, pydantic on anything else."""
+    args = body.get("args", {})
+    if (
+        all(isinstance(body.get(k), t) for k, t in _FIELDS.items())
+        and isinstance(args, dict)
+        and all(body.get(k) is None or isinstance(body.get(k), t) for k, t in _OPTIONAL.items())
+    ):
+        return CallRequest.model_construct(
+            id=body["id"], method=body["method"], args=args, deadline=body.get("deadline"),
+            session=body.get("session"), on_behalf=body.get("on_behalf"),
+        )
+    try:
+        return CallRequest.model_validate(body)
+    except ValidationError as exc:
+        raise ProtocolError(f"bad CallRequest: {exc.errors()[:3]}") from None
 
 
 def to_wire(value: Any) -> Any:
@@ -82,17 +104,17 @@ class RpcServer:
             return
         caller, _part, resource = where
         try:
-            env = decode(msg.payload)
-            req = env.parse(CallRequest)
+            src, body = decode_body(msg.payload)
+            req = _call_request(body)
         except ProtocolError as exc:
             self.malformed += 1
             log.warning("part %s: malformed call on %s dropped: %s", self.part, msg.topic, exc)
             return
-        if env.src != caller:
+        if src != caller:
             # the topic names the caller the broker let publish there; a different claim is a forgery
             self.malformed += 1
             self._reply(caller, CallReply(id=req.id, ok=False, error=ProtocolError(
-                f"sender {env.src!r} does not match the call topic's identity {caller!r}").to_wire()))
+                f"sender {src!r} does not match the call topic's identity {caller!r}").to_wire()))
             return
         task = asyncio.create_task(self._serve(caller, resource, req),
                                    name=f"part[{self.part}].call[{resource}.{req.method}#{req.id}]")
@@ -114,8 +136,9 @@ class RpcServer:
         self._reply(caller, reply)
 
     def _reply(self, caller: str, reply: CallReply) -> None:
+        body = {"id": reply.id, "ok": reply.ok, "result": reply.result, "error": reply.error}
         try:
-            payload = encode(self.sender, reply)
+            payload = encode(self.sender, body)
         except Exception as exc:  # an unencodable result
             payload = encode(self.sender, CallReply(id=reply.id, ok=False, error=InternalError(
                 f"result cannot be encoded: {exc}").to_wire()))
