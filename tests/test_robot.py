@@ -257,3 +257,25 @@ async def test_cli_call_resources_and_sighup_reload(tmp_path: Path) -> None:
             assert "left" in entries_by_part(tl)["base"]["resources_stopped"]
         finally:
             up.close()
+
+
+@pytest.mark.timeout(60)
+async def test_a_port_already_in_use_is_a_clear_error_and_nothing_starts(tmp_path: Path) -> None:
+    import socket as _socket
+
+    holder = _socket.socket()
+    holder.bind(("127.0.0.1", 0))
+    holder.listen()
+    port = holder.getsockname()[1]
+    try:
+        cfg = write_config(tmp_path / "robot.yaml", unique_robot(), {"embedded": {"host": "127.0.0.1", "port": port}},
+                           three_level_parts())
+        res = await asyncio.to_thread(subprocess.run, [sys.executable, "-m", "orchestrator", "up", str(cfg)],
+                                      capture_output=True, text=True, timeout=30)
+        assert res.returncode == 1
+        assert f"127.0.0.1:{port} is already in use" in res.stdout + res.stderr
+        assert "part main" not in res.stdout
+        res = await _cli("broker", "--port", str(port))
+        assert res.returncode != 0 and "already in use" in res.stdout + res.stderr
+    finally:
+        holder.close()

@@ -147,7 +147,9 @@ class Launcher:
             return
         from orchestrator.broker import EmbeddedBroker
 
-        self._broker = EmbeddedBroker(emb.host, emb.port)
+        b = self.config.broker
+        users = {b.username: b.password or ""} if b.username else None
+        self._broker = EmbeddedBroker(emb.host, emb.port, users=users)
         await self._broker.start()
         host = "127.0.0.1" if emb.host in ("0.0.0.0", "::") else emb.host
         self.urls = [(host, self._broker.port)]
