@@ -192,28 +192,35 @@ def shutdown(
     reason: Annotated[str, typer.Option(help="recorded in the timeline")] = "orchestrator shutdown",
 ) -> None:
     """Ask the robot's primary to shut the robot down bottom-up (over MQTT)."""
-    from orchestrator.protocol.codec import encode
     from orchestrator.protocol.messages import ShutdownRequest
+
+    _send_request(config, broker_url, "shutdown", ShutdownRequest(reason=reason))
+    console.print("shutdown requested")
+
+
+def _send_request(config: Path, broker_url: str | None, kind: str, body: Any) -> None:
+    """Publish a client request (``shutdown``, ``reload``) to the primary from a one-shot CLI identity."""
+    from orchestrator.protocol.codec import encode
     from orchestrator.protocol.topics import ClientId, Topics
     from orchestrator.transport.client import MqttClient
 
-    loaded = _load(config)
+    loaded = _load(config)  # also refuses to ask for a reload of an invalid file
     cfg = loaded.config
     urls = parse_urls(broker_url) if broker_url else cfg.broker.client_urls()
     me = ClientId(cfg.robot, f"cli-{os.getpid()}")
+    topics = Topics(cfg.robot)
+    topic = topics.client_shutdown(me.name) if kind == "shutdown" else topics.client_reload(me.name)
 
     async def go() -> None:
         async with MqttClient(f"{cfg.robot}.cli.{os.getpid()}", urls, connect_timeout=3.0,
                               username=cfg.broker.username, password=cfg.broker.password) as c:
-            await c.publish(Topics(cfg.robot).client_shutdown(me.name),
-                            encode(me.sender, ShutdownRequest(reason=reason)), qos=1, timeout=3.0)
+            await c.publish(topic, encode(me.sender, body), qos=1, timeout=3.0)
 
     try:
         asyncio.run(go())
     except BrokerUnavailable as exc:
         err_console.print(f"[red]{exc}[/]")
         raise typer.Exit(1) from None
-    console.print("shutdown requested")
 
 
 ConfigOpt = Annotated[Path, typer.Option("--config", "-c", envvar="ORCHESTRATOR_CONFIG",
@@ -227,27 +234,9 @@ def reload(
     reason: Annotated[str, typer.Option(help="recorded in the parts' logs")] = "orchestrator reload",
 ) -> None:
     """Ask the robot to re-read its configuration: changed resources and their dependents are rebuilt."""
-    from orchestrator.protocol.codec import encode
     from orchestrator.protocol.messages import ReloadRequest
-    from orchestrator.protocol.topics import ClientId, Topics
-    from orchestrator.transport.client import MqttClient
 
-    loaded = _load(config)  # refuse to ask for a reload of an invalid file
-    cfg = loaded.config
-    urls = parse_urls(broker_url) if broker_url else cfg.broker.client_urls()
-    me = ClientId(cfg.robot, f"cli-{os.getpid()}")
-
-    async def go() -> None:
-        async with MqttClient(f"{cfg.robot}.cli.{os.getpid()}", urls, connect_timeout=3.0,
-                              username=cfg.broker.username, password=cfg.broker.password) as c:
-            await c.publish(Topics(cfg.robot).client_reload(me.name),
-                            encode(me.sender, ReloadRequest(reason=reason)), qos=1, timeout=3.0)
-
-    try:
-        asyncio.run(go())
-    except BrokerUnavailable as exc:
-        err_console.print(f"[red]{exc}[/]")
-        raise typer.Exit(1) from None
+    _send_request(config, broker_url, "reload", ReloadRequest(reason=reason))
     console.print("reload requested")
 
 

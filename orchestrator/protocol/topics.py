@@ -18,7 +18,6 @@ name") is the whole ACL (see ``docs/protocol.md``)::
     orc/v1/<robot>/part/<part>/reply/<kind>/<caller>      its reply, to the caller only
     orc/v1/<robot>/part/<part>/telemetry/<res>            sensor readings
     orc/v1/<robot>/<kind>/<owner>/session/hb              session heartbeats of their owner
-    orc/v1/<robot>/part/<part>/sessions         retained  sessions tracked by a part, what each owns
     orc/v1/<robot>/part/<part>/sessions/events            opened, closed, expired, stopped
 """
 
@@ -170,13 +169,6 @@ class Topics:
 
     def all_session_events(self) -> str:
         return f"{self.root}/part/+/sessions/events"
-
-    def part_sessions(self, part: str) -> str:
-        """Retained: the sessions this part tracks and the resources each owns here."""
-        return f"{self.root}/part/{part}/sessions"
-
-    def all_part_sessions(self) -> str:
-        return f"{self.root}/part/+/sessions"
 
     def telemetry(self, part: str, resource: str) -> str:
         return f"{self.root}/part/{part}/telemetry/{resource}"

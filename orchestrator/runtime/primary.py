@@ -13,7 +13,9 @@ import asyncio
 import contextlib
 import logging
 import time
-from typing import Any
+from typing import Any, TypeVar
+
+from pydantic import BaseModel
 
 from orchestrator.errors import ProtocolError
 from orchestrator.protocol.codec import decode
@@ -33,6 +35,8 @@ from orchestrator.runtime.part import Part
 from orchestrator.transport.client import Message
 
 log = logging.getLogger("orchestrator.primary")
+
+R = TypeVar("R", bound=BaseModel)
 
 
 class Primary(Part):
@@ -136,32 +140,30 @@ class Primary(Part):
         self._status_dirty.set()
 
     # -- shutdown ---------------------------------------------------------------------------------
-    def _on_shutdown_request(self, msg: Message) -> None:
+    def _client_request(self, msg: Message, model: type[R]) -> tuple[str, R] | None:
+        """A request published by a client on its own topic; None (logged) if malformed or forged."""
         client = self.topics.client_of(msg.topic)
         try:
             env = decode(msg.payload)
-            req = env.parse(ShutdownRequest)
+            req = env.parse(model)
         except ProtocolError as exc:
-            log.warning("primary: malformed shutdown request on %s: %s", msg.topic, exc)
-            return
-        if env.src != f"client/{client}":
-            log.warning("primary: shutdown request on %s claims to be from %s: ignored", msg.topic, env.src)
-            return
-        log.info("primary: shutdown requested by client %s: %s", client, req.reason)
-        self.request_stop(f"requested by client {client}: {req.reason}")
+            log.warning("primary: malformed request on %s: %s", msg.topic, exc)
+            return None
+        if client is None or env.src != f"client/{client}":
+            log.warning("primary: request on %s claims to be from %s: ignored", msg.topic, env.src)
+            return None
+        return client, req
+
+    def _on_shutdown_request(self, msg: Message) -> None:
+        got = self._client_request(msg, ShutdownRequest)
+        if got is not None:
+            log.info("primary: shutdown requested by client %s: %s", got[0], got[1].reason)
+            self.request_stop(f"requested by client {got[0]}: {got[1].reason}")
 
     def _on_reload_request(self, msg: Message) -> None:
-        client = self.topics.client_of(msg.topic)
-        try:
-            env = decode(msg.payload)
-            req = env.parse(ReloadRequest)
-        except ProtocolError as exc:
-            log.warning("primary: malformed reload request on %s: %s", msg.topic, exc)
-            return
-        if env.src != f"client/{client}":
-            log.warning("primary: reload request on %s claims to be from %s: ignored", msg.topic, env.src)
-            return
-        self.spawn(self.reload(f"requested by client {client}: {req.reason}"), "reload")
+        got = self._client_request(msg, ReloadRequest)
+        if got is not None:
+            self.spawn(self.reload(f"requested by client {got[0]}: {got[1].reason}"), "reload")
 
     async def shutdown(self, reason: str) -> TimelineEntry:
         if self._shutdown_started_at is None:
