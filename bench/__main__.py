@@ -5,10 +5,39 @@ Progress goes to stderr; stdout carries only the JSON document, so `python -m be
 
 from __future__ import annotations
 
+import hashlib
 import json
+import subprocess
 import sys
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
+
+ROOT = Path(__file__).resolve().parent.parent
+SOURCES = ("orchestrator", "parts")  # the code under measurement
+
+
+def code_state() -> dict[str, Any]:
+    """Which code a benchmark measured: the commit, files changed from it, and a digest of every source file.
+
+    Others may edit the working tree while a benchmark runs: compare the digest before and after.
+    """
+    def git(*args: str) -> str:
+        try:
+            return subprocess.run(["git", *args], cwd=ROOT, capture_output=True, text=True, timeout=10).stdout
+        except (OSError, subprocess.TimeoutExpired):
+            return ""
+
+    digest = hashlib.sha1()
+    for path in sorted(p for d in SOURCES for p in (ROOT / d).rglob("*.py") if "__pycache__" not in p.parts):
+        digest.update(str(path.relative_to(ROOT)).encode())
+        try:
+            digest.update(path.read_bytes())
+        except OSError:
+            continue
+    return {"commit": git("rev-parse", "--short", "HEAD").strip(),
+            "changed_from_commit": [line[3:] for line in git("status", "--porcelain", "--", *SOURCES).splitlines()],
+            "source_sha1": digest.hexdigest()[:12]}
 
 
 def _core() -> dict[str, Any]:
@@ -23,7 +52,20 @@ def _calls() -> dict[str, Any]:
     return calls.run()
 
 
-BENCHMARKS: dict[str, Callable[[], dict[str, Any]]] = {"core": _core, "calls": _calls}
+def _sessions() -> dict[str, Any]:
+    from bench import sessions
+
+    return sessions.run()
+
+
+def _broker() -> dict[str, Any]:
+    from bench import broker
+
+    return broker.run()
+
+
+BENCHMARKS: dict[str, Callable[[], dict[str, Any]]] = {"core": _core, "calls": _calls, "sessions": _sessions,
+                                                       "broker": _broker}
 
 
 def main(argv: list[str]) -> int:
@@ -33,7 +75,14 @@ def main(argv: list[str]) -> int:
         print(f"unknown benchmark(s) {', '.join(map(repr, unknown))} (known: {', '.join(BENCHMARKS)})",
               file=sys.stderr)
         return 2
-    out = {n: BENCHMARKS[n]() for n in names}
+    out: dict[str, Any] = {}
+    for n in names:
+        before = code_state()
+        out[n] = BENCHMARKS[n]()
+        after = code_state()["source_sha1"]
+        out[n]["code"] = {**before, "source_changed_during_run": after != before["source_sha1"]}
+        if after != before["source_sha1"]:
+            print(f"warning: the sources under {', '.join(SOURCES)} changed while `{n}` ran", file=sys.stderr)
     print(json.dumps(out, indent=2))
     return 0
 

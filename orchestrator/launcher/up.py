@@ -77,7 +77,8 @@ class Launcher:
 
     # -- output -----------------------------------------------------------------------------------
     def say(self, text: str) -> None:
-        ts = time.strftime("%H:%M:%S", time.localtime()) + f".{int(time.time() * 1000) % 1000:03d}"
+        now = time.time()  # read once: seconds and milliseconds from the same instant
+        ts = time.strftime("%H:%M:%S", time.localtime(now)) + f".{int(now * 1000) % 1000:03d}"
         self.console.print(f"[dim]{ts}[/dim] {text}", highlight=False)
 
     # -- main -------------------------------------------------------------------------------------

@@ -11,6 +11,7 @@ import itertools
 import logging
 import os
 import time
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 from pydantic import ValidationError
@@ -39,6 +40,9 @@ class RpcClient:
         self._prefix = f"{os.getpid():x}.{id(self) & 0xFFFF:x}."
         self.part_states: dict[str, tuple[int, PartStateName]] = {}
         self.session: str | None = None
+        # called once, on the first call made in this client's own session (a part heartbeats its
+        # own session only once it drives something on another part)
+        self.session_activate: Callable[[], Awaitable[None]] | None = None
 
     async def start(self) -> None:
         await self.client.subscribe(self.topics.replies_to(self.sender), self._on_reply)
@@ -65,6 +69,9 @@ class RpcClient:
             session, on_behalf = ctx.session, ctx.caller
         else:
             session = self.session
+            if session is not None and self.session_activate is not None:
+                activate, self.session_activate = self.session_activate, None
+                await activate()
         # the CallRequest body, built directly: this is the hot path (see messages.CallRequest)
         req = {"id": rid, "method": method, "args": args or {}, "deadline": time.time() + timeout,
                "session": session if isinstance(session, str) else None, "on_behalf": on_behalf}

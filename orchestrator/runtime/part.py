@@ -201,7 +201,7 @@ class Part:
         await self.server.start()
         await self.client.start()
         self.sessions.start()
-        await self._own_heartbeat.start()
+        self.rpc.session_activate = self._own_heartbeat.start  # heartbeats begin with the first remote call
         if self.watchdog is not None:
             self.watchdog.start()
         await self.publish_state(PartStateName.STARTING)

@@ -14,6 +14,7 @@ associated by hand (:meth:`SessionGuard.associate`) are still stopped on expiry.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import functools
 import logging
 import time
@@ -36,7 +37,7 @@ from orchestrator.transport.client import Message, MqttClient
 
 log = logging.getLogger("orchestrator.sessions")
 
-TICK_S = 0.01  # how often expiry is checked (the system this is modelled on checks every 10 ms)
+MAX_SLEEP_S = 1.0  # the expiry task sleeps until the earliest deadline, at most this long
 EXPIRED_MESSAGE = "session expired or unknown"
 
 ExpiryListener = Callable[[SessionEvent], Awaitable[None] | None]
@@ -72,6 +73,7 @@ class SessionGuard:
         self._owners_followed: set[str] = set()
         self._task: asyncio.Task[None] | None = None
         self._bg: set[asyncio.Future[Any]] = set()
+        self._tracking_changed = asyncio.Event()
 
     # -- lifecycle --------------------------------------------------------------------------------
     def start(self) -> None:
@@ -95,6 +97,7 @@ class SessionGuard:
             raise SessionExpired(EXPIRED_MESSAGE, part=self.part)
         t = Tracked(session, owner, window, deadline=time.monotonic() + window)
         self.tracked[session] = t
+        self._tracking_changed.set()
         self._follow(owner)
         return t
 
@@ -197,11 +200,17 @@ class SessionGuard:
             t.deadline = time.monotonic() + t.window_s
 
     async def _tick_loop(self) -> None:
+        """Sleep until the earliest deadline (woken early when a session starts being tracked), then
+        expire what is due.  No fixed tick: a deadline is acted on as soon as the loop gets to it."""
         while True:
-            await asyncio.sleep(TICK_S)
             now = time.monotonic()
-            for t in [t for t in self.tracked.values() if now > t.deadline]:
+            for t in [t for t in self.tracked.values() if now >= t.deadline]:
                 await self._expire(t, "expired")
+            earliest = min((t.deadline for t in self.tracked.values()), default=now + MAX_SLEEP_S)
+            self._tracking_changed.clear()
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(min(max(earliest - time.monotonic(), 0.0), MAX_SLEEP_S)):
+                    await self._tracking_changed.wait()
 
     async def _expire(self, t: Tracked, why: str) -> None:
         if self.tracked.pop(t.id, None) is None:

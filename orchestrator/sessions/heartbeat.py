@@ -32,6 +32,7 @@ class Heartbeater:
         self.interval_s = interval_s
         self.n = 0
         self.sent = 0
+        self.started = False
         self._stop = threading.Event()
         self._lock = threading.Lock()
         self._thread = threading.Thread(target=self._run, name=f"session-heartbeat[{short(session)}]", daemon=True)
@@ -39,6 +40,7 @@ class Heartbeater:
     async def start(self, auto: bool = True) -> None:
         """Connect (without waiting: heartbeats flow once connected) and, if ``auto``, start beating;
         otherwise the owner calls :meth:`beat` itself (the manual API)."""
+        self.started = True
         await self.mqtt.start(wait=False)
         if auto:
             self._thread.start()
@@ -72,5 +74,7 @@ class Heartbeater:
 
     async def aclose(self, close: bool = False) -> None:
         """Stop and close the heartbeat connection (a closing heartbeat is delivered first)."""
+        if not self.started:
+            return
         await asyncio.to_thread(self.stop, close)
         await self.mqtt.close()
