@@ -10,7 +10,7 @@ Topics starting with ``$`` are never matched by a filter starting with a wildcar
 
 from __future__ import annotations
 
-__all__ = ["filter_covers", "topic_matches", "valid_filter", "valid_topic"]
+__all__ = ["FilterTrie", "filter_covers", "topic_matches", "valid_filter", "valid_topic"]
 
 
 def valid_topic(topic: str) -> bool:
@@ -76,3 +76,72 @@ def filter_covers(pattern: str, topic_filter: str) -> bool:
             return False
     # The pattern is exhausted: the filter must be too, or end in a '#' that also matches its parent.
     return len(f_levels) == len(p_levels)
+
+
+class _Node:
+    __slots__ = ("children", "filter")
+
+    def __init__(self) -> None:
+        self.children: dict[str, _Node] = {}
+        self.filter: str | None = None
+
+
+class FilterTrie:
+    """Wildcard topic filters indexed by level, so matching a topic costs its depth, not the number
+    of filters (amqtt walked every filter on every publish: 100 parts' filters cut throughput in
+    half).  ``match`` gives the same answer as :func:`topic_matches` over every filter added."""
+
+    def __init__(self) -> None:
+        self._root = _Node()
+        self._filters: set[str] = set()
+
+    def __len__(self) -> int:
+        return len(self._filters)
+
+    def __contains__(self, topic_filter: str) -> bool:
+        return topic_filter in self._filters
+
+    def add(self, topic_filter: str) -> None:
+        node = self._root
+        for level in topic_filter.split("/"):
+            node = node.children.setdefault(level, _Node())
+        node.filter = topic_filter
+        self._filters.add(topic_filter)
+
+    def discard(self, topic_filter: str) -> None:
+        if topic_filter not in self._filters:
+            return
+        self._filters.discard(topic_filter)
+        path = [self._root]
+        for level in topic_filter.split("/"):
+            path.append(path[-1].children[level])
+        path[-1].filter = None
+        levels = topic_filter.split("/")
+        for depth in range(len(levels), 0, -1):  # prune branches left empty
+            node = path[depth]
+            if node.children or node.filter is not None:
+                break
+            del path[depth - 1].children[levels[depth - 1]]
+
+    def match(self, topic: str) -> list[str]:
+        levels = topic.split("/")
+        dollar = topic.startswith("$")
+        out: list[str] = []
+        stack = [(self._root, 0)]
+        while stack:
+            node, i = stack.pop()
+            wild_ok = not (dollar and i == 0)  # [MQTT-4.7.2-1]
+            hash_node = node.children.get("#")
+            if hash_node is not None and hash_node.filter is not None and wild_ok:
+                out.append(hash_node.filter)  # '#' also matches the parent level: a/# matches a
+            if i == len(levels):
+                if node.filter is not None:
+                    out.append(node.filter)
+                continue
+            literal = node.children.get(levels[i])
+            if literal is not None:
+                stack.append((literal, i + 1))
+            plus = node.children.get("+")
+            if plus is not None and wild_ok:
+                stack.append((plus, i + 1))
+        return out
