@@ -5,7 +5,7 @@ from __future__ import annotations
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from orchestrator.broker.matching import FilterTrie, topic_matches
+from orchestrator.protocol.matching import FilterTrie, topic_matches
 
 LEVEL = st.sampled_from(["a", "b", "c", "$SYS", ""])
 topics = st.lists(LEVEL, min_size=1, max_size=5).map("/".join)

@@ -4,8 +4,9 @@ Public names: :class:`EmbeddedBroker`, :func:`run_broker`, and the MQTT topic ru
 write ACLs (:func:`topic_matches`, :func:`filter_covers`).  See docs/brokers.md.
 """
 
+from orchestrator.protocol.matching import filter_covers, topic_matches, valid_filter, valid_topic
+
 from .embedded import DEFAULT_PORT, EmbeddedBroker, run_broker
-from .matching import filter_covers, topic_matches, valid_filter, valid_topic
 
 __all__ = [
     "DEFAULT_PORT",

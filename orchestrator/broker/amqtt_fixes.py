@@ -39,8 +39,9 @@ from amqtt.mqtt.protocol.broker_handler import BrokerProtocolHandler
 from amqtt.session import Session
 from amqtt.utils import gen_client_id
 
+from orchestrator.protocol.matching import FilterTrie, topic_matches, valid_filter, valid_topic
+
 from .auth import PasswordTable
-from .matching import FilterTrie, topic_matches, valid_filter, valid_topic
 from .outbox import Outbox, Outgoing
 
 __all__ = ["STAT_KEYS", "BrokerSettings", "FixedBroker", "keepalive_deadline"]

@@ -27,6 +27,10 @@ import re
 from dataclasses import dataclass
 from typing import Final
 
+from orchestrator.protocol.matching import topic_matches
+
+__all__ = ["NAME_PATTERN", "PROTOCOL_VERSION", "ROOT", "ClientId", "PartId", "Topics", "check_name", "topic_matches"]
+
 PROTOCOL_VERSION: Final = 1
 ROOT: Final = f"orc/v{PROTOCOL_VERSION}"
 
@@ -208,19 +212,3 @@ class Topics:
             return None
         name, _, _ = topic[len(prefix) :].partition("/")
         return name or None
-
-
-def topic_matches(filter_: str, topic: str) -> bool:
-    """MQTT 3.1.1 topic filter matching (``+`` one level, ``#`` the rest, ``$`` topics excluded)."""
-    if topic.startswith("$") and not filter_.startswith("$"):
-        return False
-    f_parts = filter_.split("/")
-    t_parts = topic.split("/")
-    for i, f in enumerate(f_parts):
-        if f == "#":
-            return True
-        if i >= len(t_parts):
-            return False
-        if f != "+" and f != t_parts[i]:
-            return False
-    return len(f_parts) == len(t_parts)

@@ -32,7 +32,7 @@ import paho.mqtt.client as paho
 from paho.mqtt.enums import CallbackAPIVersion, MQTTErrorCode
 
 from orchestrator.errors import BrokerUnavailable, ConnectionLost, OrchestratorError
-from orchestrator.protocol.topics import topic_matches
+from orchestrator.protocol.matching import FilterTrie, topic_matches
 
 log = logging.getLogger("orchestrator.transport")
 
@@ -109,6 +109,7 @@ class MqttClient:
         self._attempt_failed = False
         self._loop: asyncio.AbstractEventLoop | None = None
         self._subs: dict[str, _Sub] = {}
+        self._index = FilterTrie()  # the filters of _subs, for dispatch by topic
         self._subs_lock = threading.Lock()
         self._streams: set[_Stream] = set()
         self._pending_pub: dict[int, asyncio.Future[None]] = {}
@@ -314,6 +315,7 @@ class MqttClient:
             sub = self._subs.get(filter_)
             if sub is None:
                 sub = self._subs[filter_] = _Sub(filter_, qos)
+                self._index.add(filter_)
             if handler is not None:
                 sub.handlers.append(handler)
         if not self.is_connected:
@@ -339,6 +341,7 @@ class MqttClient:
     async def unsubscribe(self, filter_: str) -> None:
         with self._subs_lock:
             self._subs.pop(filter_, None)
+            self._index.discard(filter_)
         if self.is_connected:
             self._paho.unsubscribe(filter_)
 
@@ -594,7 +597,7 @@ class MqttClient:
 
     def _dispatch(self, msg: Message) -> None:
         with self._subs_lock:
-            subs = [s for s in self._subs.values() if s.handlers and topic_matches(s.filter, msg.topic)]
+            subs = [sub for f in self._index.match(msg.topic) if (sub := self._subs.get(f)) and sub.handlers]
         for s in subs:
             for h in s.handlers:
                 try:

@@ -1,4 +1,5 @@
-"""MQTT 3.1.1 topic and topic-filter rules (section 4.7), used by the embedded broker and its ACLs.
+"""MQTT 3.1.1 topic and topic-filter rules (section 4.7): the embedded broker, its ACLs, and the
+transport's dispatch of incoming messages to handlers.
 
 - :func:`topic_matches`: does a filter (``+``, ``#`` wildcards) match a concrete topic name?
 - :func:`filter_covers`: does an ACL pattern admit *every* topic a subscription filter can match?
