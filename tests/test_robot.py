@@ -82,6 +82,7 @@ async def test_three_level_robot_starts_and_sigterm_stops_it_bottom_up(tmp_path:
             assert not [p for p in pids if alive(p)], "orphan part processes"
             out = up.output()
             assert "shutdown of" in out and "FORCED" not in out
+            assert "connection lost" not in out, "a part that stopped cleanly had its Will published"
             assert elapsed < bound
         finally:
             up.close()
@@ -206,6 +207,7 @@ async def test_shutdown_requested_over_mqtt(tmp_path: Path) -> None:
             assert await up.wait(30) == 0, up.output()
             tl = up.timeline()["timeline"]
             assert "test" in tl["reason"]
+            assert "connection lost" not in up.output()
             assert_bottom_up(tl)
         finally:
             up.close()

@@ -115,6 +115,7 @@ class MqttClient:
         self._pending_pub: dict[int, asyncio.Future[None]] = {}
         self._pending_sub: dict[int, asyncio.Future[list[int]]] = {}
         self._early_sub: dict[int, list[int]] = {}
+        self._pending_unsub: dict[int, asyncio.Future[None]] = {}
         self._connect_hooks: list[ConnectHook] = []
         self._disconnect_hooks: list[DisconnectHook] = []
         self.connected = asyncio.Event()
@@ -153,6 +154,7 @@ class MqttClient:
         self._paho.on_message = self._on_message
         self._paho.on_publish = self._on_publish
         self._paho.on_subscribe = self._on_subscribe
+        self._paho.on_unsubscribe = self._on_unsubscribe
         self._paho.on_socket_open = self._on_socket_open
         if not threaded:
             # paho driven by this event loop (as aiomqtt does): no thread hop per message
@@ -210,6 +212,7 @@ class MqttClient:
         try:
             if self._started:
                 if disconnect:
+                    await self._quiesce(1.0)
                     await self._drain(1.0)
                     with contextlib.suppress(Exception):
                         self._paho.disconnect()
@@ -238,6 +241,25 @@ class MqttClient:
                     if sock is not None:
                         self._forget_socket(sock)
                         sock.close()
+
+    async def _quiesce(self, timeout: float) -> None:
+        """Unsubscribe from everything and wait (bounded) for the UNSUBACK, before DISCONNECT.
+
+        A socket closed with unread data in it is reset (RST), not closed: a broker still delivering to
+        us then lost our DISCONNECT with the rest of its receive queue and published our Will (seen on
+        the embedded broker while parts stopped).  After the UNSUBACK nothing more is delivered.
+        """
+        if not self.is_connected or not self._subs or self.threaded:
+            return
+        rc, mid = self._paho.unsubscribe(list(self._subs))
+        if rc != MQTTErrorCode.MQTT_ERR_SUCCESS or mid is None:
+            return
+        fut: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self._pending_unsub[mid] = fut
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(timeout):
+                await fut
+        self._pending_unsub.pop(mid, None)
 
     async def _drain(self, timeout: float) -> None:
         """Wait (bounded) until paho has no unacknowledged QoS 1 message and nothing left to write.
@@ -585,6 +607,14 @@ class MqttClient:
 
     def _published(self, mid: int) -> None:
         fut = self._pending_pub.pop(mid, None)
+        if fut is not None and not fut.done():
+            fut.set_result(None)
+
+    def _on_unsubscribe(self, client: paho.Client, userdata: Any, mid: int, codes: Any, props: Any) -> None:
+        self._post(self._unsubscribed, mid)
+
+    def _unsubscribed(self, mid: int) -> None:
+        fut = self._pending_unsub.pop(mid, None)
         if fut is not None and not fut.done():
             fut.set_result(None)
 
