@@ -48,10 +48,10 @@ from pathlib import Path
 from typing import Any
 
 import paho.mqtt.client as paho
-from paho.mqtt.enums import CallbackAPIVersion
 
 from bench.calls import RawRequester, process, summary_us
 from bench.core import tree
+from bench.rawpaho import raw_client
 from bench.sessions import read_line
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -179,10 +179,7 @@ class Subscriber:
         self._cv = threading.Condition()
         self.n = 0
         self.last = 0.0
-        c = paho.Client(CallbackAPIVersion.VERSION2, client_id=f"bench-raw-sub-{uuid.uuid4().hex[:8]}",
-                        protocol=paho.MQTTv311)
-        c.max_inflight_messages_set(1000)
-        c.on_socket_open = RawRequester._nodelay
+        c = raw_client(f"bench-raw-sub-{uuid.uuid4().hex[:8]}")
         c.on_connect = lambda client, userdata, flags, rc, props: client.subscribe(self.topic, self.qos)
         c.on_subscribe = lambda client, userdata, mid, codes, props: self._subscribed.set()
         c.on_message = self._on_message

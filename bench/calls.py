@@ -24,7 +24,6 @@ import contextlib
 import itertools
 import os
 import selectors
-import socket
 import statistics
 import struct
 import subprocess
@@ -39,7 +38,6 @@ from typing import IO, Any
 
 import paho.mqtt.client as paho
 import yaml
-from paho.mqtt.enums import CallbackAPIVersion
 
 ROOT = Path(__file__).resolve().parent.parent
 if str(ROOT / "tests") not in sys.path:
@@ -47,6 +45,7 @@ if str(ROOT / "tests") not in sys.path:
 
 from brokers import BrokerInfo, start_embedded_process, start_mosquitto  # noqa: E402
 
+from bench.rawpaho import raw_client  # noqa: E402
 from orchestrator.client import RobotClient  # noqa: E402
 from orchestrator.protocol.codec import decode  # noqa: E402
 from orchestrator.protocol.messages import PartState  # noqa: E402
@@ -225,11 +224,7 @@ class RawRequester:
         self._all = threading.Event()
         self._pipelined = False
         self.stray = 0
-        c = paho.Client(CallbackAPIVersion.VERSION2, client_id=f"bench-raw-requester-{uuid.uuid4().hex[:8]}",
-                        protocol=paho.MQTTv311)
-        c.max_inflight_messages_set(1000)  # the SDK's window too
-        c.max_queued_messages_set(0)
-        c.on_socket_open = self._nodelay
+        c = raw_client(f"bench-raw-requester-{uuid.uuid4().hex[:8]}")
         c.on_connect = self._on_connect
         c.on_subscribe = self._on_subscribe
         c.on_message = self._on_message
@@ -248,11 +243,6 @@ class RawRequester:
         self._c.loop_stop()
 
     # paho thread: never raise
-    @staticmethod
-    def _nodelay(client: paho.Client, userdata: Any, sock: Any) -> None:
-        if isinstance(sock, socket.socket):
-            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-
     def _on_connect(self, client: paho.Client, userdata: Any, flags: Any, rc: Any, props: Any) -> None:
         client.subscribe(self.reply_topic, 1)
 

@@ -10,14 +10,14 @@ fast as paho takes them, waits until every one is written (QoS 0) or acknowledge
 
 from __future__ import annotations
 
-import socket
 import sys
 import threading
 import time
 from typing import Any
 
 import paho.mqtt.client as paho
-from paho.mqtt.enums import CallbackAPIVersion
+
+from bench.rawpaho import raw_client
 
 SEND_TIMEOUT_S = 120.0
 
@@ -29,10 +29,6 @@ def main(argv: list[str]) -> int:
     lock = threading.Lock()
     acked = 0
 
-    def nodelay(client: paho.Client, userdata: Any, sock: Any) -> None:
-        if isinstance(sock, socket.socket):
-            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-
     def on_publish(client: paho.Client, userdata: Any, mid: int, rc: Any, props: Any) -> None:
         nonlocal acked
         with lock:
@@ -40,11 +36,7 @@ def main(argv: list[str]) -> int:
             if acked >= count:
                 done.set()
 
-    c = paho.Client(CallbackAPIVersion.VERSION2, client_id=f"bench-raw-pub-{time.monotonic_ns()}",
-                    protocol=paho.MQTTv311)
-    c.max_inflight_messages_set(1000)
-    c.max_queued_messages_set(0)
-    c.on_socket_open = nodelay
+    c = raw_client(f"bench-raw-pub-{time.monotonic_ns()}")
     c.on_connect = lambda client, userdata, flags, rc, props: connected.set()
     c.on_publish = on_publish
     c.connect(host, port, 60)

@@ -11,31 +11,22 @@ standard input closes.
 
 from __future__ import annotations
 
-import socket
 import sys
 import threading
 from typing import Any
 
 import paho.mqtt.client as paho
-from paho.mqtt.enums import CallbackAPIVersion
+
+from bench.rawpaho import raw_client
 
 ID_BYTES = 8
-
-
-def nodelay(client: paho.Client, userdata: Any, sock: Any) -> None:
-    if isinstance(sock, socket.socket):
-        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
 
 
 def main(argv: list[str]) -> int:
     host, port, request_topic, reply_topic, size = argv[0], int(argv[1]), argv[2], argv[3], int(argv[4])
     pad = b"\0" * max(0, size - ID_BYTES)
     ready = threading.Event()
-    c = paho.Client(CallbackAPIVersion.VERSION2, client_id=f"bench-raw-responder-{reply_topic[-12:]}",
-                    protocol=paho.MQTTv311)
-    c.max_inflight_messages_set(1000)
-    c.max_queued_messages_set(0)
-    c.on_socket_open = nodelay
+    c = raw_client(f"bench-raw-responder-{reply_topic[-12:]}")
 
     def on_connect(client: paho.Client, userdata: Any, flags: Any, rc: Any, props: Any) -> None:
         client.subscribe(request_topic, 1)

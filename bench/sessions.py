@@ -39,7 +39,6 @@ import functools
 import os
 import random
 import selectors
-import socket
 import statistics
 import subprocess
 import sys
@@ -54,9 +53,9 @@ from typing import Any
 
 import paho.mqtt.client as paho
 import yaml
-from paho.mqtt.enums import CallbackAPIVersion
 
 from bench.calls import broker, percentile, process, tail, wait_running
+from bench.rawpaho import raw_client
 
 ROOT = Path(__file__).resolve().parent.parent
 if str(ROOT / "tests") not in sys.path:
@@ -135,9 +134,7 @@ class Observer:
         self.errors = 0
         self._subscribed = threading.Event()
         self._filters = [(topics.all_session_heartbeats(), 0), (topics.all_session_events(), 1), (f"{will_root}/#", 1)]
-        c = paho.Client(CallbackAPIVersion.VERSION2, client_id=f"bench-observer-{uuid.uuid4().hex[:8]}",
-                        protocol=paho.MQTTv311)
-        c.on_socket_open = self._nodelay
+        c = raw_client(f"bench-observer-{uuid.uuid4().hex[:8]}", window=False)
         c.on_connect = self._on_connect
         c.on_subscribe = self._on_subscribe
         c.on_message = self._on_message
@@ -155,11 +152,6 @@ class Observer:
     def __exit__(self, *exc: object) -> None:
         self._c.disconnect()
         self._c.loop_stop()
-
-    @staticmethod
-    def _nodelay(client: paho.Client, userdata: Any, sock: Any) -> None:
-        if isinstance(sock, socket.socket):
-            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
 
     def _on_connect(self, client: paho.Client, userdata: Any, flags: Any, rc: Any, props: Any) -> None:
         client.subscribe(self._filters)

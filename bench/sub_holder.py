@@ -12,14 +12,14 @@ traffic matches none of the held filters, as intended).
 from __future__ import annotations
 
 import json
-import socket
 import sys
 import threading
 import time
 from typing import Any
 
 import paho.mqtt.client as paho
-from paho.mqtt.enums import CallbackAPIVersion
+
+from bench.rawpaho import raw_client
 
 READY_TIMEOUT_S = 60.0
 KEEPALIVE_S = 60
@@ -34,10 +34,6 @@ def main(argv: list[str]) -> int:
     refused = 0
     received = 0
     all_acked = threading.Event()
-
-    def nodelay(client: paho.Client, userdata: Any, sock: Any) -> None:
-        if isinstance(sock, socket.socket):
-            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
 
     def on_subscribe(client: paho.Client, userdata: Any, mid: int, codes: Any, props: Any) -> None:
         nonlocal acked, refused
@@ -55,8 +51,7 @@ def main(argv: list[str]) -> int:
     clients: list[paho.Client] = []
     try:
         for client_id, filters in spec:
-            c = paho.Client(CallbackAPIVersion.VERSION2, client_id=client_id, protocol=paho.MQTTv311)
-            c.on_socket_open = nodelay
+            c = raw_client(client_id, window=False)
             c.on_subscribe = on_subscribe
             c.on_message = on_message
             c.user_data_set([(f, 1) for f in filters])
