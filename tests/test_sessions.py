@@ -310,6 +310,8 @@ async def test_a_session_survives_a_reconnect_within_its_window(tmp_path: Path) 
             await client.resource("drive/m1", Motor).set_power(0.4)
             assert client.session is not None
             heart = client.session._heart.mqtt
+            # the heartbeat connection is opened without waiting for it: wait until it is up
+            await until(lambda: _true(heart.is_connected), 10, "the heartbeat connection")
             first = heart.connections
             sock = heart._paho.socket()
             assert sock is not None

@@ -201,7 +201,8 @@ class Part:
         await self.server.start()
         await self.client.start()
         self.sessions.start()
-        self.rpc.session_activate = self._own_heartbeat.start  # heartbeats begin with the first remote call
+        # heartbeats begin with the first remote call, which does not wait for their connection
+        self.rpc.session_activate = lambda: self._own_heartbeat.start(wait=False)
         if self.watchdog is not None:
             self.watchdog.start()
         await self.publish_state(PartStateName.STARTING)

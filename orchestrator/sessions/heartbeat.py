@@ -37,11 +37,11 @@ class Heartbeater:
         self._lock = threading.Lock()
         self._thread = threading.Thread(target=self._run, name=f"session-heartbeat[{short(session)}]", daemon=True)
 
-    async def start(self, auto: bool = True) -> None:
-        """Connect (without waiting: heartbeats flow once connected) and, if ``auto``, start beating;
-        otherwise the owner calls :meth:`beat` itself (the manual API)."""
+    async def start(self, auto: bool = True, wait: bool = True) -> None:
+        """Connect (``wait``: until connected, bounded by the connect timeout) and, if ``auto``, start
+        beating; otherwise the owner calls :meth:`beat` itself (the manual API)."""
         self.started = True
-        await self.mqtt.start(wait=False)
+        await self.mqtt.start(wait=wait)
         if auto:
             self._thread.start()
 
