@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import os
 import sys
+from collections.abc import Coroutine
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated, Any, TypeVar
 
 import typer
 from rich.console import Console
@@ -15,7 +17,7 @@ from rich.table import Table
 
 from orchestrator.config.loader import LoadedConfig, load_config
 from orchestrator.config.models import RobotConfig
-from orchestrator.errors import BrokerUnavailable, ConfigError, OrchestratorError
+from orchestrator.errors import ConfigError, OrchestratorError
 
 app = typer.Typer(add_completion=False, no_args_is_help=True,
                   help="Run a robot made of several parts over a local MQTT broker.")
@@ -29,6 +31,19 @@ def _setup_logging(verbose: bool) -> None:
     from orchestrator.runtime.main import setup_logging
 
     setup_logging(verbose)
+
+
+T = TypeVar("T")
+
+
+def _run(coro: Coroutine[Any, Any, T], *, show_code: bool = False) -> T:
+    """Run a command's coroutine; an OrchestratorError (no broker, a refused call...) is printed and
+    the command exits with code 1 instead of a traceback."""
+    try:
+        return asyncio.run(coro)
+    except OrchestratorError as exc:
+        err_console.print(f"[red]{exc.code}[/]: {exc}" if show_code else f"[red]{exc}[/]", highlight=False)
+        raise typer.Exit(1) from None
 
 
 def _load(path: Path) -> LoadedConfig:
@@ -81,13 +96,8 @@ def broker(
     _setup_logging(verbose)
     from orchestrator.broker import run_broker
 
-    try:
-        asyncio.run(run_broker(host, port))
-    except OrchestratorError as exc:
-        err_console.print(f"[red]{exc}[/]")
-        raise typer.Exit(1) from None
-    except KeyboardInterrupt:
-        pass
+    with contextlib.suppress(KeyboardInterrupt):
+        _run(run_broker(host, port))
 
 
 @app.command()
@@ -114,11 +124,7 @@ def up(
     loaded = _load(config)
     from orchestrator.launcher.up import run_up
 
-    try:
-        code = asyncio.run(run_up(loaded, timeline_json=timeline_json, console=console))
-    except OrchestratorError as exc:
-        err_console.print(f"[red]{exc}[/]")
-        raise typer.Exit(1) from None
+    code = _run(run_up(loaded, timeline_json=timeline_json, console=console))
     raise typer.Exit(code)
 
 
@@ -154,11 +160,7 @@ def status(
     cfg = loaded.config
     t = Topics(cfg.robot)
     urls = parse_urls(broker_url) if broker_url else cfg.broker.client_urls()
-    try:
-        got = asyncio.run(_read_retained(urls, cfg, [t.all_part_states(), t.robot_status()]))
-    except BrokerUnavailable as exc:
-        err_console.print(f"[red]{exc}[/]")
-        raise typer.Exit(1) from None
+    got = _run(_read_retained(urls, cfg, [t.all_part_states(), t.robot_status()]))
     parts: dict[str, Any] = {}
     for name in loaded.topology.start_order():
         raw = got.get(t.part_state(name))
@@ -216,11 +218,7 @@ def _send_request(config: Path, broker_url: str | None, kind: str, body: Any) ->
                               username=cfg.broker.username, password=cfg.broker.password) as c:
             await c.publish(topic, encode(me.sender, body), qos=1, timeout=3.0)
 
-    try:
-        asyncio.run(go())
-    except BrokerUnavailable as exc:
-        err_console.print(f"[red]{exc}[/]")
-        raise typer.Exit(1) from None
+    _run(go())
 
 
 ConfigOpt = Annotated[Path, typer.Option("--config", "-c", envvar="ORCHESTRATOR_CONFIG",
@@ -256,11 +254,7 @@ def resources(
         async with RobotClient.from_config(loaded, urls=urls, connect_timeout=3.0, sessions=False) as client:
             return await client.resources()
 
-    try:
-        listing = asyncio.run(go())
-    except BrokerUnavailable as exc:
-        err_console.print(f"[red]{exc}[/]")
-        raise typer.Exit(1) from None
+    listing = _run(go())
     if as_json:
         print(json.dumps(listing, indent=2))
         return
@@ -308,11 +302,7 @@ def call(
                 await asyncio.sleep(hold)  # the session's heartbeats run on their own thread meanwhile
             return result
 
-    try:
-        result = asyncio.run(go())
-    except OrchestratorError as exc:
-        err_console.print(f"[red]{exc.code}[/]: {exc}", highlight=False)
-        raise typer.Exit(1) from None
+    result = _run(go(), show_code=True)
     if not hold:
         print(json.dumps(result, default=str))
 
@@ -334,11 +324,7 @@ def sessions(
             await asyncio.sleep(0.2)  # let the retained part states arrive: they say which parts run
             return await client.sessions.list()
 
-    try:
-        rows = asyncio.run(go())
-    except BrokerUnavailable as exc:
-        err_console.print(f"[red]{exc}[/]")
-        raise typer.Exit(1) from None
+    rows = _run(go())
     if as_json:
         print(json.dumps(rows, indent=2))
         return
