@@ -51,7 +51,7 @@ import paho.mqtt.client as paho
 
 from bench.calls import RawRequester, process, summary_us
 from bench.core import tree
-from bench.rawpaho import raw_client
+from bench.rawpaho import Subscribed
 from bench.sessions import read_line
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -170,35 +170,18 @@ def holding(where: tuple[str, int], conns: list[tuple[str, list[str]]], tmp: Pat
             out["received_by_held_subscriptions"] = int(read_line(proc, b"received ", 10.0, log_path).split()[1])
 
 
-class Subscriber:
+class Subscriber(Subscribed):
     """The bare paho subscriber: counts arrivals on one topic, stamping first and last on paho's thread."""
 
     def __init__(self, where: tuple[str, int], topic: str, qos: int) -> None:
+        super().__init__(where, f"bench-raw-sub-{uuid.uuid4().hex[:8]}", [(topic, qos)],
+                         start_timeout_s=START_TIMEOUT_S)
         self.topic, self.qos = topic, qos
-        self._subscribed = threading.Event()
         self._cv = threading.Condition()
         self.n = 0
         self.last = 0.0
-        c = raw_client(f"bench-raw-sub-{uuid.uuid4().hex[:8]}")
-        c.on_connect = lambda client, userdata, flags, rc, props: client.subscribe(self.topic, self.qos)
-        c.on_subscribe = lambda client, userdata, mid, codes, props: self._subscribed.set()
-        c.on_message = self._on_message
-        self._c = c
-        self.where = where
 
-    def __enter__(self) -> Subscriber:
-        self._c.connect(self.where[0], self.where[1], 30)
-        self._c.loop_start()
-        if not self._subscribed.wait(START_TIMEOUT_S):
-            self.__exit__()
-            raise RuntimeError("raw subscriber: no SUBACK")
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self._c.disconnect()
-        self._c.loop_stop()
-
-    def _on_message(self, client: paho.Client, userdata: Any, msg: paho.MQTTMessage) -> None:
+    def on_message(self, client: paho.Client, userdata: Any, msg: paho.MQTTMessage) -> None:
         now = time.perf_counter()
         with self._cv:
             self.n += 1

@@ -45,7 +45,7 @@ if str(ROOT / "tests") not in sys.path:
 
 from brokers import BrokerInfo, start_embedded_process, start_mosquitto  # noqa: E402
 
-from bench.rawpaho import raw_client  # noqa: E402
+from bench.rawpaho import Subscribed  # noqa: E402
 from orchestrator.client import RobotClient  # noqa: E402
 from orchestrator.protocol.codec import decode  # noqa: E402
 from orchestrator.protocol.messages import PartState  # noqa: E402
@@ -204,16 +204,16 @@ def same_length_topic(prefix: str, length: int) -> str:
 
 # ------------------------------------------------------------------------------------- raw paho
 
-class RawRequester:
+class RawRequester(Subscribed):
     """The bare paho requester: QoS 1, TCP_NODELAY, paho's own network thread, threading.Event waits."""
 
     def __init__(self, where: tuple[str, int], request_topic: str, reply_topic: str, request_size: int) -> None:
-        self.where = where
+        super().__init__(where, f"bench-raw-requester-{uuid.uuid4().hex[:8]}", [(reply_topic, 1)], keepalive=10,
+                         start_timeout_s=START_TIMEOUT_S)
         self.request_topic = request_topic
         self.reply_topic = reply_topic
         self._pad = b"\0" * max(0, request_size - ID_BYTES)
         self._ids = itertools.count(1)
-        self._subscribed = threading.Event()
         self._reply = threading.Event()
         self._expect = -1
         self._lock = threading.Lock()
@@ -224,32 +224,10 @@ class RawRequester:
         self._all = threading.Event()
         self._pipelined = False
         self.stray = 0
-        c = raw_client(f"bench-raw-requester-{uuid.uuid4().hex[:8]}")
-        c.on_connect = self._on_connect
-        c.on_subscribe = self._on_subscribe
-        c.on_message = self._on_message
-        self._c = c
-
-    def __enter__(self) -> RawRequester:
-        self._c.connect(self.where[0], self.where[1], 10)
-        self._c.loop_start()
-        if not self._subscribed.wait(START_TIMEOUT_S):
-            self.__exit__()
-            raise RuntimeError("raw requester: no SUBACK")
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self._c.disconnect()
-        self._c.loop_stop()
 
     # paho thread: never raise
-    def _on_connect(self, client: paho.Client, userdata: Any, flags: Any, rc: Any, props: Any) -> None:
-        client.subscribe(self.reply_topic, 1)
 
-    def _on_subscribe(self, client: paho.Client, userdata: Any, mid: int, codes: Any, props: Any) -> None:
-        self._subscribed.set()
-
-    def _on_message(self, client: paho.Client, userdata: Any, msg: paho.MQTTMessage) -> None:
+    def on_message(self, client: paho.Client, userdata: Any, msg: paho.MQTTMessage) -> None:
         try:
             (rid,) = struct.unpack_from(">Q", msg.payload)
             if not self._pipelined:

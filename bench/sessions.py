@@ -55,7 +55,7 @@ import paho.mqtt.client as paho
 import yaml
 
 from bench.calls import broker, percentile, process, tail, wait_running
-from bench.rawpaho import raw_client
+from bench.rawpaho import Subscribed
 
 ROOT = Path(__file__).resolve().parent.parent
 if str(ROOT / "tests") not in sys.path:
@@ -120,10 +120,13 @@ class Beat:
     topic_chars: int
 
 
-class Observer:
+class Observer(Subscribed):
     """A bare paho subscriber; every arrival is stamped on paho's thread before anything else."""
 
     def __init__(self, where: tuple[str, int], topics: Topics, will_root: str) -> None:
+        filters = [(topics.all_session_heartbeats(), 0), (topics.all_session_events(), 1), (f"{will_root}/#", 1)]
+        super().__init__(where, f"bench-observer-{uuid.uuid4().hex[:8]}", filters, window=False,
+                         start_timeout_s=START_TIMEOUT_S)
         self.topics = topics
         self.will_root = will_root
         self._cv = threading.Condition()
@@ -132,34 +135,8 @@ class Observer:
         self.wills: dict[str, float] = {}  # will topic -> monotonic arrival
         self.alive: set[str] = set()
         self.errors = 0
-        self._subscribed = threading.Event()
-        self._filters = [(topics.all_session_heartbeats(), 0), (topics.all_session_events(), 1), (f"{will_root}/#", 1)]
-        c = raw_client(f"bench-observer-{uuid.uuid4().hex[:8]}", window=False)
-        c.on_connect = self._on_connect
-        c.on_subscribe = self._on_subscribe
-        c.on_message = self._on_message
-        self._c = c
-        self.where = where
 
-    def __enter__(self) -> Observer:
-        self._c.connect(self.where[0], self.where[1], 30)
-        self._c.loop_start()
-        if not self._subscribed.wait(START_TIMEOUT_S):
-            self.__exit__()
-            raise RuntimeError("observer: no SUBACK")
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self._c.disconnect()
-        self._c.loop_stop()
-
-    def _on_connect(self, client: paho.Client, userdata: Any, flags: Any, rc: Any, props: Any) -> None:
-        client.subscribe(self._filters)
-
-    def _on_subscribe(self, client: paho.Client, userdata: Any, mid: int, codes: Any, props: Any) -> None:
-        self._subscribed.set()
-
-    def _on_message(self, client: paho.Client, userdata: Any, msg: paho.MQTTMessage) -> None:
+    def on_message(self, client: paho.Client, userdata: Any, msg: paho.MQTTMessage) -> None:
         wall, mono = time.time(), time.monotonic()
         try:  # never raise on paho's thread
             topic = msg.topic
