@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from enum import StrEnum
-from typing import Any, Literal
+from typing import Any
 from urllib.parse import urlsplit
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
@@ -156,5 +156,3 @@ class RobotConfig(_Strict):
     def primary(self) -> PartConfig:
         return next(p for p in self.parts if p.parent is None)
 
-
-ConfigKind = Literal["robot"]

@@ -170,8 +170,4 @@ class CallReply(_Body):
     error: dict[str, Any] | None = None  # {"code", "message", "details"}
 
 
-def body_dict(model: BaseModel) -> dict[str, Any]:
-    return model.model_dump(mode="python", exclude_none=False)
-
-
 StopReport.model_rebuild()

@@ -527,7 +527,6 @@ class Part:
                 await self.client.publish(self.topics.part_report(self.name), self.encode(rep), qos=1, timeout=2.0)
             except Exception as exc:
                 log.warning("part %s: could not report to %s: %s", self.name, self.parent, exc)
-        self._children_entries = children
         await self.after_stopped(children)
         await self.publish_state(PartStateName.STOPPED, reason)
         self._stopped.set()
