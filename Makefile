@@ -25,7 +25,9 @@ mosquitto:
 	  SUDO=$$( [ "$$(id -u)" = 0 ] || echo sudo ); \
 	  $$SUDO apt-get update -q && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -q mosquitto; }
 
+# the demo's credentials (one secret per part and client, owner-only) are made once, then kept
 demo: install
+	$(BIN)/orchestrator credentials $(CONFIG)
 	$(BIN)/orchestrator up $(CONFIG)
 
 test: install-test mosquitto

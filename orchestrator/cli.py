@@ -41,6 +41,9 @@ def _run(coro: Coroutine[Any, Any, T], *, show_code: bool = False) -> T:
     the command exits with code 1 instead of a traceback."""
     try:
         return asyncio.run(coro)
+    except ConfigError as exc:  # includes missing credentials: fixed on disk, not by retrying
+        err_console.print(f"[red]{exc}[/]", highlight=False, markup=False)
+        raise typer.Exit(EXIT_CONFIG) from None
     except OrchestratorError as exc:
         err_console.print(f"[red]{exc.code}[/]: {exc}" if show_code else f"[red]{exc}[/]", highlight=False)
         raise typer.Exit(1) from None
@@ -69,6 +72,31 @@ ConfigArg = Annotated[Path, typer.Argument(help="robot configuration (YAML)")]
 BrokerOpt = Annotated[str | None, typer.Option("--broker", help="broker URL(s), comma separated; "
                                                 "default: from the config")]
 Verbose = Annotated[bool, typer.Option("--verbose", "-v", help="debug logging")]
+IdentityOpt = Annotated[str | None, typer.Option("--identity", "-i", help="client identity to act as "
+                                                   "(default: the config's first operator)")]
+CredentialsOpt = Annotated[Path | None, typer.Option("--credentials", envvar="ORCHESTRATOR_CREDENTIALS",
+                                                      help="credentials directory (default: from the config)")]
+
+
+def _access(loaded: LoadedConfig, identity: str | None, credentials: Path | None) -> Any:
+    """The CLI's broker credential: a client identity of the robot, its password from the credentials dir."""
+    from orchestrator.protocol.topics import ClientId
+    from orchestrator.security.access import Access
+
+    cfg = loaded.config
+    name = identity or cfg.default_client()
+    if name is None:
+        err_console.print(f"[red]{loaded.path}: the robot has no operator client identity (see 'clients')[/]")
+        raise typer.Exit(EXIT_CONFIG)
+    if not cfg.security.insecure and name not in {c.name for c in cfg.clients}:
+        err_console.print(f"[red]{loaded.path}: no client identity {name!r} "
+                          f"(clients: {', '.join(c.name for c in cfg.clients)})[/]", highlight=False)
+        raise typer.Exit(EXIT_CONFIG)
+    try:
+        return Access.of(cfg, loaded.path, ClientId(cfg.robot, name), credentials)
+    except ConfigError as exc:
+        err_console.print(f"[red]{exc}[/]", highlight=False, markup=False)
+        raise typer.Exit(EXIT_CONFIG) from None
 
 
 @app.command()
@@ -105,18 +133,20 @@ def part(
     config: ConfigArg,
     name: Annotated[str, typer.Option("--name", help="which part of the config to run")],
     broker_url: BrokerOpt = None,
+    credentials: CredentialsOpt = None,
     verbose: Verbose = False,
 ) -> None:
     """Run one part (a process of its own)."""
     from orchestrator.runtime.main import part_main
 
-    raise typer.Exit(part_main(str(config), name, broker_url, verbose))
+    raise typer.Exit(part_main(str(config), name, broker_url, verbose, str(credentials) if credentials else None))
 
 
 @app.command()
 def up(
     config: ConfigArg,
     timeline_json: Annotated[Path | None, typer.Option(help="also write the shutdown timeline here")] = None,
+    credentials: CredentialsOpt = None,
     verbose: Verbose = False,
 ) -> None:
     """Start the robot: the embedded broker, then every part; Ctrl-C stops it bottom-up."""
@@ -124,17 +154,51 @@ def up(
     loaded = _load(config)
     from orchestrator.launcher.up import run_up
 
-    code = _run(run_up(loaded, timeline_json=timeline_json, console=console))
+    code = _run(run_up(loaded, timeline_json=timeline_json, console=console, credentials=credentials))
     raise typer.Exit(code)
 
 
-async def _read_retained(urls: list[tuple[str, int]], cfg: RobotConfig, filters: list[str],
+@app.command()
+def credentials(
+    config: ConfigArg,
+    directory: Annotated[Path | None, typer.Option("--dir", envvar="ORCHESTRATOR_CREDENTIALS",
+                                                    help="where (default: the config's security.credentials)")] = None,
+    rotate: Annotated[bool, typer.Option(help="replace every secret (then restart the robot and its broker)")] = False,
+) -> None:
+    """Create the robot's credentials: a secret per part and client, the session key, the password and ACL
+    files (owner-only).  Existing secrets are kept unless --rotate."""
+    from orchestrator.security.access import store_for
+    from orchestrator.security.acl import mosquitto_acl, rights
+    from orchestrator.security.credentials import identities_of
+
+    loaded = _load(config)
+    cfg = loaded.config
+    store = store_for(cfg, loaded.path, directory)
+    acl = mosquitto_acl(rights(cfg, loaded.topology), header=f"robot {cfg.robot}, from {loaded.path}")
+    made = store.ensure(identities_of(cfg), rotate=rotate, acl=acl)
+    secrets_made = [m for m in made if m.endswith((".secret", ".key"))]
+    console.print(f"credentials of robot {cfg.robot} in {store.directory}: "
+                  f"{len(secrets_made)} secret(s) created, password and ACL files written", highlight=False)
+
+
+@app.command()
+def acl(config: ConfigArg) -> None:
+    """Print the broker's topic rights for this robot as a mosquitto acl_file (the embedded broker enforces
+    the same rules)."""
+    from orchestrator.security.acl import mosquitto_acl, rights
+
+    loaded = _load(config)
+    print(mosquitto_acl(rights(loaded.config, loaded.topology),
+                        header=f"robot {loaded.config.robot}, from {loaded.path}"), end="")
+
+
+async def _read_retained(urls: list[tuple[str, int]], cfg: RobotConfig, access: Any, filters: list[str],
                          settle_s: float = 0.3) -> dict[str, bytes]:
     from orchestrator.transport.client import MqttClient
 
     got: dict[str, bytes] = {}
     async with MqttClient(f"{cfg.robot}.cli.{os.getpid()}", urls, connect_timeout=3.0,
-                          username=cfg.broker.username, password=cfg.broker.password) as c:
+                          username=access.username, password=access.password) as c:
         async with c.messages(*filters) as stream:
             while True:
                 try:
@@ -150,6 +214,8 @@ def status(
     config: ConfigArg,
     broker_url: BrokerOpt = None,
     as_json: Annotated[bool, typer.Option("--json", help="machine-readable output")] = False,
+    identity: IdentityOpt = None,
+    credentials: CredentialsOpt = None,
 ) -> None:
     """Print every part's state from the retained topics."""
     from orchestrator.protocol.codec import decode
@@ -160,7 +226,8 @@ def status(
     cfg = loaded.config
     t = Topics(cfg.robot)
     urls = parse_urls(broker_url) if broker_url else cfg.broker.client_urls()
-    got = _run(_read_retained(urls, cfg, [t.all_part_states(), t.robot_status()]))
+    got = _run(_read_retained(urls, cfg, _access(loaded, identity, credentials), [t.all_part_states(),
+                                                                                  t.robot_status()]))
     parts: dict[str, Any] = {}
     for name in loaded.topology.start_order():
         raw = got.get(t.part_state(name))
@@ -192,30 +259,34 @@ def shutdown(
     config: ConfigArg,
     broker_url: BrokerOpt = None,
     reason: Annotated[str, typer.Option(help="recorded in the timeline")] = "orchestrator shutdown",
+    identity: IdentityOpt = None,
+    credentials: CredentialsOpt = None,
 ) -> None:
     """Ask the robot's primary to shut the robot down bottom-up (over MQTT)."""
     from orchestrator.protocol.messages import ShutdownRequest
 
-    _send_request(config, broker_url, "shutdown", ShutdownRequest(reason=reason))
+    _send_request(config, broker_url, "shutdown", ShutdownRequest(reason=reason), identity, credentials)
     console.print("shutdown requested")
 
 
-def _send_request(config: Path, broker_url: str | None, kind: str, body: Any) -> None:
-    """Publish a client request (``shutdown``, ``reload``) to the primary from a one-shot CLI identity."""
+def _send_request(config: Path, broker_url: str | None, kind: str, body: Any, identity: str | None,
+                  credentials: Path | None) -> None:
+    """Publish a client request (``shutdown``, ``reload``) to the primary as the CLI's client identity."""
     from orchestrator.protocol.codec import encode
-    from orchestrator.protocol.topics import ClientId, Topics
+    from orchestrator.protocol.topics import Topics
     from orchestrator.transport.client import MqttClient
 
     loaded = _load(config)  # also refuses to ask for a reload of an invalid file
     cfg = loaded.config
     urls = parse_urls(broker_url) if broker_url else cfg.broker.client_urls()
-    me = ClientId(cfg.robot, f"cli-{os.getpid()}")
+    access = _access(loaded, identity, credentials)
+    me = access.identity
     topics = Topics(cfg.robot)
     topic = topics.client_shutdown(me.name) if kind == "shutdown" else topics.client_reload(me.name)
 
     async def go() -> None:
         async with MqttClient(f"{cfg.robot}.cli.{os.getpid()}", urls, connect_timeout=3.0,
-                              username=cfg.broker.username, password=cfg.broker.password) as c:
+                              username=access.username, password=access.password) as c:
             await c.publish(topic, encode(me.sender, body), qos=1, timeout=3.0)
 
     _run(go())
@@ -230,11 +301,13 @@ def reload(
     config: ConfigArg,
     broker_url: BrokerOpt = None,
     reason: Annotated[str, typer.Option(help="recorded in the parts' logs")] = "orchestrator reload",
+    identity: IdentityOpt = None,
+    credentials: CredentialsOpt = None,
 ) -> None:
     """Ask the robot to re-read its configuration: changed resources and their dependents are rebuilt."""
     from orchestrator.protocol.messages import ReloadRequest
 
-    _send_request(config, broker_url, "reload", ReloadRequest(reason=reason))
+    _send_request(config, broker_url, "reload", ReloadRequest(reason=reason), identity, credentials)
     console.print("reload requested")
 
 
@@ -243,15 +316,19 @@ def resources(
     config: ConfigOpt,
     broker_url: BrokerOpt = None,
     as_json: Annotated[bool, typer.Option("--json", help="machine-readable output")] = False,
+    identity: IdentityOpt = None,
+    credentials: CredentialsOpt = None,
 ) -> None:
     """List what every part hosts (from the retained topics)."""
     from orchestrator.client import RobotClient
 
     loaded = _load(config)
     urls = parse_urls(broker_url) if broker_url else None
+    access = _access(loaded, identity, credentials)
 
     async def go() -> dict[str, list[dict[str, Any]]]:
-        async with RobotClient.from_config(loaded, urls=urls, connect_timeout=3.0, sessions=False) as client:
+        async with RobotClient.from_config(loaded, urls=urls, connect_timeout=3.0, sessions=False,
+                                           identity=access.identity.name, credentials=credentials) as client:
             return await client.resources()
 
     listing = _run(go())
@@ -279,6 +356,8 @@ def call(
         help="make the call in a session and keep it alive this many seconds; what the call set moving "
              "stops when the session closes (default: no session, the command persists)")] = None,
     broker_url: BrokerOpt = None,
+    identity: IdentityOpt = None,
+    credentials: CredentialsOpt = None,
 ) -> None:
     """Make one call and print the result as JSON (exit 1 with the error code on failure)."""
     from orchestrator.client import RobotClient
@@ -292,10 +371,11 @@ def call(
         raise typer.Exit(EXIT_CONFIG) from None
     loaded = _load(config)
     urls = parse_urls(broker_url) if broker_url else None
+    access = _access(loaded, identity, credentials)
 
     async def go() -> Any:
-        async with RobotClient.from_config(loaded, urls=urls, connect_timeout=3.0,
-                                           sessions=hold is not None) as client:
+        async with RobotClient.from_config(loaded, urls=urls, connect_timeout=3.0, sessions=hold is not None,
+                                           identity=access.identity.name, credentials=credentials) as client:
             result = await client.call(target, method, kwargs, timeout=timeout)
             if hold:
                 print(json.dumps(result, default=str), flush=True)
@@ -312,15 +392,19 @@ def sessions(
     config: ConfigOpt,
     broker_url: BrokerOpt = None,
     as_json: Annotated[bool, typer.Option("--json", help="machine-readable output")] = False,
+    identity: IdentityOpt = None,
+    credentials: CredentialsOpt = None,
 ) -> None:
     """List open sessions: owner, age, last heartbeat, the resources each owns on each part."""
     from orchestrator.client import RobotClient
 
     loaded = _load(config)
     urls = parse_urls(broker_url) if broker_url else None
+    access = _access(loaded, identity, credentials)
 
     async def go() -> list[dict[str, Any]]:
-        async with RobotClient.from_config(loaded, urls=urls, connect_timeout=3.0, sessions=False) as client:
+        async with RobotClient.from_config(loaded, urls=urls, connect_timeout=3.0, sessions=False,
+                                           identity=access.identity.name, credentials=credentials) as client:
             await asyncio.sleep(0.2)  # let the retained part states arrive: they say which parts run
             return await client.sessions.list()
 

@@ -35,6 +35,8 @@ import pytest
 
 if TYPE_CHECKING:
     from orchestrator.broker import EmbeddedBroker
+    from orchestrator.config import LoadedConfig
+    from orchestrator.security.credentials import CredentialStore
 
 __all__ = [
     "BROKER_KINDS",
@@ -42,12 +44,14 @@ __all__ = [
     "broker",
     "embedded_broker",
     "free_port",
+    "make_credentials",
     "mosquitto_broker",
     "mosquitto_path",
     "start_broker",
     "start_embedded_process",
     "start_embedded_thread",
     "start_mosquitto",
+    "start_robot_broker",
     "wait_for_port",
 ]
 
@@ -143,11 +147,13 @@ def mosquitto_path() -> str:
     )
 
 
-def render_mosquitto_conf(port: int, directory: Path, extra_conf: str = "", max_queued: int = 100_000) -> str:
+def render_mosquitto_conf(port: int, directory: Path, extra_conf: str = "", max_queued: int = 100_000,
+                          anonymous: bool = True) -> str:
     """The test config for a listener on 127.0.0.1:``port``; ``${dir}`` in ``extra_conf`` is the temp dir."""
     extra = Template(extra_conf).safe_substitute(dir=str(directory), port=str(port))
     return Template(MOSQUITTO_TEMPLATE.read_text()).substitute(
-        port=str(port), dir=str(directory), max_queued=str(max_queued), extra=extra
+        port=str(port), dir=str(directory), max_queued=str(max_queued), extra=extra,
+        anonymous="true" if anonymous else "false",
     )
 
 
@@ -159,6 +165,7 @@ def start_mosquitto(
     files: dict[str, str] | None = None,
     passwords: dict[str, str] | None = None,
     max_queued: int = 100_000,
+    anonymous: bool | None = None,
 ) -> Iterator[BrokerInfo]:
     """Run mosquitto on 127.0.0.1 until the block exits.
 
@@ -178,13 +185,15 @@ def start_mosquitto(
         if passwords is not None:
             _write_mosquitto_passwords(directory / "passwd", passwords)
             (directory / "passwd").chmod(0o644)
-            extra_conf += "\npassword_file ${dir}/passwd\nallow_anonymous false\n"
+            extra_conf += "\npassword_file ${dir}/passwd\n"
+        allow_anonymous = anonymous if anonymous is not None else (
+            passwords is None and "password_file" not in extra_conf)
         attempts = 1 if port is not None else 3
         last_error: Exception | None = None
         for _ in range(attempts):
             chosen = port if port is not None else free_port()
             conf = directory / "mosquitto.conf"
-            conf.write_text(render_mosquitto_conf(chosen, directory, extra_conf, max_queued))
+            conf.write_text(render_mosquitto_conf(chosen, directory, extra_conf, max_queued, allow_anonymous))
             log_path = directory / "mosquitto.log"
             log_path.touch()
             log_path.chmod(0o666)
@@ -424,6 +433,52 @@ def acl_from_rules(
         return False
 
     return acl
+
+
+# ------------------------------------------------------------------------------------- robots
+
+
+def make_credentials(loaded: LoadedConfig) -> CredentialStore:
+    """The robot's credentials directory (as `orchestrator credentials CONFIG` makes it)."""
+    from orchestrator.security.access import store_for
+    from orchestrator.security.acl import mosquitto_acl, rights
+    from orchestrator.security.credentials import identities_of
+
+    store = store_for(loaded.config, loaded.path)
+    store.ensure(identities_of(loaded.config), acl=mosquitto_acl(rights(loaded.config, loaded.topology)))
+    return store
+
+
+@contextlib.contextmanager
+def start_robot_broker(kind: str, loaded: LoadedConfig, *, port: int | None = None,
+                       max_payload: int | None = None) -> Iterator[BrokerInfo]:
+    """A broker that serves exactly one robot as `orchestrator` would deploy it: every identity with its
+    own password (from the robot's credentials, created here if missing), topic rights from the
+    topology, no anonymous access (unless the robot runs ``security.insecure``)."""
+    if loaded.config.security.insecure:
+        with (start_mosquitto(port) if kind == "mosquitto" else start_embedded_thread(port)) as info:
+            yield info
+        return
+    store = make_credentials(loaded)
+    if kind == "mosquitto":
+        extra = ["password_file ${dir}/passwd", "acl_file ${dir}/acl"]
+        if max_payload is not None:
+            extra.append(f"message_size_limit {max_payload}")
+        files = {"passwd": store.path("passwd").read_text(), "acl": store.path("acl").read_text()}
+        with start_mosquitto(port, "\n".join(extra), files=files, anonymous=False) as info:
+            yield info
+        return
+    if kind == "amqtt":
+        from orchestrator.security.acl import AclChecker, rights
+
+        options: dict[str, Any] = {"passwords": store.password_file(),
+                                   "acl": AclChecker(rights(loaded.config, loaded.topology))}
+        if max_payload is not None:
+            options["max_payload"] = max_payload
+        with start_embedded_thread(port, **options) as info:
+            yield info
+        return
+    raise ValueError(f"unknown broker kind {kind!r}; expected one of {BROKER_KINDS}")
 
 
 # ------------------------------------------------------------------------------------- fixtures

@@ -17,12 +17,17 @@ from pathlib import Path
 from typing import Any
 
 import yaml
-from brokers import free_port, start_mosquitto
+from brokers import free_port, make_credentials, start_robot_broker
 
+from orchestrator.config import LoadedConfig, load_config
 from orchestrator.protocol.codec import decode
 from orchestrator.protocol.messages import PartState, RobotStatus, Timeline
-from orchestrator.protocol.topics import Topics
+from orchestrator.protocol.topics import ClientId, Identity, Topics
+from orchestrator.security.access import Access
 from orchestrator.transport.client import Message, MqttClient
+
+# every test robot has an operator (the CLI and SDK default), a second operator and a read-only observer
+CLIENTS = [{"name": "operator"}, {"name": "other"}, {"name": "watcher", "role": "viewer"}]
 
 
 def unique_robot() -> str:
@@ -56,17 +61,49 @@ def write_config(path: Path, robot: str, broker: dict[str, Any], parts: list[dic
     return path
 
 
+@dataclass
+class RobotSetup:
+    cfg: Path
+    loaded: LoadedConfig
+    where: tuple[str, int]
+
+    @property
+    def robot(self) -> str:
+        return self.loaded.config.robot
+
+    @property
+    def url(self) -> str:
+        return f"mqtt://{self.where[0]}:{self.where[1]}"
+
+    def access(self, kind: str, name: str) -> Access:
+        return Access.of(self.loaded.config, self.loaded.path, Identity(self.robot, kind, name))
+
+    def watcher(self) -> Watcher:
+        return Watcher(self.robot, self.where, self.loaded)
+
+
 @contextlib.contextmanager
-def robot_broker(kind: str) -> Iterator[tuple[dict[str, Any], tuple[str, int]]]:
-    """Broker section of a config + where to reach it.  "amqtt": `up` runs the embedded broker itself."""
+def robot_setup(kind: str, path: Path, parts: list[dict[str, Any]], *, keepalive_s: int = 2,
+                **top: Any) -> Iterator[RobotSetup]:
+    """A robot config at ``path`` with its credentials, for `orchestrator up`: "amqtt" means `up` runs the
+    embedded broker itself (on a free port); "mosquitto" starts one configured for this robot (its
+    password file and topic rights) and points the config at it."""
+    port = free_port()
+    top.setdefault("clients", CLIENTS)
     if kind == "amqtt":
-        port = free_port()
-        yield {"embedded": {"host": "127.0.0.1", "port": port}, "keepalive_s": 2}, ("127.0.0.1", port)
+        broker: dict[str, Any] = {"embedded": {"host": "127.0.0.1", "port": port}, "keepalive_s": keepalive_s}
     elif kind == "mosquitto":
-        with start_mosquitto() as info:
-            yield {"urls": [info.url], "keepalive_s": 2}, (info.host, info.port)
+        broker = {"urls": [f"mqtt://127.0.0.1:{port}"], "keepalive_s": keepalive_s}
     else:
         raise ValueError(kind)
+    cfg = write_config(path, unique_robot(), broker, parts, **top)
+    loaded = load_config(cfg)
+    if kind == "amqtt":
+        make_credentials(loaded)
+        yield RobotSetup(cfg, loaded, ("127.0.0.1", port))
+        return
+    with start_robot_broker(kind, loaded, port=port) as info:
+        yield RobotSetup(cfg, loaded, (info.host, info.port))
 
 
 @dataclass
@@ -75,6 +112,7 @@ class Watcher:
 
     robot: str
     where: tuple[str, int]
+    loaded: LoadedConfig | None = None  # given: watch as the robot's viewer identity "watcher"
     states: dict[str, tuple[int, PartState]] = field(default_factory=dict)
     births: dict[str, set[int]] = field(default_factory=dict)
     pids: set[int] = field(default_factory=set)
@@ -86,7 +124,12 @@ class Watcher:
     def __post_init__(self) -> None:
         self.topics = Topics(self.robot)
         self.changed = asyncio.Event()
-        self.client = MqttClient(f"{self.robot}.watcher.{uuid.uuid4().hex[:6]}", [self.where], connect_timeout=15)
+        user = password = None
+        if self.loaded is not None:
+            access = Access.of(self.loaded.config, self.loaded.path, ClientId(self.robot, "watcher"))
+            user, password = access.username, access.password
+        self.client = MqttClient(f"{self.robot}.watcher.{uuid.uuid4().hex[:6]}", [self.where], connect_timeout=15,
+                                 username=user, password=password)
 
     async def __aenter__(self) -> Watcher:
         t = self.topics

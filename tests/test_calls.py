@@ -9,7 +9,6 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from brokers import start_broker
 from inproc import client_for, running_robot
 
 from orchestrator import (
@@ -48,10 +47,9 @@ async def motor(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator
         assert isinstance(m, Motor)
         yield m
         return
-    with start_broker(request.param) as info:
-        async with running_robot(tmp_path, (info.host, info.port), PARTS) as (loaded, _), \
-                client_for(loaded) as client:
-            yield client.resource("drive/left", Motor)
+    async with running_robot(tmp_path, request.param, PARTS) as (loaded, _), \
+            client_for(loaded) as client:
+        yield client.resource("drive/left", Motor)
 
 
 # ---- the behaviour suite: written once, run on the local motor and on its remote proxy ------------
@@ -93,10 +91,9 @@ async def test_out_of_range_power_is_invalid_argument(motor: Motor) -> None:
 
 @pytest.fixture(params=["amqtt", "mosquitto"])
 async def robot(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[RobotClient]:
-    with start_broker(request.param) as info:
-        async with running_robot(tmp_path, (info.host, info.port), PARTS) as (loaded, _), \
-                client_for(loaded, timeout=5.0) as client:
-            yield client
+    async with running_robot(tmp_path, request.param, PARTS) as (loaded, _), \
+            client_for(loaded, timeout=5.0) as client:
+        yield client
 
 
 @pytest.mark.timeout(30)
@@ -136,18 +133,17 @@ async def test_other_calls_are_served_while_one_hangs(robot: RobotClient) -> Non
 async def test_call_to_an_unknown_part_times_out_and_to_a_stopped_part_is_part_offline(
     tmp_path: Path,
 ) -> None:
-    with start_broker("mosquitto") as info:
-        async with running_robot(tmp_path, (info.host, info.port), PARTS) as (loaded, parts), \
-                client_for(loaded, timeout=0.5) as client:
-            with pytest.raises(DeadlineExceeded):
-                await client.call("ghost/x", "stop")
-            await parts["nav"].close()
-            deadline = time.monotonic() + 5
-            while not client.rpc.offline("nav"):
-                assert time.monotonic() < deadline
-                await asyncio.sleep(0.01)
-            with pytest.raises(PartOffline):
-                await client.call("nav/base", "stop")
+    async with running_robot(tmp_path, "mosquitto", PARTS) as (loaded, parts), \
+            client_for(loaded, timeout=0.5) as client:
+        with pytest.raises(DeadlineExceeded):
+            await client.call("ghost/x", "stop")
+        await parts["nav"].close()
+        deadline = time.monotonic() + 5
+        while not client.rpc.offline("nav"):
+            assert time.monotonic() < deadline
+            await asyncio.sleep(0.01)
+        with pytest.raises(PartOffline):
+            await client.call("nav/base", "stop")
 
 
 @pytest.mark.timeout(30)
@@ -176,19 +172,18 @@ async def test_malformed_calls_are_counted_and_dropped_and_forged_senders_refuse
     from orchestrator.errors import ProtocolError
     from orchestrator.protocol.codec import encode, pack
 
-    with start_broker("amqtt") as info:
-        async with running_robot(tmp_path, (info.host, info.port), PARTS) as (loaded, parts), \
-                client_for(loaded, timeout=2.0) as client:
-            server = parts["drive"].server
-            topic = client.topics.call(client.id.sender, "drive", "left")
-            for junk in (b"", b"\xc1", pack({"v": 1, "src": client.id.sender, "body": {"id": 5, "method": []}})):
-                await client.mqtt.publish(topic, junk, qos=1, timeout=5)
-            # a request whose envelope claims another sender than the topic's identity
-            got = asyncio.get_running_loop().create_future()
-            client.rpc._pending["forged"] = ("drive", got)
-            await client.mqtt.publish(topic, encode("client/someone-else", {"id": "forged", "method": "stop"}),
-                                      qos=1, timeout=5)
-            with pytest.raises(ProtocolError, match="does not match"):
-                await asyncio.wait_for(got, 5)
-            assert await client.call("drive/left", "get_power") == 0.0  # still serving
-            assert server.malformed == 4
+    async with running_robot(tmp_path, "amqtt", PARTS) as (loaded, parts), \
+            client_for(loaded, timeout=2.0) as client:
+        server = parts["drive"].server
+        topic = client.topics.call(client.id.sender, "drive", "left")
+        for junk in (b"", b"\xc1", pack({"v": 1, "src": client.id.sender, "body": {"id": 5, "method": []}})):
+            await client.mqtt.publish(topic, junk, qos=1, timeout=5)
+        # a request whose envelope claims another sender than the topic's identity
+        got = asyncio.get_running_loop().create_future()
+        client.rpc._pending["forged"] = ("drive", got)
+        await client.mqtt.publish(topic, encode("client/someone-else", {"id": "forged", "method": "stop"}),
+                                  qos=1, timeout=5)
+        with pytest.raises(ProtocolError, match="does not match"):
+            await asyncio.wait_for(got, 5)
+        assert await client.call("drive/left", "get_power") == 0.0  # still serving
+        assert server.malformed == 4

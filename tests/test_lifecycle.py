@@ -10,7 +10,6 @@ from typing import Any
 
 import pytest
 import yaml
-from brokers import start_broker
 from inproc import client_for, running_robot
 
 from orchestrator.errors import UnknownResource
@@ -46,70 +45,66 @@ def test_registry_refuses_a_model_registered_twice() -> None:
 
 @pytest.mark.timeout(30)
 async def test_a_resource_that_fails_to_build_is_degraded_and_the_part_runs(tmp_path: Path) -> None:
-    with start_broker("amqtt") as info:
-        async with running_robot(tmp_path, (info.host, info.port), PARTS) as (loaded, parts), \
-                client_for(loaded) as client:
-            listing = {r["name"]: r for r in (await client.resources())["drive"]}
-            assert listing["broken"]["status"] == "degraded"
-            assert "configured to fail to build" in listing["broken"]["reason"]
-            assert listing["base"]["status"] == "ready"
-            with pytest.raises(UnknownResource, match="degraded"):
-                await client.call("drive/broken", "do_command", {"command": {}})
-            assert parts["drive"].host.states["broken"].attempts >= 1
-            assert await client.call("drive/left", "is_moving") is False
+    async with running_robot(tmp_path, "amqtt", PARTS) as (loaded, parts), \
+            client_for(loaded) as client:
+        listing = {r["name"]: r for r in (await client.resources())["drive"]}
+        assert listing["broken"]["status"] == "degraded"
+        assert "configured to fail to build" in listing["broken"]["reason"]
+        assert listing["base"]["status"] == "ready"
+        with pytest.raises(UnknownResource, match="degraded"):
+            await client.call("drive/broken", "do_command", {"command": {}})
+        assert parts["drive"].host.states["broken"].attempts >= 1
+        assert await client.call("drive/left", "is_moving") is False
 
 
 @pytest.mark.timeout(30)
 async def test_reload_rebuilds_exactly_the_changed_resources_and_their_dependents(tmp_path: Path) -> None:
-    with start_broker("mosquitto") as info:
-        async with running_robot(tmp_path, (info.host, info.port), PARTS) as (loaded, parts):
-            before = {(p, n): r for p, part in parts.items() for n, r in part.host.resources.items()}
-            raw = yaml.safe_load(loaded.path.read_text())
-            new = copy.deepcopy(raw)
-            new["parts"][1]["resources"][0]["attributes"] = {"max_rpm": 42}  # drive/left changed
-            new["parts"][2]["resources"].append({"name": "bumper", "model": "orc:sim:sensor"})  # added
-            loaded.path.write_text(yaml.safe_dump(new))
-            # the primary reloads and tells its children, which reload and tell theirs
-            assert await parts["main"].reload("test") == ([], [])
-            deadline = time.monotonic() + 10
-            while any(p.last_reload is None for p in parts.values()):
-                assert time.monotonic() < deadline, "not every part reloaded"
-                await asyncio.sleep(0.01)
-            by_part = {name: p.last_reload for name, p in parts.items()}
-            # left changed; base depends on it locally, follower across parts
-            assert by_part["drive"] is not None and sorted(by_part["drive"][0]) == ["base", "left"]
-            assert by_part["nav"] == (["follower", "bumper"], [])
-            assert by_part["main"] == ([], [])
-            after = {(p, n): r for p, part in parts.items() for n, r in part.host.resources.items()}
-            rebuilt = {k for k in before if before[k] is not after.get(k)}
-            assert rebuilt == {("drive", "left"), ("drive", "base"), ("nav", "follower")}
-            assert getattr(after[("drive", "left")], "attributes").max_rpm == 42  # noqa: B009
-            assert ("nav", "bumper") in after
+    async with running_robot(tmp_path, "mosquitto", PARTS) as (loaded, parts):
+        before = {(p, n): r for p, part in parts.items() for n, r in part.host.resources.items()}
+        raw = yaml.safe_load(loaded.path.read_text())
+        new = copy.deepcopy(raw)
+        new["parts"][1]["resources"][0]["attributes"] = {"max_rpm": 42}  # drive/left changed
+        new["parts"][2]["resources"].append({"name": "bumper", "model": "orc:sim:sensor"})  # added
+        loaded.path.write_text(yaml.safe_dump(new))
+        # the primary reloads and tells its children, which reload and tell theirs
+        assert await parts["main"].reload("test") == ([], [])
+        deadline = time.monotonic() + 10
+        while any(p.last_reload is None for p in parts.values()):
+            assert time.monotonic() < deadline, "not every part reloaded"
+            await asyncio.sleep(0.01)
+        by_part = {name: p.last_reload for name, p in parts.items()}
+        # left changed; base depends on it locally, follower across parts
+        assert by_part["drive"] is not None and sorted(by_part["drive"][0]) == ["base", "left"]
+        assert by_part["nav"] == (["follower", "bumper"], [])
+        assert by_part["main"] == ([], [])
+        after = {(p, n): r for p, part in parts.items() for n, r in part.host.resources.items()}
+        rebuilt = {k for k in before if before[k] is not after.get(k)}
+        assert rebuilt == {("drive", "left"), ("drive", "base"), ("nav", "follower")}
+        assert getattr(after[("drive", "left")], "attributes").max_rpm == 42  # noqa: B009
+        assert ("nav", "bumper") in after
 
 
 @pytest.mark.timeout(30)
 async def test_an_invalid_file_is_not_reloaded(tmp_path: Path) -> None:
-    with start_broker("mosquitto") as info:
-        async with running_robot(tmp_path, (info.host, info.port), PARTS) as (loaded, parts):
-            before = dict(parts["drive"].host.resources)
-            loaded.path.write_text(loaded.path.read_text().replace("orc:sim:motor", "nope:no:motor"))
-            assert await parts["drive"].reload("test") is None
-            assert parts["drive"].host.resources == before
+    async with running_robot(tmp_path, "mosquitto", PARTS) as (loaded, parts):
+        before = dict(parts["drive"].host.resources)
+        loaded.path.write_text(loaded.path.read_text().replace("orc:sim:motor", "nope:no:motor"))
+        assert await parts["drive"].reload("test") is None
+        assert parts["drive"].host.resources == before
 
 
 @pytest.mark.timeout(30)
 async def test_sensor_telemetry_is_published_at_its_rate(tmp_path: Path) -> None:
-    with start_broker("amqtt") as info:
-        async with running_robot(tmp_path, (info.host, info.port), PARTS) as (loaded, _), \
-                client_for(loaded) as client:
-            got: list[tuple[float, TelemetryReading]] = []
-            enough = asyncio.Event()
+    async with running_robot(tmp_path, "amqtt", PARTS) as (loaded, _), \
+            client_for(loaded) as client:
+        got: list[tuple[float, TelemetryReading]] = []
+        enough = asyncio.Event()
 
-            def on(msg: Message) -> None:
-                got.append((time.monotonic(), decode(msg.payload).parse(TelemetryReading)))
-                if len(got) >= 5:
-                    enough.set()
+        def on(msg: Message) -> None:
+            got.append((time.monotonic(), decode(msg.payload).parse(TelemetryReading)))
+            if len(got) >= 5:
+                enough.set()
 
-            await client.mqtt.subscribe(client.topics.telemetry("main", "health"), on, qos=0)
-            await asyncio.wait_for(enough.wait(), 5)
-            assert all(r.resource == "health" and set(r.readings) == {"value"} for _, r in got)
+        await client.mqtt.subscribe(client.topics.telemetry("main", "health"), on, qos=0)
+        await asyncio.wait_for(enough.wait(), 5)
+        assert all(r.resource == "health" and set(r.readings) == {"value"} for _, r in got)

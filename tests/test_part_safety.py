@@ -7,40 +7,30 @@ import time
 from pathlib import Path
 
 import pytest
-from brokers import start_mosquitto
-from robot import unique_robot, write_config
+from inproc import running_robot
 
-from orchestrator.config import load_config
 from orchestrator.resources.base import Actuator
-from orchestrator.runtime.part import Part
 
 
 @pytest.mark.timeout(30)
 async def test_part_that_loses_the_broker_stops_its_actuators(tmp_path: Path) -> None:
-    robot = unique_robot()
-    with start_mosquitto() as info:
-        cfg = write_config(tmp_path / "r.yaml", robot, {"urls": [info.url], "keepalive_s": 1}, [
-            {"name": "main", "resources": [{"name": "m", "model": "orc:sim:motor"},
-                                           {"name": "n", "model": "orc:sim:motor"}]},
-        ])
-        part = Part(load_config(cfg), "main")
-        await part.start()
-        try:
-            motors = [r for r in part.host.resources.values() if isinstance(r, Actuator)]
-            for m in motors:
-                await m.set_power(0.5)  # type: ignore[attr-defined]
-            assert all([await m.is_moving() for m in motors])
-            lost = asyncio.Event()
-            part.client.on_disconnect(lambda _reason: lost.set())
-            assert info.log_path is not None
-            await asyncio.to_thread(_kill_mosquitto, str(info.log_path.parent))
-            await asyncio.wait_for(lost.wait(), 10)
-            deadline = time.monotonic() + 5
-            while any([await m.is_moving() for m in motors]):
-                assert time.monotonic() < deadline, "actuators still moving after the broker was lost"
-                await asyncio.sleep(0.01)
-        finally:
-            await part.close()
+    parts = [{"name": "main", "resources": [{"name": "m", "model": "orc:sim:motor"},
+                                            {"name": "n", "model": "orc:sim:motor"}]}]
+    async with running_robot(tmp_path, "mosquitto", parts, broker_keepalive_s=1) as robot:
+        part = robot.parts["main"]
+        motors = [r for r in part.host.resources.values() if isinstance(r, Actuator)]
+        for m in motors:
+            await m.set_power(0.5)  # type: ignore[attr-defined]
+        assert all([await m.is_moving() for m in motors])
+        lost = asyncio.Event()
+        part.client.on_disconnect(lambda _reason: lost.set())
+        assert robot.broker.log_path is not None
+        await asyncio.to_thread(_kill_mosquitto, str(robot.broker.log_path.parent))
+        await asyncio.wait_for(lost.wait(), 10)
+        deadline = time.monotonic() + 5
+        while any([await m.is_moving() for m in motors]):
+            assert time.monotonic() < deadline, "actuators still moving after the broker was lost"
+            await asyncio.sleep(0.01)
 
 
 def _kill_mosquitto(conf_dir: str) -> None:
@@ -51,25 +41,18 @@ def _kill_mosquitto(conf_dir: str) -> None:
 
 @pytest.mark.timeout(30)
 async def test_a_stalled_event_loop_gets_its_actuators_emergency_stopped(tmp_path: Path) -> None:
-    robot = unique_robot()
-    with start_mosquitto() as info:
-        cfg = write_config(tmp_path / "r.yaml", robot, {"urls": [info.url]}, [
-            {"name": "main", "watchdog_s": 0.2, "resources": [
-                {"name": "m", "model": "orc:sim:motor"}, {"name": "faulty", "model": "orc:sim:faulty"}]},
-        ])
-        part = Part(load_config(cfg), "main")
-        await part.start()
-        try:
-            m = part.host.resources["m"]
-            await m.set_power(0.5)  # type: ignore[attr-defined]
-            faulty = part.host.resources["faulty"]
-            t0 = time.monotonic()
-            await faulty.do_command({"block_s": 1.0})  # blocks this loop: nothing async can run
-            blocked = time.monotonic() - t0
-            assert blocked >= 1.0
-            assert part.watchdog is not None and part.watchdog.fired == 1
-            assert part.watchdog.last_stopped == ["m"]
-            assert getattr(m, "emergency_stops") == 1  # noqa: B009
-            assert not await m.is_moving()
-        finally:
-            await part.close()
+    parts = [{"name": "main", "watchdog_s": 0.2, "resources": [
+        {"name": "m", "model": "orc:sim:motor"}, {"name": "faulty", "model": "orc:sim:faulty"}]}]
+    async with running_robot(tmp_path, "mosquitto", parts) as robot:
+        part = robot.parts["main"]
+        m = part.host.resources["m"]
+        await m.set_power(0.5)  # type: ignore[attr-defined]
+        faulty = part.host.resources["faulty"]
+        t0 = time.monotonic()
+        await faulty.do_command({"block_s": 1.0})  # blocks this loop: nothing async can run
+        blocked = time.monotonic() - t0
+        assert blocked >= 1.0
+        assert part.watchdog is not None and part.watchdog.fired == 1
+        assert part.watchdog.last_stopped == ["m"]
+        assert getattr(m, "emergency_stops") == 1  # noqa: B009
+        assert not await m.is_moving()

@@ -13,7 +13,8 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from robot import Up, Watcher, alive, robot_broker, three_level_parts, unique_robot, write_config
+from brokers import make_credentials
+from robot import Up, alive, robot_setup, three_level_parts, unique_robot, write_config
 
 from orchestrator.config import load_config
 from orchestrator.protocol.codec import encode
@@ -49,18 +50,17 @@ def assert_bottom_up(tl: dict[str, Any], forced: set[str] = frozenset()) -> None
 @pytest.mark.timeout(90)
 @pytest.mark.parametrize("kind", KINDS)
 async def test_three_level_robot_starts_and_sigterm_stops_it_bottom_up(tmp_path: Path, kind: str) -> None:
-    robot = unique_robot()
-    with robot_broker(kind) as (broker, where):
-        cfg = write_config(tmp_path / "robot.yaml", robot, broker, three_level_parts())
+    with robot_setup(kind, tmp_path / "robot.yaml", three_level_parts()) as setup:
+        cfg = setup.cfg
         up = Up(cfg, tmp_path)
         try:
-            async with Watcher(robot, where) as w:
+            async with setup.watcher() as w:
                 await w.all_running(PARTS)
                 await w.until(lambda: w.status is not None and w.status.state == "running", 10, "robot running")
                 res = await asyncio.to_thread(
                     subprocess.run,
                     [sys.executable, "-m", "orchestrator", "status", str(cfg), "--json",
-                     "--broker", f"mqtt://{where[0]}:{where[1]}"],
+                     "--broker", f"mqtt://{setup.where[0]}:{setup.where[1]}"],
                     capture_output=True, text=True, timeout=30)
                 assert res.returncode == 0, res.stderr
                 st = json.loads(res.stdout)
@@ -91,17 +91,16 @@ async def test_three_level_robot_starts_and_sigterm_stops_it_bottom_up(tmp_path:
 @pytest.mark.timeout(90)
 @pytest.mark.parametrize("kind", KINDS)
 async def test_hung_subpart_is_forced_and_the_rest_stops_in_order(tmp_path: Path, kind: str) -> None:
-    robot = unique_robot()
     parts = three_level_parts(arm={
         "stop_deadline_s": 0.5,
         "resources": [{"name": "shoulder", "model": "orc:sim:motor", "attributes": {"hang_on_stop_s": 60}}],
     })
-    with robot_broker(kind) as (broker, where):
-        cfg = write_config(tmp_path / "robot.yaml", robot, broker, parts, shutdown_timeout_s=10)
+    with robot_setup(kind, tmp_path / "robot.yaml", parts, shutdown_timeout_s=10) as setup:
+        cfg = setup.cfg
         topo = load_config(cfg).topology
         up = Up(cfg, tmp_path)
         try:
-            async with Watcher(robot, where) as w:
+            async with setup.watcher() as w:
                 await w.all_running(PARTS)
                 arm_pid = w.states["arm"][1].pid
                 t0 = time.monotonic()
@@ -124,12 +123,11 @@ async def test_hung_subpart_is_forced_and_the_rest_stops_in_order(tmp_path: Path
 @pytest.mark.timeout(90)
 @pytest.mark.parametrize("kind", KINDS)
 async def test_kill9_subpart_goes_offline_fast_and_is_restarted(tmp_path: Path, kind: str) -> None:
-    robot = unique_robot()
-    with robot_broker(kind) as (broker, where):
-        cfg = write_config(tmp_path / "robot.yaml", robot, broker, three_level_parts())
+    with robot_setup(kind, tmp_path / "robot.yaml", three_level_parts()) as setup:
+        cfg = setup.cfg
         up = Up(cfg, tmp_path)
         try:
-            async with Watcher(robot, where) as w:
+            async with setup.watcher() as w:
                 await w.all_running(PARTS)
                 await w.until(lambda: w.status is not None and w.status.state == "running", 10, "robot running")
                 birth, st = w.states["arm"]
@@ -160,12 +158,11 @@ async def test_kill9_subpart_goes_offline_fast_and_is_restarted(tmp_path: Path, 
 
 @pytest.mark.timeout(90)
 async def test_late_will_of_an_old_connection_does_not_mark_the_new_one_offline(tmp_path: Path) -> None:
-    robot = unique_robot()
-    with robot_broker("mosquitto") as (broker, where):
-        cfg = write_config(tmp_path / "robot.yaml", robot, broker, three_level_parts())
+    with robot_setup("mosquitto", tmp_path / "robot.yaml", three_level_parts()) as setup:
+        cfg = setup.cfg
         up = Up(cfg, tmp_path)
         try:
-            async with Watcher(robot, where) as w:
+            async with setup.watcher() as w:
                 await w.all_running(PARTS)
                 await w.until(lambda: w.status is not None and w.status.state == "running", 10, "robot running")
                 birth, _ = w.states["arm"]
@@ -173,7 +170,9 @@ async def test_late_will_of_an_old_connection_does_not_mark_the_new_one_offline(
                 # an older connection of "arm" (smaller birth) whose link dies only now: its Will is late
                 old_will = encode("part/arm", PartState(state=PartStateName.OFFLINE, reason="old link"),
                                   birth=birth - 1)
-                ghost = MqttClient(f"{robot}.ghost", [where], will=lambda _b: Will(topic, old_will))
+                arm = setup.access("part", "arm")  # an older connection of arm itself, with its own credential
+                ghost = MqttClient(f"{setup.robot}.ghost", [setup.where], will=lambda _b: Will(topic, old_will),
+                                   username=arm.username, password=arm.password)
                 await ghost.start()
                 await ghost.close(disconnect=False)  # socket dropped: the broker publishes the Will
                 await w.until(lambda: birth - 1 in w.births.get("arm", set()), 10, "the late Will on the wire")
@@ -192,12 +191,11 @@ async def test_late_will_of_an_old_connection_does_not_mark_the_new_one_offline(
 
 @pytest.mark.timeout(90)
 async def test_shutdown_requested_over_mqtt(tmp_path: Path) -> None:
-    robot = unique_robot()
-    with robot_broker("amqtt") as (broker, where):
-        cfg = write_config(tmp_path / "robot.yaml", robot, broker, three_level_parts())
+    with robot_setup("amqtt", tmp_path / "robot.yaml", three_level_parts()) as setup:
+        cfg = setup.cfg
         up = Up(cfg, tmp_path)
         try:
-            async with Watcher(robot, where) as w:
+            async with setup.watcher() as w:
                 await w.all_running(PARTS)
                 res = await asyncio.to_thread(
                     subprocess.run, [sys.executable, "-m", "orchestrator", "shutdown", str(cfg), "--reason", "test"],
@@ -220,12 +218,11 @@ async def _cli(*argv: str) -> subprocess.CompletedProcess[str]:
 
 @pytest.mark.timeout(90)
 async def test_cli_call_resources_and_sighup_reload(tmp_path: Path) -> None:
-    robot = unique_robot()
-    with robot_broker("amqtt") as (broker, where):
-        cfg = write_config(tmp_path / "robot.yaml", robot, broker, three_level_parts())
+    with robot_setup("amqtt", tmp_path / "robot.yaml", three_level_parts()) as setup:
+        cfg = setup.cfg
         up = Up(cfg, tmp_path)
         try:
-            async with Watcher(robot, where) as w:
+            async with setup.watcher() as w:
                 await w.all_running(PARTS)
                 res = await _cli("call", "base/left", "set_power", "--args", '{"power": 0.5}', "-c", str(cfg))
                 assert res.returncode == 0 and res.stdout.strip() == "null", res.stderr
@@ -272,6 +269,7 @@ async def test_a_port_already_in_use_is_a_clear_error_and_nothing_starts(tmp_pat
     try:
         cfg = write_config(tmp_path / "robot.yaml", unique_robot(), {"embedded": {"host": "127.0.0.1", "port": port}},
                            three_level_parts())
+        make_credentials(load_config(cfg))
         res = await asyncio.to_thread(subprocess.run, [sys.executable, "-m", "orchestrator", "up", str(cfg)],
                                       capture_output=True, text=True, timeout=30)
         assert res.returncode == 1

@@ -13,7 +13,6 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from brokers import start_broker
 from inproc import client_for, running_robot
 
 from orchestrator import Motor, SessionExpired
@@ -23,7 +22,6 @@ from orchestrator.protocol.codec import encode
 from orchestrator.protocol.messages import SessionHeartbeat
 from orchestrator.resources.base import Base
 from orchestrator.runtime.part import Part
-from orchestrator.sessions.tokens import SessionKey
 
 WINDOW = 0.3
 HERE = Path(__file__).parent
@@ -44,13 +42,6 @@ PARTS: list[dict[str, Any]] = [
         {"name": "base", "model": "orc:sim:base", "attributes": {"left": "drive/m1", "right": "drive/m2"}},
     ]},
 ]
-
-
-@pytest.fixture(autouse=True)
-def session_key(monkeypatch: pytest.MonkeyPatch) -> str:
-    key = SessionKey.generate()
-    monkeypatch.setenv("ORCHESTRATOR_SESSION_KEY", key)
-    return key
 
 
 class Robot:
@@ -95,13 +86,15 @@ async def until(cond: Any, timeout: float, what: str) -> float:
 @pytest.fixture(params=["amqtt", "mosquitto"])
 async def robot(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[Robot]:
     sessions = {"heartbeat_window_s": WINDOW}
-    with start_broker(request.param) as info:
-        async with running_robot(tmp_path, (info.host, info.port), PARTS, sessions=sessions) as (loaded, parts):
-            r = Robot(loaded, parts, info.url, tmp_path)
-            try:
-                yield r
-            finally:
-                r.close()
+    # the MAC and counter of heartbeats are checked with the broker's topic rights switched off: they
+    # must hold by themselves (an identity that leaked, a broker without ACL)
+    security = {"insecure": True} if request.node.get_closest_marker("insecure") else {}
+    async with running_robot(tmp_path, request.param, PARTS, sessions=sessions, security=security) as robot:
+        r = Robot(robot.loaded, robot.parts, robot.broker.url, tmp_path)
+        try:
+            yield r
+        finally:
+            r.close()
 
 
 @pytest.mark.timeout(60)
@@ -153,7 +146,7 @@ async def test_a_client_whose_loop_is_blocked_for_three_windows_keeps_its_sessio
 @pytest.mark.timeout(60)
 async def test_a_stolen_session_id_is_answered_like_an_expired_one(robot: Robot) -> None:
     _, stolen = await robot.client_process("drive/m3", "set_power", '{"power": 0.1}')
-    async with client_for(robot.loaded, sessions=False) as thief:
+    async with client_for(robot.loaded, identity="other", sessions=False) as thief:  # another operator
         with pytest.raises(SessionExpired) as by_thief:
             await thief.rpc.call("drive", "m3", "set_power", {"power": 0.9}, session=stolen)
         forged = stolen.rsplit(".", 1)[0] + ".0000000000000000000000ff"
@@ -164,6 +157,7 @@ async def test_a_stolen_session_id_is_answered_like_an_expired_one(robot: Robot)
 
 
 @pytest.mark.timeout(60)
+@pytest.mark.insecure
 async def test_forged_and_replayed_heartbeats_do_not_keep_a_session_alive(robot: Robot) -> None:
     m = robot.motor("m4")
     proc, sid = await robot.client_process("drive/m4", "set_power", '{"power": 0.6}')
@@ -241,87 +235,85 @@ async def test_an_explicit_close_stops_what_the_session_owns(robot: Robot) -> No
 @pytest.mark.timeout(60)
 @pytest.mark.parametrize("kind", ["amqtt", "mosquitto"])
 async def test_default_management_off_and_the_manual_api(tmp_path: Path, kind: str) -> None:
-    with start_broker(kind) as info:
-        async with running_robot(tmp_path, (info.host, info.port), PARTS,
-                                 sessions={"heartbeat_window_s": WINDOW, "default_management": False}) as (
-                loaded, parts):
-            robot = Robot(loaded, parts, info.url, tmp_path)
+    async with running_robot(tmp_path, kind, PARTS,
+                             sessions={"heartbeat_window_s": WINDOW, "default_management": False}) as running:
+        loaded, parts = running
+        robot = Robot(loaded, parts, running.broker.url, tmp_path)
+        try:
+            m1, m2 = robot.motor("m1"), robot.motor("m2")
+            proc, _ = await robot.client_process("drive/m1", "set_power", '{"power": 0.5}')
+            proc.send_signal(signal.SIGKILL)
+            guard = parts["drive"].sessions
+            await until(lambda: _true(not guard.tracked), 5, "the session to expire")
+            assert await m1.is_moving(), "default management is off: nothing stopped on expiry"
+            # the manual API: associate a resource with a session, see the expiry event, it stops
+            client = RobotClient.from_config(loaded, sessions=False)
+            await client.connect()
             try:
-                m1, m2 = robot.motor("m1"), robot.motor("m2")
-                proc, _ = await robot.client_process("drive/m1", "set_power", '{"power": 0.5}')
-                proc.send_signal(signal.SIGKILL)
-                guard = parts["drive"].sessions
-                await until(lambda: _true(not guard.tracked), 5, "the session to expire")
-                assert await m1.is_moving(), "default management is off: nothing stopped on expiry"
-                # the manual API: associate a resource with a session, see the expiry event, it stops
-                client = RobotClient.from_config(loaded, urls=[(info.host, info.port)], sessions=False)
-                await client.connect()
-                try:
-                    s = await client.sessions.open(WINDOW, heartbeats=False)
-                    await client.call("drive/m2", "set_power", {"power": 0.3})
-                    await client.sessions.associate(s, "drive/m2")
-                    listed = await client.sessions.list()
-                    assert any(r["session"] == s.short_id and "m2" in r["resources"] for r in listed)
-                    async with client.sessions.events() as events:
-                        for _ in range(3):  # heartbeat by hand for a while: it stays
-                            s.heartbeat()
-                            await asyncio.sleep(WINDOW / 3)
-                        assert await m2.is_moving()
-                        ev = await asyncio.wait_for(events.get(), 5)  # we stop heartbeating: expiry
-                        while ev.kind != "expired" or ev.part != "drive":
-                            ev = await asyncio.wait_for(events.get(), 5)
-                    assert ev.resources == ["m2"]
-                    assert not await m2.is_moving()
-                finally:
-                    await client.close()
+                s = await client.sessions.open(WINDOW, heartbeats=False)
+                await client.call("drive/m2", "set_power", {"power": 0.3})
+                await client.sessions.associate(s, "drive/m2")
+                listed = await client.sessions.list()
+                assert any(r["session"] == s.short_id and "m2" in r["resources"] for r in listed)
+                async with client.sessions.events() as events:
+                    for _ in range(3):  # heartbeat by hand for a while: it stays
+                        s.heartbeat()
+                        await asyncio.sleep(WINDOW / 3)
+                    assert await m2.is_moving()
+                    ev = await asyncio.wait_for(events.get(), 5)  # we stop heartbeating: expiry
+                    while ev.kind != "expired" or ev.part != "drive":
+                        ev = await asyncio.wait_for(events.get(), 5)
+                assert ev.resources == ["m2"]
+                assert not await m2.is_moving()
             finally:
-                robot.close()
+                await client.close()
+        finally:
+            robot.close()
 
 
 @pytest.mark.timeout(60)
 async def test_the_session_api_from_inside_a_plugin(tmp_path: Path) -> None:
     parts = [{"name": "main", "resources": [{"name": "lamp", "model": "orc:sim:lamp"}]}]
-    with start_broker("mosquitto") as info:
-        async with running_robot(tmp_path, (info.host, info.port), parts,
-                                 sessions={"heartbeat_window_s": WINDOW}) as (loaded, started):
-            robot = Robot(loaded, started, info.url, tmp_path)
-            try:
-                proc, _ = await robot.client_process("main/lamp", "switch_on", "{}")
-                lamp = started["main"].host.resources["lamp"]
-                assert await lamp.is_moving()
-                proc.send_signal(signal.SIGKILL)
-                await until(lambda: _not(lamp.is_moving()), 5, "the lamp to go off on expiry")
-                seen = await lamp.do_command({})
-                assert seen["switched_by"].startswith("client/")
-                assert [e["kind"] for e in seen["expiries"]] == ["expired"]
-                assert seen["expiries"][0]["resources"] == ["lamp"]
-            finally:
-                robot.close()
+    async with running_robot(tmp_path, "mosquitto", parts,
+                             sessions={"heartbeat_window_s": WINDOW}) as running:
+        loaded, started = running
+        robot = Robot(loaded, started, running.broker.url, tmp_path)
+        try:
+            proc, _ = await robot.client_process("main/lamp", "switch_on", "{}")
+            lamp = started["main"].host.resources["lamp"]
+            assert await lamp.is_moving()
+            proc.send_signal(signal.SIGKILL)
+            await until(lambda: _not(lamp.is_moving()), 5, "the lamp to go off on expiry")
+            seen = await lamp.do_command({})
+            assert seen["switched_by"].startswith("client/")
+            assert [e["kind"] for e in seen["expiries"]] == ["expired"]
+            assert seen["expiries"][0]["resources"] == ["lamp"]
+        finally:
+            robot.close()
 
 
 @pytest.mark.timeout(60)
 async def test_a_session_survives_a_reconnect_within_its_window(tmp_path: Path) -> None:
     window = 1.5
-    with start_broker("mosquitto") as info:
-        async with running_robot(tmp_path, (info.host, info.port), PARTS,
-                                 sessions={"heartbeat_window_s": window}) as (loaded, parts), \
-                client_for(loaded) as client:
-            m = parts["drive"].host.resources["m1"]
-            await client.resource("drive/m1", Motor).set_power(0.4)
-            assert client.session is not None
-            heart = client.session._heart.mqtt
-            # the heartbeat connection is opened without waiting for it: wait until it is up
-            await until(lambda: _true(heart.is_connected), 10, "the heartbeat connection")
-            first = heart.connections
-            sock = heart._paho.socket()
-            assert sock is not None
-            sock.shutdown(2)  # the heartbeat link drops; paho reconnects by itself
-            t0 = time.monotonic()
-            await until(lambda: _true(heart.connections > first), 10, "the heartbeat connection to come back")
-            assert time.monotonic() - t0 < window
-            # two more windows: the session is alive and the motor keeps moving
-            end = time.monotonic() + 2 * window
-            while time.monotonic() < end:
-                assert await m.is_moving(), "the motor stopped: the session expired across the reconnect"
-                await asyncio.sleep(0.05)
-            assert client.session.id in parts["drive"].sessions.tracked
+    async with running_robot(tmp_path, "mosquitto", PARTS,
+                             sessions={"heartbeat_window_s": window}) as (loaded, parts), \
+            client_for(loaded) as client:
+        m = parts["drive"].host.resources["m1"]
+        await client.resource("drive/m1", Motor).set_power(0.4)
+        assert client.session is not None
+        heart = client.session._heart.mqtt
+        # the heartbeat connection is opened without waiting for it: wait until it is up
+        await until(lambda: _true(heart.is_connected), 10, "the heartbeat connection")
+        first = heart.connections
+        sock = heart._paho.socket()
+        assert sock is not None
+        sock.shutdown(2)  # the heartbeat link drops; paho reconnects by itself
+        t0 = time.monotonic()
+        await until(lambda: _true(heart.connections > first), 10, "the heartbeat connection to come back")
+        assert time.monotonic() - t0 < window
+        # two more windows: the session is alive and the motor keeps moving
+        end = time.monotonic() + 2 * window
+        while time.monotonic() < end:
+            assert await m.is_moving(), "the motor stopped: the session expired across the reconnect"
+            await asyncio.sleep(0.05)
+        assert client.session.id in parts["drive"].sessions.tracked

@@ -41,7 +41,7 @@ from amqtt.utils import gen_client_id
 
 from orchestrator.protocol.matching import FilterTrie, topic_matches, valid_filter, valid_topic
 
-from .auth import PasswordTable
+from .auth import PasswordChecker
 from .outbox import Outbox, Outgoing
 
 __all__ = ["STAT_KEYS", "BrokerSettings", "FixedBroker", "keepalive_deadline"]
@@ -84,7 +84,7 @@ class BrokerSettings:
     max_payload: int
     max_queued: int
     max_inflight: int = 20
-    passwords: PasswordTable | None = None
+    passwords: PasswordChecker | None = None
     acl: Acl | None = None
 
     @property

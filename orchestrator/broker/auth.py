@@ -12,8 +12,16 @@ import hashlib
 import hmac
 import secrets
 from collections.abc import Mapping
+from typing import Protocol
 
-__all__ = ["PasswordTable"]
+__all__ = ["PasswordChecker", "PasswordTable"]
+
+
+class PasswordChecker(Protocol):
+    """What the broker asks of a credential source (:class:`PasswordTable`, or the password file of
+    ``orchestrator.security.passwords.PasswordFile``)."""
+
+    def check(self, username: str | None, password: str | bytes | None) -> bool: ...
 
 
 class PasswordTable:

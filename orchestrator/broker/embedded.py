@@ -20,7 +20,7 @@ from typing import Any
 
 from ..errors import BrokerUnavailable, PortInUse
 from .amqtt_fixes import STAT_KEYS, BrokerSettings, FixedBroker, is_address_in_use
-from .auth import PasswordTable
+from .auth import PasswordChecker, PasswordTable
 
 __all__ = ["DEFAULT_PORT", "EmbeddedBroker", "quiet_amqtt_logs", "run_broker"]
 
@@ -48,7 +48,8 @@ def _no_startup_traceback(record: logging.LogRecord) -> bool:
 class EmbeddedBroker:
     """An in-process MQTT 3.1.1 broker; an async context manager whose close is idempotent.
 
-    ``users`` (username -> password) turns authentication on; ``None`` admits anonymous clients.
+    ``users`` (username -> password) or ``passwords`` (a password file, see
+    ``orchestrator.security``) turns authentication on; neither admits anonymous clients.
     ``acl(username, action, topic)`` decides each ``"publish"`` (topic name), ``"subscribe"``
     (topic filter, possibly with wildcards) and ``"receive"`` (topic name of a message about to
     be delivered, including retained ones); ``None`` allows everything.  Build ACLs with
@@ -63,8 +64,11 @@ class EmbeddedBroker:
         max_payload: int = 256 * 1024,
         max_queued: int = 1000,
         users: dict[str, str] | None = None,
+        passwords: PasswordChecker | None = None,
         acl: Acl | None = None,
     ) -> None:
+        if users is not None and passwords is not None:
+            raise ValueError("give either users (plain passwords) or passwords (a password file), not both")
         if max_payload <= 0:
             raise ValueError(f"max_payload must be positive, got {max_payload}")
         if max_queued <= 0:
@@ -77,7 +81,7 @@ class EmbeddedBroker:
         self._settings = BrokerSettings(
             max_payload=max_payload,
             max_queued=max_queued,
-            passwords=PasswordTable(users) if users is not None else None,
+            passwords=PasswordTable(users) if users is not None else passwords,
             acl=acl,
         )
         self._broker: FixedBroker | None = None

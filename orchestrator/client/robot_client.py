@@ -20,12 +20,13 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 from orchestrator.config.loader import LoadedConfig, load_config
-from orchestrator.errors import ProtocolError
+from orchestrator.errors import ConfigError, ProtocolError
 from orchestrator.protocol.codec import decode, encode
 from orchestrator.protocol.messages import Notice, ShutdownRequest
 from orchestrator.protocol.topics import ClientId, Topics
 from orchestrator.resources.base import Resource
 from orchestrator.rpc.client import RpcClient
+from orchestrator.security.access import Access
 from orchestrator.transport.client import Message, MqttClient
 
 from .proxy import make_proxy
@@ -50,8 +51,10 @@ class RobotClient:
     ) -> None:
         self.id = ClientId(robot, name or f"sdk-{os.getpid()}-{uuid.uuid4().hex[:6]}")
         self.topics = Topics(robot)
-        self.mqtt = MqttClient(f"{robot}.client.{self.id.name}", urls, username=username, password=password,
-                               connect_timeout=connect_timeout)
+        # the identity is the broker username; the MQTT client id is unique per connection, so several
+        # processes can act as the same identity without taking each other's connection over
+        self.mqtt = MqttClient(f"{robot}.client.{self.id.name}.{uuid.uuid4().hex[:6]}", urls, username=username,
+                               password=password, connect_timeout=connect_timeout)
         self.rpc = RpcClient(self.mqtt, self.topics, self.id.sender, default_timeout=timeout)
         self.robot_down = asyncio.Event()
         self.notices: list[Notice] = []
@@ -61,13 +64,23 @@ class RobotClient:
         self.session: Session | None = None
 
     @classmethod
-    def from_config(cls, config: str | Path | LoadedConfig, **kwargs: Any) -> RobotClient:
+    def from_config(cls, config: str | Path | LoadedConfig, *, identity: str | None = None,
+                    credentials: str | Path | None = None, **kwargs: Any) -> RobotClient:
+        """A client of the robot a config file describes, as ``identity`` (default: its first operator),
+        with that identity's password from the robot's credentials directory."""
         loaded = config if isinstance(config, LoadedConfig) else load_config(config)
-        b = loaded.config.broker
-        kwargs.setdefault("username", b.username)
-        kwargs.setdefault("password", b.password)
+        cfg = loaded.config
+        name = identity or kwargs.pop("name", None) or cfg.default_client()
+        if name is None:
+            raise ConfigError(f"{loaded.path}: the robot has no operator client identity (see 'clients')")
+        if not cfg.security.insecure and name not in {c.name for c in cfg.clients}:
+            raise ConfigError(f"{loaded.path}: no client identity {name!r} (clients: "
+                              f"{', '.join(c.name for c in cfg.clients)})")
+        access = Access.of(cfg, loaded.path, ClientId(cfg.robot, name), credentials)
+        kwargs.setdefault("username", access.username)
+        kwargs.setdefault("password", access.password)
         kwargs.setdefault("primary", loaded.topology.primary)
-        return cls(loaded.config.robot, kwargs.pop("urls", None) or b.client_urls(), **kwargs)
+        return cls(cfg.robot, kwargs.pop("urls", None) or cfg.broker.client_urls(), name=name, **kwargs)
 
     async def __aenter__(self) -> RobotClient:
         await self.connect()

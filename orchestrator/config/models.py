@@ -30,8 +30,6 @@ class BrokerConfig(_Strict):
 
     embedded: EmbeddedBroker | None = None
     urls: list[str] = Field(default_factory=list, description="mqtt://host:port, tried in order")
-    username: str | None = None
-    password: str | None = None
     keepalive_s: int = Field(default=2, ge=1, le=600, description="MQTT keep-alive of every part")
 
     @field_validator("urls")
@@ -133,13 +131,54 @@ class SessionsConfig(_Strict):
     )
     heartbeat_window_s: float = Field(default=2.0, ge=0.03, le=60, description="a session expires after this "
                                       "long without a heartbeat; clients heartbeat at a fifth of it")
-    key_env: str = Field(default="ORCHESTRATOR_SESSION_KEY", description="environment variable holding the "
-                         "robot's session key (`up` generates one per run for the parts it starts)")
+
+
+class ClientRole(StrEnum):
+    OPERATOR = "operator"  # calls, sessions, shutdown and reload requests
+    VIEWER = "viewer"  # reads the robot's public topics; publishes nothing
+
+
+LAUNCHER_CLIENT = "up"  # the identity of `orchestrator up` (reserved)
+
+
+class ClientConfig(_Strict):
+    """A client identity (the CLI, the SDK, a panel): its own broker credential and topic rights."""
+
+    name: str = Name
+    role: ClientRole = ClientRole.OPERATOR
+    remote: bool = Field(default=False, description="reaches the robot through the upstream broker (bridged)")
+
+    @field_validator("name")
+    @classmethod
+    def _not_reserved(cls, v: str) -> str:
+        if v == LAUNCHER_CLIENT:
+            raise ValueError(f"client name {v!r} is reserved for `orchestrator up`")
+        return v
+
+
+class SecurityConfig(_Strict):
+    """Every part and client authenticates with its own identity; topic rights come from the topology."""
+
+    credentials: str = Field(
+        default=".orchestrator/{robot}/credentials",
+        description="directory of secrets (owner-only), relative to the config file; `{robot}` is replaced. "
+        "Created by `orchestrator credentials CONFIG`; $ORCHESTRATOR_CREDENTIALS overrides it",
+    )
+    insecure: bool = Field(
+        default=False,
+        description="development only: anonymous broker access, no topic rights, a session key derived from the "
+        "robot name. Anyone on the network can then drive the robot",
+    )
 
 
 class RobotConfig(_Strict):
     robot: str = Name
     broker: BrokerConfig = Field(default_factory=BrokerConfig)
+    security: SecurityConfig = Field(default_factory=SecurityConfig)
+    clients: list[ClientConfig] = Field(
+        default_factory=lambda: [ClientConfig(name="operator")],
+        description="client identities (the CLI and SDK use the first operator by default)",
+    )
     sessions: SessionsConfig = Field(default_factory=SessionsConfig)
     shutdown_timeout_s: float = Field(
         default=30.0, gt=0, le=600, description="upper bound on the whole bottom-up shutdown"
@@ -155,4 +194,14 @@ class RobotConfig(_Strict):
     @property
     def primary(self) -> PartConfig:
         return next(p for p in self.parts if p.parent is None)
+
+    def client(self, name: str) -> ClientConfig:
+        for c in self.clients:
+            if c.name == name:
+                return c
+        raise KeyError(name)
+
+    def default_client(self) -> str | None:
+        """The identity the CLI and the SDK use unless told otherwise: the first operator."""
+        return next((c.name for c in self.clients if c.role == ClientRole.OPERATOR), None)
 

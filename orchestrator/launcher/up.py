@@ -27,6 +27,7 @@ from rich.console import Console
 from rich.table import Table
 
 from orchestrator.config.loader import LoadedConfig
+from orchestrator.config.models import LAUNCHER_CLIENT
 from orchestrator.errors import ProtocolError
 from orchestrator.launcher.processes import PartProcess
 from orchestrator.protocol.codec import decode, encode
@@ -39,8 +40,9 @@ from orchestrator.protocol.messages import (
     Timeline,
     TimelineEntry,
 )
-from orchestrator.protocol.topics import Topics
-from orchestrator.sessions.tokens import SessionKey
+from orchestrator.protocol.topics import ClientId, Topics
+from orchestrator.security.access import Access, store_for
+from orchestrator.security.acl import AclChecker, rights
 from orchestrator.transport.client import Message, MqttClient
 
 log = logging.getLogger("orchestrator.up")
@@ -54,6 +56,7 @@ class Launcher:
         console: Console | None = None,
         timeline_json: Path | None = None,
         start_timeout_s: float = 30.0,
+        credentials: str | Path | None = None,
     ) -> None:
         self.loaded = loaded
         self.config = loaded.config
@@ -74,6 +77,10 @@ class Launcher:
         self.monitor: MqttClient | None = None
         self._watchers: list[asyncio.Task[Any]] = []
         self.urls: list[tuple[str, int]] = []
+        self.credentials = credentials
+        # `up` talks to the broker as the reserved client identity "up" (it reads reports, asks for reloads)
+        self.me = ClientId(self.config.robot, LAUNCHER_CLIENT)
+        self.access = Access.of(self.config, loaded.path, self.me, credentials)
 
     # -- output -----------------------------------------------------------------------------------
     def say(self, text: str) -> None:
@@ -132,10 +139,9 @@ class Launcher:
             return
         if self.monitor is None:
             return
-        me = f"up-{os.getpid()}"
         self.say("SIGHUP: asking the robot to reload its configuration")
-        await self.monitor.publish(self.topics.client_reload(me),
-                                   encode(f"client/{me}", ReloadRequest(reason="SIGHUP to up")), qos=1, timeout=5)
+        await self.monitor.publish(self.topics.client_reload(self.me.name),
+                                   encode(self.me.sender, ReloadRequest(reason="SIGHUP to up")), qos=1, timeout=5)
 
     def _broker_url(self) -> str:
         h, p = self.urls[0]
@@ -148,9 +154,14 @@ class Launcher:
             return
         from orchestrator.broker import EmbeddedBroker
 
-        b = self.config.broker
-        users = {b.username: b.password or ""} if b.username else None
-        self._broker = EmbeddedBroker(emb.host, emb.port, users=users)
+        if self.config.security.insecure:
+            self.say("[bold red]INSECURE[/]: the embedded broker admits anonymous clients with every right "
+                     "(security.insecure: true)")
+            self._broker = EmbeddedBroker(emb.host, emb.port)
+        else:
+            store = store_for(self.config, self.loaded.path, self.credentials)
+            acl = AclChecker(rights(self.config, self.topology))
+            self._broker = EmbeddedBroker(emb.host, emb.port, passwords=store.password_file(), acl=acl)
         await self._broker.start()
         host = "127.0.0.1" if emb.host in ("0.0.0.0", "::") else emb.host
         self.urls = [(host, self._broker.port)]
@@ -159,23 +170,25 @@ class Launcher:
     async def _start_monitor(self) -> None:
         cfg = self.config.broker
         self.monitor = MqttClient(f"{self.config.robot}.launcher.{os.getpid()}", self.urls,
-                                  keepalive=cfg.keepalive_s, username=cfg.username, password=cfg.password)
+                                  keepalive=cfg.keepalive_s, username=self.access.username,
+                                  password=self.access.password)
         t = self.topics
         await self.monitor.subscribe(t.all_part_states(), self._on_state)
-        await self.monitor.subscribe(f"{t.root}/part/+/report", self._on_report)
+        await self.monitor.subscribe(t.all_part_reports(), self._on_report)
         await self.monitor.subscribe(t.robot_timeline(), self._on_timeline)
         await self.monitor.subscribe(t.robot_notice(), self._on_notice)
         await self.monitor.start()
 
     def _argv(self, name: str) -> list[str]:
-        return [sys.executable, "-m", "orchestrator.runtime", str(self.loaded.path), "--name", name,
+        argv = [sys.executable, "-m", "orchestrator.runtime", str(self.loaded.path), "--name", name,
                 "--broker", ",".join(f"mqtt://{h}:{p}" for h, p in self.urls)]
+        if self.credentials is not None:
+            argv += ["--credentials", str(self.credentials)]
+        return argv
 
     async def _start_parts(self) -> None:
         env = dict(os.environ)
         env.setdefault("PYTHONUNBUFFERED", "1")
-        # every part holds the robot's session key: one per run unless the operator provides one
-        env.setdefault(self.config.sessions.key_env, SessionKey.generate())
         levels: dict[int, list[str]] = {}
         for name in self.topology.start_order():
             levels.setdefault(self.topology.depth(name), []).append(name)
@@ -356,5 +369,6 @@ class Launcher:
             self.timeline_json.write_text(json.dumps(data, indent=2))
 
 
-async def run_up(loaded: LoadedConfig, *, timeline_json: Path | None = None, console: Console | None = None) -> int:
-    return await Launcher(loaded, timeline_json=timeline_json, console=console).run()
+async def run_up(loaded: LoadedConfig, *, timeline_json: Path | None = None, console: Console | None = None,
+                 credentials: str | Path | None = None) -> int:
+    return await Launcher(loaded, timeline_json=timeline_json, console=console, credentials=credentials).run()

@@ -29,7 +29,19 @@ from typing import Final
 
 from orchestrator.protocol.matching import topic_matches
 
-__all__ = ["NAME_PATTERN", "PROTOCOL_VERSION", "ROOT", "ClientId", "PartId", "Topics", "check_name", "topic_matches"]
+__all__ = [
+    "IDENTITY_KINDS",
+    "NAME_PATTERN",
+    "PROTOCOL_VERSION",
+    "ROOT",
+    "BridgeId",
+    "ClientId",
+    "Identity",
+    "PartId",
+    "Topics",
+    "check_name",
+    "topic_matches",
+]
 
 PROTOCOL_VERSION: Final = 1
 ROOT: Final = f"orc/v{PROTOCOL_VERSION}"
@@ -48,38 +60,66 @@ def check_name(kind: str, name: str) -> str:
     return name
 
 
+IDENTITY_KINDS: Final = ("part", "client", "bridge")
+
+
 @dataclass(frozen=True, slots=True)
-class PartId:
+class Identity:
+    """Who publishes: a part, a client, or the robot's upstream bridge.
+
+    The same object gives the sender field of envelopes (``part/main``), the broker username
+    (``rover/part/main``: one credential per identity, see ``orchestrator.security``) and, through
+    :class:`Topics`, the topics only this identity may publish on.
+    """
+
     robot: str
+    kind: str
     name: str
 
     def __post_init__(self) -> None:
         check_name("robot", self.robot)
-        check_name("part", self.name)
+        if self.kind not in IDENTITY_KINDS:
+            raise ValueError(f"unknown identity kind {self.kind!r}: expected one of {IDENTITY_KINDS}")
+        check_name(self.kind, self.name)
 
     @property
     def sender(self) -> str:
-        return f"part/{self.name}"
-
-    def __str__(self) -> str:
-        return f"{self.robot}/{self.name}"
-
-
-@dataclass(frozen=True, slots=True)
-class ClientId:
-    robot: str
-    name: str
-
-    def __post_init__(self) -> None:
-        check_name("robot", self.robot)
-        check_name("client", self.name)
+        return f"{self.kind}/{self.name}"
 
     @property
-    def sender(self) -> str:
-        return f"client/{self.name}"
+    def username(self) -> str:
+        """The broker username: ``<robot>/<kind>/<name>`` (a ``/`` never occurs in a name)."""
+        return f"{self.robot}/{self.kind}/{self.name}"
+
+    @property
+    def secret_file(self) -> str:
+        """File name of this identity's password in a credentials directory."""
+        return f"{self.kind}.{self.name}.secret"
+
+    @classmethod
+    def from_username(cls, username: str | None) -> Identity | None:
+        bits = (username or "").split("/")
+        if len(bits) != 3:
+            return None
+        try:
+            return cls(bits[0], bits[1], bits[2])
+        except ValueError:
+            return None
 
     def __str__(self) -> str:
-        return f"{self.robot}/client:{self.name}"
+        return self.username
+
+
+def PartId(robot: str, name: str) -> Identity:
+    return Identity(robot, "part", name)
+
+
+def ClientId(robot: str, name: str) -> Identity:
+    return Identity(robot, "client", name)
+
+
+def BridgeId(robot: str, name: str = "upstream") -> Identity:
+    return Identity(robot, "bridge", name)
 
 
 @dataclass(frozen=True, slots=True)
@@ -94,6 +134,11 @@ class Topics:
     @property
     def root(self) -> str:
         return f"{ROOT}/{self.robot}"
+
+    def of(self, identity: Identity | str) -> str:
+        """The namespace only ``identity`` (or a sender string ``part/<p>``) publishes under."""
+        sender = identity.sender if isinstance(identity, Identity) else identity
+        return f"{self.root}/{sender}"
 
     # -- parts -------------------------------------------------------------------------------
     def part_state(self, part: str) -> str:
@@ -111,6 +156,10 @@ class Topics:
     def part_resources(self, part: str) -> str:
         return f"{self.root}/part/{part}/resources"
 
+    def part_counters(self, part: str) -> str:
+        """Retained: what the part refused or dropped, per reason."""
+        return f"{self.root}/part/{part}/counters"
+
     # -- robot (published by the primary) -------------------------------------------------------
     def robot_status(self) -> str:
         return f"{self.root}/robot/status"
@@ -120,6 +169,23 @@ class Topics:
 
     def robot_notice(self) -> str:
         return f"{self.root}/robot/notice"
+
+    def robot_upstream(self) -> str:
+        """Retained: the state of the robot's link to its upstream (cloud) broker."""
+        return f"{self.root}/robot/upstream"
+
+    def robot_admin(self, what: str) -> str:
+        """Requests of the primary to the embedded broker (``disconnect``): checked by username there."""
+        return f"{self.root}/robot/admin/{what}"
+
+    # -- upstream bridge ------------------------------------------------------------------------
+    def bridge_state(self) -> str:
+        """Retained ``1``/``0`` (raw, as mosquitto's bridge notifications): is the upstream link up."""
+        return f"{self.root}/bridge/state"
+
+    def upstream_config(self) -> str:
+        """Retained on the upstream broker: the robot's signed configuration (bridged in)."""
+        return f"{self.root}/upstream/config"
 
     # -- clients --------------------------------------------------------------------------------
     def client_shutdown(self, client: str) -> str:
@@ -174,8 +240,22 @@ class Topics:
     def all_session_events(self) -> str:
         return f"{self.root}/part/+/sessions/events"
 
+    def session_report(self, part: str) -> str:
+        """Child to parent: it ended a session in its subtree (the session-end conversation)."""
+        return f"{self.root}/part/{part}/sessions/report"
+
+    def session_state(self, part: str) -> str:
+        """Retained: the sessions a part tracks and the ones it saw end (re-announced on reconnect)."""
+        return f"{self.root}/part/{part}/sessions/state"
+
+    def all_session_states(self) -> str:
+        return f"{self.root}/part/+/sessions/state"
+
     def telemetry(self, part: str, resource: str) -> str:
         return f"{self.root}/part/{part}/telemetry/{resource}"
+
+    def all_telemetry(self) -> str:
+        return f"{self.root}/part/+/telemetry/+"
 
     # -- subscription filters -------------------------------------------------------------------
     def all_part_states(self) -> str:
@@ -186,6 +266,9 @@ class Topics:
 
     def all_part_resources(self) -> str:
         return f"{self.root}/part/+/resources"
+
+    def all_part_reports(self) -> str:
+        return f"{self.root}/part/+/report"
 
     def all_client_shutdowns(self) -> str:
         return f"{self.root}/client/+/shutdown"
@@ -212,3 +295,13 @@ class Topics:
             return None
         name, _, _ = topic[len(prefix) :].partition("/")
         return name or None
+
+    def sender_of(self, topic: str) -> str | None:
+        """The publishing identity (``part/<p>``, ``client/<c>``) a topic of this robot is reserved to."""
+        prefix = f"{self.root}/"
+        if not topic.startswith(prefix):
+            return None
+        bits = topic[len(prefix) :].split("/", 2)
+        if len(bits) >= 2 and bits[0] in IDENTITY_KINDS and bits[1]:
+            return f"{bits[0]}/{bits[1]}"
+        return None

@@ -14,17 +14,20 @@ from orchestrator.config.loader import LoadedConfig, load_config
 from orchestrator.errors import BrokerUnavailable, ConfigError
 from orchestrator.runtime.part import Part
 from orchestrator.runtime.primary import Primary
+from orchestrator.security.credentials import CredentialsMissing
 
 log = logging.getLogger("orchestrator.part")
 
 
-def make_part(loaded: LoadedConfig, name: str, urls: list[tuple[str, int]] | None = None) -> Part:
+def make_part(loaded: LoadedConfig, name: str, urls: list[tuple[str, int]] | None = None,
+              credentials: str | None = None) -> Part:
     cls = Primary if loaded.topology.parent(name) is None else Part
-    return cls(loaded, name, urls=urls)
+    return cls(loaded, name, urls=urls, credentials=credentials)
 
 
-async def run_part(loaded: LoadedConfig, name: str, urls: list[tuple[str, int]] | None = None) -> int:
-    part = make_part(loaded, name, urls)
+async def run_part(loaded: LoadedConfig, name: str, urls: list[tuple[str, int]] | None = None,
+                   credentials: str | None = None) -> int:
+    part = make_part(loaded, name, urls, credentials)
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, part.request_stop, f"{signal.Signals(sig).name}")
@@ -53,8 +56,8 @@ def setup_logging(verbose: bool) -> None:
         logging.getLogger(noisy).setLevel(max(logging.WARNING, logging.getLogger().level))
 
 
-def part_main(config: str, name: str, broker: str | None, verbose: bool) -> int:
-    """Run one part as this process; the exit code (2: invalid configuration, 1: no broker)."""
+def part_main(config: str, name: str, broker: str | None, verbose: bool, credentials: str | None = None) -> int:
+    """Run one part as this process; the exit code (2: invalid configuration or credentials, 1: no broker)."""
     setup_logging(verbose)
     try:
         loaded = load_config(config)
@@ -72,7 +75,10 @@ def part_main(config: str, name: str, broker: str | None, verbose: bool) -> int:
         print(str(exc), file=sys.stderr)
         return EXIT_CONFIG
     try:
-        return asyncio.run(run_part(loaded, name, urls))
+        return asyncio.run(run_part(loaded, name, urls, credentials))
+    except CredentialsMissing as exc:
+        print(f"part {name}: {exc}", file=sys.stderr)
+        return EXIT_CONFIG
     except BrokerUnavailable as exc:
         print(f"part {name}: {exc}", file=sys.stderr)
         return 1
@@ -85,6 +91,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("config")
     ap.add_argument("--name", required=True)
     ap.add_argument("--broker", default=None, help="broker URL(s), comma separated")
+    ap.add_argument("--credentials", default=None, help="credentials directory (default: from the config)")
     ap.add_argument("--verbose", "-v", action="store_true")
     a = ap.parse_args(argv)
-    return part_main(a.config, a.name, a.broker, a.verbose)
+    return part_main(a.config, a.name, a.broker, a.verbose, a.credentials)

@@ -19,6 +19,7 @@ import os
 import socket
 import time
 import uuid
+from pathlib import Path
 from typing import Any
 
 from pydantic import BaseModel
@@ -47,6 +48,8 @@ from orchestrator.rpc.server import RpcServer
 from orchestrator.runtime.liveness import Liveness
 from orchestrator.runtime.resource_host import ResourceHost
 from orchestrator.runtime.watchdog import LoopWatchdog
+from orchestrator.security.access import Access
+from orchestrator.security.access import session_key as robot_session_key
 from orchestrator.sessions.context import CallContext
 from orchestrator.sessions.guard import SessionGuard
 from orchestrator.sessions.heartbeat import Heartbeater
@@ -70,6 +73,7 @@ class Part:
         urls: list[tuple[str, int]] | None = None,
         registry: Registry | None = None,
         session_key: SessionKey | None = None,
+        credentials: str | Path | None = None,
     ) -> None:
         self.loaded = loaded
         self.config = loaded.config
@@ -104,12 +108,14 @@ class Part:
                 for c in self.children
             ]
         )
+        # this part's own broker identity (username = identity) and the robot's session key
+        self.access = Access.of(self.config, loaded.path, self.id, credentials)
         self.client = MqttClient(
             f"{self.config.robot}.part.{name}",
             self.urls,
             keepalive=self.config.broker.keepalive_s,
-            username=self.config.broker.username,
-            password=self.config.broker.password,
+            username=self.access.username,
+            password=self.access.password,
             will=self._will,
         )
         self.client.on_connect(self._on_connect)
@@ -119,7 +125,7 @@ class Part:
         self.host = ResourceHost(self.part_config, self.topology, registry, robot=self.config, rpc=self.rpc)
         self.server = RpcServer(self.client, self.topics, name, self.sender, self._lookup, self._describe_missing)
         # sessions: expiry checked here, where the actuators live
-        self.session_key = session_key or SessionKey.from_env(self.config.sessions.key_env, self.config.robot)
+        self.session_key = session_key or SessionKey(robot_session_key(self.config, loaded.path, credentials))
         self.sessions = SessionGuard(name, self.sender, self.client, self.topics, self.session_key,
                                      self.config.sessions, self.host.resources)
         self.session_service = SessionService(self.sessions, can_open=self.parent is None,

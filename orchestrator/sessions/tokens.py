@@ -13,7 +13,6 @@ from __future__ import annotations
 import hashlib
 import hmac
 import logging
-import os
 import secrets
 from dataclasses import dataclass
 
@@ -25,15 +24,6 @@ _TAG_LEN = 24
 @dataclass(frozen=True)
 class SessionKey:
     key: bytes
-
-    @classmethod
-    def from_env(cls, var: str, robot: str) -> SessionKey:
-        raw = os.environ.get(var)
-        if raw:
-            return cls(raw.encode())
-        log.warning("no session key in $%s: session ids of robot %s are not authenticated against forgery "
-                    "(`orchestrator up` sets one; set it for parts started otherwise)", var, robot)
-        return cls(hashlib.sha256(f"orchestrator-insecure-default:{robot}".encode()).digest())
 
     @staticmethod
     def generate() -> str:
@@ -64,6 +54,14 @@ class SessionKey:
 
 def heartbeat_tag(secret: str, session_id: str, n: int) -> str:
     return hmac.new(secret.encode(), f"{session_id}|{n}".encode(), hashlib.sha256).hexdigest()[:_TAG_LEN]
+
+
+def public_id(session_id: str) -> str:
+    """The part of a session id that names it on the wire (events, ended lists): never the tag.
+
+    Knowing it gives nothing: a call in a session is accepted only from the session's owner, whose
+    topics only the owner may publish on, and heartbeats need the secret."""
+    return session_id.split(".")[0][:32]
 
 
 def short(session_id: str) -> str:
