@@ -20,7 +20,9 @@ __all__ = [
     "PartOffline",
     "PortInUse",
     "ProtocolError",
+    "ResourceBusy",
     "SessionExpired",
+    "Unavailable",
     "UnknownMethod",
     "UnknownModel",
     "UnknownResource",
@@ -115,6 +117,19 @@ class SessionExpired(OrchestratorError):
     code = "session_expired"
 
 
+class ResourceBusy(OrchestratorError):
+    """An actuating call outside any session on a resource a live session owns: refused, so that the
+    resource still stops when its owner goes away.  Call it in a session, or stop it first."""
+
+    code = "resource_busy"
+
+
+class Unavailable(OrchestratorError):
+    """The part cannot take the call now (overloaded); trying again later may succeed."""
+
+    code = "unavailable"
+
+
 class InternalError(OrchestratorError):
     """A plugin raised something that is not an :class:`OrchestratorError`."""
 
@@ -126,10 +141,14 @@ _BY_CODE["error"] = OrchestratorError
 
 def from_wire(data: dict[str, Any]) -> OrchestratorError:
     """Rebuild an error sent by :meth:`OrchestratorError.to_wire`; unknown codes become the base."""
-    code = str(data.get("code", "error"))
+    code = str(data.get("code", "error"))[:64]
     cls = _BY_CODE.get(code, OrchestratorError)
-    details = data.get("details") or {}
-    message = str(data.get("message", code))
+    raw = data.get("details")
+    # what another process says about an error is bounded before it is believed or printed
+    details = {str(k)[:64]: v for k, v in list(raw.items())[:20]} if isinstance(raw, dict) else {}
+    details = {k: (v[:500] if isinstance(v, str) else v if isinstance(v, int | float | bool) or v is None else
+                   str(v)[:500]) for k, v in details.items()}
+    message = str(data.get("message", code))[:2000]
     if issubclass(cls, ConfigError) and cls is ConfigError:
         err: OrchestratorError = ConfigError(message, None, **details)
     elif issubclass(cls, UnknownModel):

@@ -123,9 +123,9 @@ async def test_the_last_session_that_actuated_owns_the_motor(robot: Robot) -> No
     a.send_signal(signal.SIGKILL)
     # A's expiry is observed on the wire; the motor keeps B's command
     async with client_for(robot.loaded, sessions=False) as watcher, watcher.sessions.events(only_mine=False) as ev:
-        while True:
+        while True:  # the robot-wide end of A's session is complete: it stopped nothing (B owns the motor)
             e = await asyncio.wait_for(ev.get(), 5)
-            if e.kind == "expired" and e.part == "drive":
+            if e.kind == "ended" and e.part == "main":
                 break
     assert e.resources == []
     assert await m.get_power() == -0.4
@@ -261,7 +261,7 @@ async def test_default_management_off_and_the_manual_api(tmp_path: Path, kind: s
                         await asyncio.sleep(WINDOW / 3)
                     assert await m2.is_moving()
                     ev = await asyncio.wait_for(events.get(), 5)  # we stop heartbeating: expiry
-                    while ev.kind != "expired" or ev.part != "drive":
+                    while ev.kind != "stopped" or ev.part != "drive":  # drive stopped what it owned
                         ev = await asyncio.wait_for(events.get(), 5)
                 assert ev.resources == ["m2"]
                 assert not await m2.is_moving()
@@ -286,7 +286,7 @@ async def test_the_session_api_from_inside_a_plugin(tmp_path: Path) -> None:
             await until(lambda: _not(lamp.is_moving()), 5, "the lamp to go off on expiry")
             seen = await lamp.do_command({})
             assert seen["switched_by"].startswith("client/")
-            assert [e["kind"] for e in seen["expiries"]] == ["expired"]
+            assert [e["kind"] for e in seen["expiries"]] == ["stopped"]
             assert seen["expiries"][0]["resources"] == ["lamp"]
         finally:
             robot.close()

@@ -86,6 +86,8 @@ class BrokerSettings:
     max_inflight: int = 20
     passwords: PasswordChecker | None = None
     acl: Acl | None = None
+    # called with (username, topic, payload) for every publish the broker accepted (after the ACL)
+    on_publish: Callable[[str | None, str, bytes], None] | None = None
 
     @property
     def max_packet(self) -> int:
@@ -397,6 +399,22 @@ class FixedBroker(Broker):  # type: ignore[misc]  # amqtt ships no type informat
                 del self._live[client_id]
             done.set()
 
+    def disconnect(self, username: str, client_ids: list[str], reason: str) -> int:
+        """Close the live connections among ``client_ids`` that authenticated as ``username`` (their Wills
+        are published); returns how many were closed."""
+        closed = 0
+        for client_id in client_ids:
+            live = self._live.get(client_id)
+            if live is None:
+                continue
+            handler = live[0]
+            session = handler.session
+            if session is None or session.username != username:
+                continue
+            handler.kill(f"closed by the robot: {reason[:200]}")
+            closed += 1
+        return closed
+
     def _too_slow(self, handler: _Handler) -> None:
         self._stats["disconnected_slow"] += 1
         handler.kill(f"too slow: more than {self._settings.max_queued} messages queued for it", logging.WARNING)
@@ -476,6 +494,12 @@ class FixedBroker(Broker):  # type: ignore[misc]  # amqtt ships no type informat
         await self.plugins_manager.fire_event(
             BrokerEvents.MESSAGE_BROADCAST, client_id=client_session.client_id, message=app_message
         )
+        hook = self._settings.on_publish
+        if hook is not None:
+            try:
+                hook(client_session.username, topic, data)
+            except Exception:
+                log.exception("on_publish hook failed on %r", topic[:120])
         qos = app_message.qos if app_message.qos is not None else 0
         await self._broadcast_message(client_session, topic, data, qos)
         if app_message.publish_packet is not None and app_message.publish_packet.retain_flag:

@@ -13,6 +13,7 @@ use mosquitto: see docs/brokers.md.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import logging
 from collections.abc import Callable
 from types import TracebackType
@@ -86,6 +87,21 @@ class EmbeddedBroker:
         )
         self._broker: FixedBroker | None = None
         self._closed = False
+        self._on_publish: Callable[[str | None, str, bytes], None] | None = None
+
+    @property
+    def on_publish(self) -> Callable[[str | None, str, bytes], None] | None:
+        """Called with (username, topic, payload) for every publish the broker accepted; set before start."""
+        return self._on_publish
+
+    @on_publish.setter
+    def on_publish(self, hook: Callable[[str | None, str, bytes], None] | None) -> None:
+        self._on_publish = hook
+        self._settings = dataclasses.replace(self._settings, on_publish=hook)
+
+    def disconnect(self, username: str, client_ids: list[str], reason: str = "") -> int:
+        """Close the connections among ``client_ids`` authenticated as ``username``; how many were closed."""
+        return self._broker.disconnect(username, client_ids, reason) if self._broker is not None else 0
 
     @property
     def url(self) -> str:

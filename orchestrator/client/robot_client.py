@@ -50,7 +50,7 @@ class RobotClient:
         primary: str | None = None,
     ) -> None:
         self.id = ClientId(robot, name or f"sdk-{os.getpid()}-{uuid.uuid4().hex[:6]}")
-        self.topics = Topics(robot)
+        self.topics = Topics(robot, primary)
         # the identity is the broker username; the MQTT client id is unique per connection, so several
         # processes can act as the same identity without taking each other's connection over
         self.mqtt = MqttClient(f"{robot}.client.{self.id.name}.{uuid.uuid4().hex[:6]}", urls, username=username,
@@ -92,14 +92,33 @@ class RobotClient:
     async def connect(self) -> None:
         await self.rpc.start()
         await self.mqtt.subscribe(self.topics.robot_notice(), self._on_notice)
+        await self.sessions.listen()
+        self.sessions.on_end.append(self._session_ended)
         await self.mqtt.start()
         if self.use_sessions:
             try:
-                self.session = await self.sessions.open()
+                await self.renew_session()
             except BaseException:
                 await self.mqtt.close()
                 raise
-            self.rpc.session = self.session.id
+
+    async def renew_session(self, window_s: float | None = None) -> Session:
+        """Open a new session and make the calls of this client in it (after the robot ended the last)."""
+        old = self.session
+        self.session = await self.sessions.open(window_s)
+        self.rpc.session = self.session.id
+        self.rpc.session_ended = None
+        if old is not None and old.alive:
+            await asyncio.to_thread(old.close)
+        return self.session
+
+    def on_session_end(self, callback: Any) -> None:
+        """``callback(session, event)`` when the robot ends one of this client's sessions (event.reason: why)."""
+        self.sessions.on_end.append(callback)
+
+    def _session_ended(self, session: Session, event: Any) -> None:
+        if self.session is session:
+            self.rpc.session_ended = session.ended
 
     async def close(self) -> None:
         """Close the session (the robot stops what it owns) and disconnect.  Idempotent."""
@@ -116,7 +135,10 @@ class RobotClient:
 
     def _on_notice(self, msg: Message) -> None:
         with contextlib.suppress(ProtocolError):
-            n = decode(msg.payload).parse(Notice)
+            env = decode(msg.payload)
+            if not self.topics.authentic(msg.topic, env.src) or msg.retain:
+                return  # only the primary publishes notices; a retained one is from an earlier run
+            n = env.parse(Notice)
             self.notices.append(n)
             if n.kind == "down":
                 self.robot_down.set()

@@ -4,24 +4,32 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import AsyncIterator
+import logging
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from orchestrator.errors import ProtocolError
 from orchestrator.protocol.codec import decode
 from orchestrator.protocol.messages import SessionEvent
+from orchestrator.sessions.guard import ENDING_KINDS
 from orchestrator.sessions.heartbeat import Heartbeater
 from orchestrator.sessions.service import SERVICE
-from orchestrator.sessions.tokens import short
+from orchestrator.sessions.tokens import public_id, short
 
 if TYPE_CHECKING:
     from orchestrator.client.robot_client import RobotClient
 
+log = logging.getLogger("orchestrator.client")
+
 
 @dataclass
 class Session:
-    """An open session.  ``heartbeats=False`` at open: call :meth:`heartbeat` yourself (manual API)."""
+    """An open session.  ``heartbeats=False`` at open: call :meth:`heartbeat` yourself (manual API).
+
+    When the robot ends it (it expired at some part, it was ended through the API, the upstream link
+    was lost), ``ended`` says why, its heartbeats stop, and every call made in it raises
+    :class:`~orchestrator.errors.SessionExpired`: open a new one (``RobotClient.renew_session``)."""
 
     id: str
     window_s: float
@@ -29,10 +37,19 @@ class Session:
     _heart: Heartbeater = field(repr=False)
     _auto: bool = field(default=True, repr=False)
     closed: bool = False
+    ended: str | None = None  # why the robot ended it; None while it lives
 
     @property
     def short_id(self) -> str:
         return short(self.id)
+
+    @property
+    def public_id(self) -> str:
+        return public_id(self.id)
+
+    @property
+    def alive(self) -> bool:
+        return not self.closed and self.ended is None
 
     def heartbeat(self) -> bool:
         """Send one heartbeat now (thread-safe); with automatic heartbeats this is never needed."""
@@ -55,17 +72,58 @@ class ClientSessions:
     def __init__(self, robot: RobotClient) -> None:
         self.robot = robot
         self._open: list[Session] = []
+        self.on_end: list[Callable[[Session, SessionEvent], None]] = []
+        self._listening = False
+
+    async def listen(self) -> None:
+        """Follow the robot's session events (done at connect): a session the robot ends is marked here."""
+        if not self._listening:
+            self._listening = True
+            await self.robot.mqtt.subscribe(self.robot.topics.all_session_events(), self._on_event)
+
+    def _on_event(self, msg: Any) -> None:
+        if self.robot.topics.sender_of(msg.topic) is None:
+            return
+        try:
+            env = decode(msg.payload)
+            if not self.robot.topics.authentic(msg.topic, env.src) or not env.src.startswith("part/"):
+                return
+            ev = env.parse(SessionEvent)
+        except ProtocolError:
+            return
+        if ev.kind not in ENDING_KINDS:
+            return
+        for s in self._open:
+            if s.public_id == ev.session and s.ended is None and not s.closed:
+                s.ended = ev.reason or f"{ev.kind} at part {ev.part}"
+                s._heart.stop_soon()
+                for cb in list(self.on_end):
+                    try:
+                        cb(s, ev)
+                    except Exception:
+                        log.exception("session end callback failed")
 
     async def open(self, window_s: float | None = None, *, heartbeats: bool = True) -> Session:
         """Open a session with the primary (window: the robot's configured one by default)."""
         r = self.robot
-        info = await r.rpc.call(await r.primary_name(), SERVICE, "open", {"window_s": window_s}, session=None)
+        await self.listen()
+        hb_client_id = Heartbeater.client_id_for(r.mqtt)
+        info = await r.rpc.call(await r.primary_name(), SERVICE, "open",
+                                {"window_s": window_s, "connections": [r.mqtt.client_id, hb_client_id]},
+                                session=None)
         sid, secret, window = str(info["id"]), str(info["secret"]), float(info["window_s"])
         heart = Heartbeater(r.mqtt, r.topics.session_heartbeat(r.id.sender), r.id.sender, sid, secret, window / 5)
         s = Session(sid, window, r.id.sender, heart, heartbeats)
         await heart.start(auto=heartbeats)
         self._open.append(s)
         return s
+
+    async def end(self, session: Session | str, reason: str = "ended by its client") -> None:
+        """End a session robot-wide through the primary (any operator may end any session): it stops
+        everywhere, bottom-up, and is refused afterwards."""
+        r = self.robot
+        sid = session.id if isinstance(session, Session) else session
+        await r.rpc.call(await r.primary_name(), SERVICE, "end", {"session": sid, "reason": reason}, session=None)
 
     async def close_all(self) -> None:
         for s in self._open:

@@ -18,6 +18,24 @@ class _Strict(BaseModel):
 Name = Field(pattern=NAME_PATTERN, min_length=1, max_length=64)
 
 
+SCHEMES = ("mqtt", "tcp", "mqtts", "ssl")
+
+
+def check_broker_url(url: str) -> str:
+    """``mqtt://HOST:PORT`` (or ``mqtts://`` for TLS); the port, when given, within 1..65535."""
+    shown = url if len(url) <= 200 else url[:200] + "..."
+    parts = urlsplit(url)
+    if parts.scheme not in SCHEMES or not parts.hostname:
+        raise ValueError(f"{shown!r} is not a broker URL: expected mqtt://HOST:PORT or mqtts://HOST:PORT")
+    try:
+        port = parts.port
+    except ValueError as exc:
+        raise ValueError(f"{shown!r}: {exc}") from None
+    if port == 0:
+        raise ValueError(f"{shown!r}: port 0 is not a port a client can connect to")
+    return url
+
+
 class EmbeddedBroker(_Strict):
     """The in-process amqtt broker run by ``orchestrator up``."""
 
@@ -35,15 +53,7 @@ class BrokerConfig(_Strict):
     @field_validator("urls")
     @classmethod
     def _check_urls(cls, urls: list[str]) -> list[str]:
-        for url in urls:
-            parts = urlsplit(url)
-            if parts.scheme not in ("mqtt", "tcp") or not parts.hostname:
-                raise ValueError(f"{url!r} is not a broker URL: expected mqtt://HOST:PORT")
-            try:
-                _ = parts.port
-            except ValueError as exc:
-                raise ValueError(f"{url!r}: {exc}") from exc
-        return urls
+        return [check_broker_url(url) for url in urls]
 
     @model_validator(mode="after")
     def _one_kind(self) -> BrokerConfig:
@@ -113,6 +123,11 @@ class PartConfig(_Strict):
     stop_deadline_s: float = Field(
         default=3.0, gt=0, le=300, description="time this part's subtree gets to stop before it is forced"
     )
+    link_timeout_s: float | None = Field(
+        default=None, ge=0.05, le=600,
+        description="stop this part's actuators (and reconnect) when the broker has not echoed its heartbeats "
+        "for this long: a link that looks up but carries nothing; default max(1, heartbeat_s x heartbeat_misses)",
+    )
     restart: Restart = Field(default_factory=Restart)
     watchdog_s: float | None = Field(
         default=1.0, ge=0.05, le=60,
@@ -171,6 +186,24 @@ class SecurityConfig(_Strict):
     )
 
 
+class UpstreamConfig(_Strict):
+    """The robot's upstream ("cloud") broker, through which remote clients reach it.  The local broker
+    is bridged to it (mosquitto: its native bridge, see `orchestrator broker-config`; the embedded
+    broker: a bridge of ours in `up`)."""
+
+    url: str = Field(description="mqtt://HOST:PORT or mqtts://HOST:PORT of the upstream broker")
+    keepalive_s: int = Field(default=2, ge=1, le=600, description="the bridge's keep-alive: a lost link is "
+                             "noticed within about 1.5 x this")
+    username: str | None = Field(default=None, max_length=200, description="the robot's identity on the "
+                                 "upstream (default: the robot's name); its password is upstream.secret in "
+                                 "the credentials directory")
+
+    @field_validator("url")
+    @classmethod
+    def _check_url(cls, url: str) -> str:
+        return check_broker_url(url)
+
+
 class RobotConfig(_Strict):
     robot: str = Name
     broker: BrokerConfig = Field(default_factory=BrokerConfig)
@@ -180,10 +213,15 @@ class RobotConfig(_Strict):
         description="client identities (the CLI and SDK use the first operator by default)",
     )
     sessions: SessionsConfig = Field(default_factory=SessionsConfig)
+    upstream: UpstreamConfig | None = Field(default=None, description="the upstream (cloud) broker, if any")
     shutdown_timeout_s: float = Field(
         default=30.0, gt=0, le=600, description="upper bound on the whole bottom-up shutdown"
     )
     parts: list[PartConfig] = Field(min_length=1)
+
+    def link_timeout(self, name: str) -> float:
+        p = self.part(name)
+        return p.link_timeout_s if p.link_timeout_s is not None else max(1.0, p.heartbeat_s * p.heartbeat_misses)
 
     def part(self, name: str) -> PartConfig:
         for p in self.parts:

@@ -1,13 +1,16 @@
 """``orchestrator up``: the embedded broker, every part as a child process, live status, shutdown.
 
-1. Starts the embedded broker (unless the config names external brokers).
-2. Starts the parts in start order, one depth level at a time (a level starts once its parents run).
+1. Starts the embedded broker (unless the config names external brokers), enforcing the robot's
+   identities and topic rights.
+2. Starts each part as soon as its parent runs (siblings together, not level by level).
 3. Shows state changes as they happen; restarts a part that exits on its own per its restart
    policy, with a rate limit.
 4. On Ctrl-C or SIGTERM asks the primary to shut the robot down (SIGTERM to the primary, which runs
-   the bottom-up conversation on the wire), kills any part recorded as forced as soon as its parent
-   gives up on it, waits for the primary (bounded), kills leftovers, prints the timeline, closes the
-   broker last and returns 0.
+   the bottom-up conversation on the wire), kills a part recorded as forced as soon as its parent
+   gives up on it, and waits for the primary's timeline of *this* shutdown.  If the primary does not
+   finish (it hangs, goes silent, or dies), `up` stops every part still running itself, bottom-up:
+   SIGTERM to the deepest parts first (each stops its actuators and exits), SIGKILL only after that
+   part's own deadline, and says so in the timeline.  Then it closes the broker last and returns 0.
 """
 
 from __future__ import annotations
@@ -20,6 +23,7 @@ import os
 import signal
 import sys
 import time
+import uuid
 from pathlib import Path
 from typing import Any
 
@@ -28,10 +32,11 @@ from rich.table import Table
 
 from orchestrator.config.loader import LoadedConfig
 from orchestrator.config.models import LAUNCHER_CLIENT
-from orchestrator.errors import ProtocolError
+from orchestrator.config.topology import MESSAGE_MARGIN_S
 from orchestrator.launcher.processes import PartProcess
-from orchestrator.protocol.codec import decode, encode
+from orchestrator.protocol.codec import Envelope, decode, encode
 from orchestrator.protocol.messages import (
+    AdminDisconnect,
     Notice,
     PartState,
     PartStateName,
@@ -40,12 +45,15 @@ from orchestrator.protocol.messages import (
     Timeline,
     TimelineEntry,
 )
-from orchestrator.protocol.topics import ClientId, Topics
+from orchestrator.protocol.refusals import Refusals
+from orchestrator.protocol.topics import ClientId, PartId, Topics
 from orchestrator.security.access import Access, store_for
 from orchestrator.security.acl import AclChecker, rights
 from orchestrator.transport.client import Message, MqttClient
 
 log = logging.getLogger("orchestrator.up")
+
+KILL_GRACE_S = 1.0  # after a part's own deadline, before SIGKILL
 
 
 class Launcher:
@@ -61,7 +69,7 @@ class Launcher:
         self.loaded = loaded
         self.config = loaded.config
         self.topology = loaded.topology
-        self.topics = Topics(self.config.robot)
+        self.topics = Topics(self.config.robot, self.topology.primary)
         self.console = console or Console(stderr=False)
         self.timeline_json = timeline_json
         self.start_timeout_s = start_timeout_s
@@ -72,15 +80,19 @@ class Launcher:
         self._timeline_event = asyncio.Event()
         self._shutdown = asyncio.Event()
         self._shutting_down = False
+        self.shutdown_id = ""  # of the shutdown under way, from the primary's going_down notice
         self._t0 = time.time()
         self._broker: Any = None
         self.monitor: MqttClient | None = None
         self._watchers: list[asyncio.Task[Any]] = []
         self.urls: list[tuple[str, int]] = []
         self.credentials = credentials
+        self.refusals = Refusals("up")
+        self._primary_heard = time.monotonic()
         # `up` talks to the broker as the reserved client identity "up" (it reads reports, asks for reloads)
         self.me = ClientId(self.config.robot, LAUNCHER_CLIENT)
         self.access = Access.of(self.config, loaded.path, self.me, credentials)
+        self.primary_sender = PartId(self.config.robot, self.topology.primary).sender
 
     # -- output -----------------------------------------------------------------------------------
     def say(self, text: str) -> None:
@@ -109,10 +121,10 @@ class Launcher:
                 loop.remove_signal_handler(sig)
             for t in self._watchers:
                 t.cancel()
-            for p in self.procs.values():
-                p.kill()
-            for p in self.procs.values():
-                await p.wait(2.0)
+            if any(p.alive for p in self.procs.values()):
+                # leaving early (an error): never kill a part that was not asked to stop first
+                self._shutting_down = True
+                await asyncio.shield(self._stop_bottom_up("`up` is exiting"))
             if self.monitor is not None:
                 await self.monitor.close()
             if self._broker is not None:
@@ -162,10 +174,27 @@ class Launcher:
             store = store_for(self.config, self.loaded.path, self.credentials)
             acl = AclChecker(rights(self.config, self.topology))
             self._broker = EmbeddedBroker(emb.host, emb.port, passwords=store.password_file(), acl=acl)
+        self._broker.on_publish = self._broker_admin
         await self._broker.start()
         host = "127.0.0.1" if emb.host in ("0.0.0.0", "::") else emb.host
         self.urls = [(host, self._broker.port)]
         self.say(f"embedded broker listening on {self._broker.url}")
+
+    def _broker_admin(self, username: str | None, topic: str, payload: bytes) -> None:
+        """The embedded broker saw a publish: the primary asking it to close a client's connections."""
+        if topic != self.topics.robot_admin("disconnect") or self._broker is None:
+            return
+        primary = PartId(self.config.robot, self.topology.primary).username
+        if not self.config.security.insecure and username != primary:
+            return  # the ACL already refuses it; only the primary's own credential may ask
+        try:
+            req = decode(payload).parse(AdminDisconnect)
+        except Exception:
+            self.refusals.refuse("admin:malformed", topic)
+            return
+        closed = self._broker.disconnect(req.username, req.client_ids, req.reason)
+        if closed:
+            self.say(f"closed {closed} connection(s) of {req.username}: {req.reason}")
 
     async def _start_monitor(self) -> None:
         cfg = self.config.broker
@@ -177,6 +206,7 @@ class Launcher:
         await self.monitor.subscribe(t.all_part_reports(), self._on_report)
         await self.monitor.subscribe(t.robot_timeline(), self._on_timeline)
         await self.monitor.subscribe(t.robot_notice(), self._on_notice)
+        await self.monitor.subscribe(t.part_heartbeat(self.topology.primary), self._on_primary_heartbeat, qos=0)
         await self.monitor.start()
 
     def _argv(self, name: str) -> list[str]:
@@ -186,26 +216,31 @@ class Launcher:
             argv += ["--credentials", str(self.credentials)]
         return argv
 
+    # -- start ------------------------------------------------------------------------------------
     async def _start_parts(self) -> None:
+        """Each part starts as soon as its parent runs: a slow sibling delays only its own subtree."""
         env = dict(os.environ)
         env.setdefault("PYTHONUNBUFFERED", "1")
-        levels: dict[int, list[str]] = {}
         for name in self.topology.start_order():
-            levels.setdefault(self.topology.depth(name), []).append(name)
-        for depth in sorted(levels):
-            names = levels[depth]
-            for name in names:
-                pp = PartProcess(self.config.part(name), self._argv(name), env)
-                self.procs[name] = pp
-                await pp.spawn()
-                self._watchers.append(asyncio.create_task(self._watch(pp), name=f"up.watch[{name}]"))
-            waits = [self._wait_running(n) for n in names]
-            done = await asyncio.wait_for(asyncio.gather(*waits, return_exceptions=True), None)
+            self.procs[name] = PartProcess(self.config.part(name), self._argv(name), env)
+
+        async def start(name: str) -> None:
+            parent = self.topology.parent(name)
+            if parent is not None and not await self._wait_running(parent):
+                return
             if self._shutdown.is_set():
                 return
-            slow = [n for n, ok in zip(names, done, strict=True) if ok is not True]
-            if slow:
-                self.say(f"[red]not running after {self.start_timeout_s:g} s: {', '.join(slow)}[/]")
+            pp = self.procs[name]
+            await pp.spawn()
+            self._watchers.append(asyncio.create_task(self._watch(pp), name=f"up.watch[{name}]"))
+
+        await asyncio.gather(*(start(n) for n in self.topology.start_order()))
+        if self._shutdown.is_set():
+            return
+        results = await asyncio.gather(*(self._wait_running(n) for n in self.topology.start_order()))
+        slow = [n for n, ok in zip(self.topology.start_order(), results, strict=True) if not ok]
+        if slow and not self._shutdown.is_set():
+            self.say(f"[red]not running after {self.start_timeout_s:g} s: {', '.join(slow)}[/]")
 
     async def _wait_running(self, name: str) -> bool:
         ev = self._state_events.setdefault(name, asyncio.Event())
@@ -242,14 +277,30 @@ class Launcher:
             await pp.spawn()
 
     # -- wire observations --------------------------------------------------------------------------
-    def _on_state(self, msg: Message) -> None:
-        part = self.topics.part_of(msg.topic)
-        if part is None or (part not in self.procs and part not in self.topology.parts):
-            return
+    def _trusted(self, msg: Message) -> Envelope | None:
+        """Believed only from the identity the topic is reserved to; never a retained message of an
+        earlier run for a decision (the caller checks ``msg.retain`` where it matters)."""
         try:
             env = decode(msg.payload)
+        except Exception:
+            self.refusals.refuse("malformed", msg.topic)
+            return None
+        if not self.topics.authentic(msg.topic, env.src):
+            self.refusals.refuse("forged_sender", msg.topic)
+            return None
+        return env
+
+    def _on_state(self, msg: Message) -> None:
+        part = self.topics.part_of(msg.topic)
+        if part is None or part not in self.topology.parts:
+            return
+        env = self._trusted(msg)
+        if env is None:
+            return
+        try:
             st = env.parse(PartState)
-        except ProtocolError:
+        except Exception:
+            self.refusals.refuse("bad_state", msg.topic)
             return
         prev = self.states.get(part)
         if prev is not None and env.birth < prev[0]:
@@ -262,15 +313,28 @@ class Launcher:
             self.say(f"part [bold]{part}[/]: [{colour}]{st.state.value}[/]{extra}")
         self._state_events.setdefault(part, asyncio.Event()).set()
 
+    def _on_primary_heartbeat(self, msg: Message) -> None:
+        if self._trusted(msg) is not None:
+            self._primary_heard = time.monotonic()
+
     def _on_report(self, msg: Message) -> None:
         """Kill a part as soon as its parent records it as forced (it may still drive something)."""
-        if not self._shutting_down:
+        reporter = self.topics.part_of(msg.topic)
+        if not self._shutting_down or msg.retain or reporter is None or reporter not in self.topology.parts:
+            return
+        env = self._trusted(msg)
+        if env is None:
             return
         try:
-            rep = decode(msg.payload).parse(StopReport)
-        except ProtocolError:
+            rep = env.parse(StopReport)
+        except Exception:
+            self.refusals.refuse("bad_report", msg.topic)
             return
-        self._kill_forced(rep.children)
+        if self.shutdown_id and rep.shutdown_id != self.shutdown_id:
+            self.refusals.refuse("report:other_shutdown", msg.topic)
+            return
+        below = set(self.topology.descendants(reporter))  # a part speaks only for its own subtree
+        self._kill_forced([e for e in rep.children if e.part in below])
 
     def _kill_forced(self, entries: list[TimelineEntry]) -> None:
         for e in entries:
@@ -280,23 +344,39 @@ class Launcher:
                 pp.kill()
 
     def _on_notice(self, msg: Message) -> None:
-        """The primary began a shutdown it was asked for over MQTT: do not restart what exits."""
-        try:
-            notice = decode(msg.payload).parse(Notice)
-        except ProtocolError:
+        """The primary began a shutdown (perhaps asked over MQTT): follow it, do not restart what exits."""
+        if msg.retain:
             return
-        if notice.kind == "going_down" and not self._shutting_down:
-            self._shutting_down = True
-            self.request_shutdown(f"robot going down ({notice.reason})")
+        env = self._trusted(msg)
+        if env is None:
+            return
+        try:
+            notice = env.parse(Notice)
+        except Exception:
+            self.refusals.refuse("bad_notice", msg.topic)
+            return
+        if notice.kind == "going_down":
+            self.shutdown_id = notice.shutdown_id
+            if not self._shutting_down:
+                self._shutting_down = True
+                self.request_shutdown(f"robot going down ({notice.reason})")
 
     def _on_timeline(self, msg: Message) -> None:
-        try:
-            tl = decode(msg.payload).parse(Timeline)
-        except ProtocolError:
+        if msg.retain:
+            return  # the timeline of an earlier run, kept by the broker: never acted on
+        env = self._trusted(msg)
+        if env is None:
             return
-        if tl.started_at >= self._t0:
-            self.timeline = tl
-            self._timeline_event.set()
+        try:
+            tl = env.parse(Timeline)
+        except Exception:
+            self.refusals.refuse("bad_timeline", msg.topic)
+            return
+        if (self.shutdown_id and tl.shutdown_id != self.shutdown_id) or tl.started_at < self._t0:
+            self.refusals.refuse("timeline:other_shutdown", msg.topic)
+            return
+        self.timeline = tl
+        self._timeline_event.set()
 
     # -- shutdown ---------------------------------------------------------------------------------
     async def _stop_robot(self) -> None:
@@ -304,39 +384,96 @@ class Launcher:
         started = time.time()
         bound = min(self.config.shutdown_timeout_s, self.topology.shutdown_bound() + 2.0)
         primary = self.procs.get(self.topology.primary)
+        fallback: list[TimelineEntry] = []
         if primary is not None and primary.alive:
             primary.stopping = True
             primary.signal(signal.SIGTERM)
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._timeline_event.wait(), bound)
+            why = await self._wait_for_primary(primary, bound)
             if self.timeline is not None:
                 self._kill_forced(self.timeline.entries)
-            await primary.wait(max(0.5, bound - (time.time() - started)))
+                await primary.wait(max(0.5, bound - (time.time() - started)))
+            else:
+                self.say(f"[bold red]the primary did not finish the shutdown ({why}): `up` stops the remaining "
+                         "parts itself, bottom-up[/]")
+                fallback = await self._stop_bottom_up(f"primary {why}")
         else:
-            await self._fallback_stop(bound)
-        # parts that reported exit by themselves right after; give them a moment, then kill
+            self.say("[yellow]primary is not running: `up` stops the parts itself, bottom-up[/]")
+            fallback = await self._stop_bottom_up("primary not running")
+        # parts that reported exit by themselves right after; a part that does not is stopped, not killed
         grace = time.monotonic() + 1.0
         for pp in self.procs.values():
             await pp.wait(max(0.01, grace - time.monotonic()))
-        for pp in self.procs.values():
-            if pp.alive:
-                self.say(f"[red]part {pp.name} still running after the shutdown: killing pid {pp.pid}[/]")
-                pp.kill()
-                await pp.wait(2.0)
+        if any(pp.alive for pp in self.procs.values()):
+            self.say("[red]parts still running after the shutdown: stopping them bottom-up[/]")
+            fallback += await self._stop_bottom_up("still running after the shutdown")
+        if fallback:
+            self._merge_fallback(fallback, started)
         self._print_timeline(started)
 
-    async def _fallback_stop(self, bound: float) -> None:
-        """No live primary: SIGTERM the parts deepest level first, each level bounded."""
-        self.say("[yellow]primary is not running: stopping the parts level by level[/]")
+    async def _wait_for_primary(self, primary: PartProcess, bound: float) -> str:
+        """Wait for this shutdown's timeline; give up early when the primary exits or goes silent."""
+        deadline = time.monotonic() + bound
+        silent_after = self.config.part(self.topology.primary).heartbeat_s * \
+            self.config.part(self.topology.primary).heartbeat_misses
+        self._primary_heard = max(self._primary_heard, time.monotonic())
+        while not self._timeline_event.is_set():
+            now = time.monotonic()
+            if now >= deadline:
+                return f"no timeline within {bound:g} s"
+            if not primary.alive:
+                # it may have published the timeline just before exiting: give the message a moment
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self._timeline_event.wait(), 1.0)
+                return "finished" if self._timeline_event.is_set() else "exited without a timeline"
+            if now - self._primary_heard > silent_after + 0.5:
+                return f"silent for {now - self._primary_heard:.1f} s"
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._timeline_event.wait(), min(0.1, deadline - now))
+        return "finished"
+
+    async def _stop_bottom_up(self, why: str) -> list[TimelineEntry]:
+        """Stop every part still running, deepest first: SIGTERM (the part stops its actuators, closes its
+        resources and exits), SIGKILL only after that part's own deadline.  Parts of one depth at once."""
         by_depth: dict[int, list[PartProcess]] = {}
         for name, pp in self.procs.items():
-            by_depth.setdefault(self.topology.depth(name), []).append(pp)
+            if pp.alive:
+                by_depth.setdefault(self.topology.depth(name), []).append(pp)
+        entries: list[TimelineEntry] = []
+
+        async def stop(pp: PartProcess) -> None:
+            pp.stopping = True
+            asked = time.time()
+            pp.signal(signal.SIGTERM)
+            own = self.config.part(pp.name).stop_deadline_s + MESSAGE_MARGIN_S + KILL_GRACE_S
+            code = await pp.wait(own)
+            killed = False
+            if code is None:
+                self.say(f"[red]part {pp.name} did not stop within its deadline of {own:g} s: killing pid "
+                         f"{pp.pid}[/]")
+                pp.kill()
+                await pp.wait(2.0)
+                killed = True
+            else:
+                self.say(f"part [bold]{pp.name}[/] stopped by `up` (exit {code})")
+            entries.append(TimelineEntry(
+                part=pp.name, parent=self.topology.parent(pp.name), asked_at=asked, stopped_at=time.time(),
+                forced=killed, killed=killed, by="up",
+                errors=[f"stopped by `up`: {why}"] + ([f"killed after {own:g} s"] if killed else [])))
+
         for depth in sorted(by_depth, reverse=True):
-            for pp in by_depth[depth]:
-                pp.stopping = True
-                pp.signal(signal.SIGTERM)
-            for pp in by_depth[depth]:
-                await pp.wait(self.config.part(pp.name).stop_deadline_s)
+            await asyncio.gather(*(stop(pp) for pp in by_depth[depth]))
+        return entries
+
+    def _merge_fallback(self, fallback: list[TimelineEntry], started: float) -> None:
+        """The timeline of a shutdown `up` had to finish: what the primary published, if anything, with
+        the parts `up` stopped itself (each once)."""
+        tl = self.timeline or Timeline(shutdown_id=self.shutdown_id or uuid.uuid4().hex[:12],
+                                       reason="stopped by `up` (the primary did not finish)", started_at=started,
+                                       finished_at=time.time())
+        mine = {e.part for e in fallback}
+        tl.entries = [e for e in tl.entries if e.part not in mine] + fallback
+        tl.finished_at = time.time()
+        self.timeline = tl
 
     def _print_timeline(self, started: float) -> None:
         tl = self.timeline
@@ -354,15 +491,16 @@ class Launcher:
                 return "-" if t is None else f"{(t - t0) * 1000:.1f}"
 
             table = Table(title=f"shutdown of {self.config.robot} ({tl.reason}) — ms since the request")
-            for col in ("part", "parent", "asked", "began", "stopped", "reported", "forced", "stopped resources"):
+            for col in ("part", "parent", "asked", "began", "stopped", "reported", "forced", "by", "stopped resources"):
                 table.add_column(col)
             for e in sorted(tl.entries, key=lambda e: (e.began_at or e.asked_at or 0.0)):
                 table.add_row(e.part, e.parent or "-", ms(e.asked_at), ms(e.began_at), ms(e.stopped_at),
                               ms(e.reported_at), "[red]FORCED[/]" + (" killed" if e.killed else "") if e.forced
-                              else "no", ", ".join(e.resources_stopped) or "-")
+                              else "no", e.by or "parent", ", ".join(e.resources_stopped) or "-")
             self.console.print(table)
-            self.say(f"clients closed at {ms(tl.clients_closed_at).strip()} ms; "
-                     f"shutdown took {(time.time() - started) * 1000:.0f} ms")
+            if tl.clients_closed_at is not None:
+                self.say(f"clients closed at {ms(tl.clients_closed_at).strip()} ms")
+            self.say(f"shutdown took {(time.time() - started) * 1000:.0f} ms")
             data = {"timeline": tl.model_dump(mode="json"),
                     "killed": [n for n, p in self.procs.items() if p.killed]}
         if self.timeline_json is not None:

@@ -7,6 +7,7 @@ live birth), a per-birth sequence number (gaps and duplicates are visible) and t
 
 from __future__ import annotations
 
+import math
 import time
 from typing import Any, TypeVar
 
@@ -20,9 +21,52 @@ B = TypeVar("B", bound=BaseModel)
 
 SEQ_MODULUS = 2**32
 
+# Limits on anything decoded from the wire, checked before and while parsing (a hostile payload costs
+# a refusal, never memory, recursion or a traceback).  Generous for the protocol's own messages.
+MAX_PAYLOAD = 256 * 1024  # bytes; the embedded broker's default message limit
+MAX_DEPTH = 32  # nesting of maps and lists
+MAX_ITEMS = 20_000  # maps entries + list items in one message
+MAX_STR = 64 * 1024  # one string or binary
+
+
+def validation_summary(exc: ValidationError, limit: int = 3) -> str:
+    """What failed, never the input itself: ``loc: message`` for the first few errors."""
+    bits = []
+    for e in exc.errors(include_input=False, include_url=False)[:limit]:
+        loc = ".".join(str(x) for x in e.get("loc", ()))[:80]
+        bits.append(f"{loc or '(body)'}: {str(e.get('msg', ''))[:120]}")
+    more = exc.error_count() - limit
+    return "; ".join(bits) + (f" (+{more} more)" if more > 0 else "")
+
+
+def check_value(value: Any, what: str = "message") -> None:
+    """Refuse non-finite numbers, nesting deeper than MAX_DEPTH and more than MAX_ITEMS items.
+
+    Iterative: a hostile depth never reaches Python's recursion limit."""
+    stack: list[tuple[Any, int]] = [(value, 0)]
+    items = 0
+    while stack:
+        v, depth = stack.pop()
+        if isinstance(v, float):
+            if not math.isfinite(v):
+                raise ProtocolError(f"{what} contains a non-finite number", reason="non_finite")
+        elif isinstance(v, dict):
+            if depth >= MAX_DEPTH:
+                raise ProtocolError(f"{what} is nested deeper than {MAX_DEPTH} levels", reason="too_deep")
+            items += len(v)
+            stack.extend((x, depth + 1) for x in v.values())
+            stack.extend((k, depth + 1) for k in v if not isinstance(k, str))
+        elif isinstance(v, list | tuple):
+            if depth >= MAX_DEPTH:
+                raise ProtocolError(f"{what} is nested deeper than {MAX_DEPTH} levels", reason="too_deep")
+            items += len(v)
+            stack.extend((x, depth + 1) for x in v)
+        if items > MAX_ITEMS:
+            raise ProtocolError(f"{what} has more than {MAX_ITEMS} items", reason="too_large")
+
 
 class Envelope(BaseModel):
-    model_config = ConfigDict(extra="ignore")
+    model_config = ConfigDict(extra="ignore", allow_inf_nan=False)
 
     v: int = PROTOCOL_VERSION
     src: str
@@ -35,7 +79,8 @@ class Envelope(BaseModel):
         try:
             return model.model_validate(self.body)
         except ValidationError as exc:
-            raise ProtocolError(f"bad {model.__name__} from {self.src}: {exc.errors()[:3]}") from exc
+            raise ProtocolError(f"bad {model.__name__} from {self.src[:80]}: {validation_summary(exc)}",
+                                reason="bad_body") from None
 
 
 def _default(obj: Any) -> Any:
@@ -53,10 +98,17 @@ def pack(obj: Any) -> bytes:
 
 
 def unpack(data: bytes) -> Any:
+    """Decode a payload within the limits above; anything else is a :class:`ProtocolError`."""
+    if len(data) > MAX_PAYLOAD:
+        raise ProtocolError(f"payload of {len(data)} bytes exceeds {MAX_PAYLOAD}", reason="too_large")
     try:
-        return msgpack.unpackb(data, raw=False, strict_map_key=False)
-    except Exception as exc:  # msgpack raises several unrelated types
-        raise ProtocolError(f"undecodable payload ({len(data)} bytes): {exc}") from exc
+        value = msgpack.unpackb(data, raw=False, strict_map_key=False, max_str_len=MAX_STR, max_bin_len=MAX_STR,
+                                max_array_len=MAX_ITEMS, max_map_len=MAX_ITEMS, max_ext_len=0)
+    except Exception as exc:  # msgpack raises several unrelated types; its text never echoes the input
+        raise ProtocolError(f"undecodable payload ({len(data)} bytes): {type(exc).__name__}",
+                            reason="undecodable") from None
+    check_value(value, "payload")
+    return value
 
 
 def encode(src: str, body: BaseModel | dict[str, Any], *, birth: int = 0, seq: int = 0) -> bytes:
@@ -71,9 +123,10 @@ def decode(data: bytes) -> Envelope:
     try:
         env = Envelope.model_validate(raw)
     except ValidationError as exc:
-        raise ProtocolError(f"bad envelope: {exc.errors()[:3]}") from exc
+        raise ProtocolError(f"bad envelope: {validation_summary(exc)}", reason="bad_envelope") from None
     if env.v != PROTOCOL_VERSION:
-        raise ProtocolError(f"protocol version {env.v} from {env.src}, this side speaks {PROTOCOL_VERSION}")
+        raise ProtocolError(f"protocol version {env.v} from {env.src[:80]}, this side speaks {PROTOCOL_VERSION}",
+                            reason="version")
     return env
 
 
@@ -93,6 +146,16 @@ def decode_body(data: bytes) -> tuple[str, dict[str, Any]]:
         return src, body
     env = decode(data)  # raises the precise ProtocolError
     return env.src, env.body
+
+
+def encode_checked(src: str, body: BaseModel | dict[str, Any], *, birth: int = 0, seq: int = 0) -> bytes:
+    """:func:`encode`, refusing what a receiver would refuse (non-finite numbers, too deep, too large)."""
+    b = body.model_dump(mode="python") if isinstance(body, BaseModel) else body
+    check_value(b, "outgoing message")
+    data = encode(src, b, birth=birth, seq=seq)
+    if len(data) > MAX_PAYLOAD:
+        raise ProtocolError(f"outgoing message of {len(data)} bytes exceeds {MAX_PAYLOAD}", reason="too_large")
+    return data
 
 
 class Sequencer:

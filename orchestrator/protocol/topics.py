@@ -127,13 +127,27 @@ class Topics:
     """Topic builder for one robot."""
 
     robot: str
+    primary: str | None = None  # the primary's name, when known: the only publisher of ``robot/...``
 
     def __post_init__(self) -> None:
         check_name("robot", self.robot)
+        if self.primary is not None:
+            check_name("part", self.primary)
 
     @property
     def root(self) -> str:
         return f"{ROOT}/{self.robot}"
+
+    def authentic(self, topic: str, src: str) -> bool:
+        """Is ``src`` (an envelope's sender) the identity the broker's topic rights reserve ``topic`` to?
+
+        Identity topics (``part/<p>/...``, ``client/<c>/...``) belong to that identity; the robot-wide
+        ``robot/...`` topics to the primary (any part, if the primary's name is not known here)."""
+        prefix = f"{self.root}/robot/"
+        if topic.startswith(prefix):
+            return src == f"part/{self.primary}" if self.primary is not None else src.startswith("part/")
+        owner = self.sender_of(topic)
+        return owner is not None and src == owner
 
     def of(self, identity: Identity | str) -> str:
         """The namespace only ``identity`` (or a sender string ``part/<p>``) publishes under."""

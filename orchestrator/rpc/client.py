@@ -2,6 +2,15 @@
 
 Used by :class:`~orchestrator.client.RobotClient` and by parts that depend on a resource of
 another part.  One broker round trip each way: caller -> broker -> part -> broker -> caller.
+
+Calls fail fast instead of waiting out their deadline when the robot already knows the answer:
+
+- the caller is not connected to the broker: :class:`~orchestrator.errors.ConnectionLost` at once,
+  and every call in flight fails the same way when the connection drops;
+- the part is offline (its Will, or the primary's robot status after missed heartbeats) or stopped:
+  :class:`~orchestrator.errors.PartOffline` at once, and calls in flight to it fail as soon as the
+  robot learns it (within the primary's detection bound);
+- no part of that name exists in the robot status: :class:`~orchestrator.errors.UnknownResource`.
 """
 
 from __future__ import annotations
@@ -16,9 +25,18 @@ from typing import Any
 
 from pydantic import ValidationError
 
-from orchestrator.errors import DeadlineExceeded, PartOffline, ProtocolError, from_wire
-from orchestrator.protocol.codec import decode, decode_body, encode
-from orchestrator.protocol.messages import CallReply, PartState, PartStateName
+from orchestrator.errors import (
+    ConnectionLost,
+    DeadlineExceeded,
+    PartOffline,
+    ProtocolError,
+    SessionExpired,
+    UnknownResource,
+    from_wire,
+)
+from orchestrator.protocol.codec import Envelope, decode, decode_body, encode
+from orchestrator.protocol.messages import CallReply, PartState, PartStateName, RobotStatus
+from orchestrator.protocol.refusals import Refusals
 from orchestrator.protocol.topics import Topics
 from orchestrator.sessions.context import current
 from orchestrator.transport.client import Message, MqttClient
@@ -27,36 +45,69 @@ log = logging.getLogger("orchestrator.rpc")
 
 
 _DEFAULT: Any = object()  # "the caller's session": the context's, else this client's own
+MAX_TIMEOUT_S = 3600.0
+GONE = (PartStateName.OFFLINE, PartStateName.STOPPED)
 
 
 class RpcClient:
-    def __init__(self, client: MqttClient, topics: Topics, sender: str, *, default_timeout: float = 10.0) -> None:
+    def __init__(self, client: MqttClient, topics: Topics, sender: str, *, default_timeout: float = 10.0,
+                 refusals: Refusals | None = None) -> None:
         self.client = client
         self.topics = topics
         self.sender = sender
         self.default_timeout = default_timeout
+        self.refusals = refusals or Refusals(sender)
         self._pending: dict[str, tuple[str, asyncio.Future[Any]]] = {}
         self._ids = itertools.count()
         self._prefix = f"{os.getpid():x}.{id(self) & 0xFFFF:x}."
         self.part_states: dict[str, tuple[int, PartStateName]] = {}
+        self.status: RobotStatus | None = None  # the primary's view, unless its Will says it is offline
         self.session: str | None = None
+        self.session_ended: str | None = None  # the robot ended self.session: why (calls in it fail at once)
         # called once, on the first call made in this client's own session (a part heartbeats its
         # own session only once it drives something on another part)
         self.session_activate: Callable[[], Awaitable[None]] | None = None
+        self.on_state_change: list[Callable[[str, PartStateName], None]] = []
 
     async def start(self) -> None:
         await self.client.subscribe(self.topics.replies_to(self.sender), self._on_reply)
         await self.client.subscribe(self.topics.all_part_states(), self._on_state)
+        await self.client.subscribe(self.topics.robot_status(), self._on_status)
+        self.client.on_disconnect(self._on_disconnect)
 
+    # -- what the robot knows ---------------------------------------------------------------------
     def offline(self, part: str) -> bool:
-        st = self.part_states.get(part)
-        return st is not None and st[1] in (PartStateName.OFFLINE, PartStateName.STOPPED)
+        return self.unavailable(part) is not None
 
+    def unavailable(self, part: str) -> PartOffline | UnknownResource | None:
+        """Why a call to ``part`` would fail at once, or None if it may be made."""
+        st = self.part_states.get(part)
+        if st is not None and st[1] in GONE:
+            return PartOffline(f"part {part} is {st[1].value}", part=part)
+        status = self.status
+        if status is not None and status.state != "offline":
+            known = status.parts.get(part)
+            if known is None and part != status.primary:
+                return UnknownResource(f"robot {status.robot} has no part {part!r} "
+                                       f"(parts: {', '.join(sorted({status.primary, *status.parts}))})", part=part)
+            if known is not None and not known.online and (st is None or known.birth >= st[0]):
+                why = known.reason or ("not started" if not known.birth else known.state.value)
+                return PartOffline(f"part {part} is offline ({why})", part=part)
+        elif status is not None and part == status.primary:
+            return PartOffline(f"part {part} (the primary) is offline ({status.reason or 'its Will'})", part=part)
+        return None
+
+    # -- calls ------------------------------------------------------------------------------------
     async def call(self, part: str, resource: str, method: str, args: dict[str, Any] | None = None, *,
                    timeout: float | None = None, session: Any = _DEFAULT) -> Any:
-        if self.offline(part):
-            raise PartOffline(f"part {part} is {self.part_states[part][1].value}", part=part)
+        if not self.client.is_connected:
+            raise ConnectionLost(f"not connected to the broker: cannot call {part}/{resource}", part=part)
+        gone = self.unavailable(part)
+        if gone is not None:
+            raise gone
         timeout = self.default_timeout if timeout is None else timeout
+        if not 0 < timeout <= MAX_TIMEOUT_S:
+            raise ValueError(f"timeout must be within (0, {MAX_TIMEOUT_S:g}] s, got {timeout}")
         rid = self._prefix + str(next(self._ids))
         fut: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
         self._pending[rid] = (part, fut)
@@ -69,6 +120,9 @@ class RpcClient:
             session, on_behalf = ctx.session, ctx.caller
         else:
             session = self.session
+            if session is not None and self.session_ended is not None:
+                self._pending.pop(rid, None)
+                raise SessionExpired(f"the robot ended this client's session: {self.session_ended}")
             if session is not None and self.session_activate is not None:
                 activate, self.session_activate = self.session_activate, None
                 await activate()
@@ -78,7 +132,7 @@ class RpcClient:
         try:
             if not self.client.publish_nowait(self.topics.call(self.sender, part, resource),
                                               encode(self.sender, req), qos=1):
-                raise PartOffline(f"not connected to the broker: cannot call {part}/{resource}", part=part)
+                raise ConnectionLost(f"not connected to the broker: cannot call {part}/{resource}", part=part)
             try:
                 # a small grace over the deadline so the part's own DeadlineExceeded usually wins
                 async with asyncio.timeout(timeout + 0.25):
@@ -89,18 +143,36 @@ class RpcClient:
         finally:
             self._pending.pop(rid, None)
 
+    def _fail(self, part: str | None, exc: Exception) -> None:
+        for rid, (p, fut) in list(self._pending.items()):
+            if (part is None or p == part) and not fut.done():
+                fut.set_exception(exc)
+                self._pending.pop(rid, None)
+
+    def _on_disconnect(self, reason: str) -> None:
+        self._fail(None, ConnectionLost(f"connection to the broker lost during the call ({reason})"))
+
+    # -- what comes back --------------------------------------------------------------------------
     def _on_reply(self, msg: Message) -> None:
+        replier = self.topics.sender_of(msg.topic)
         try:
-            _src, body = decode_body(msg.payload)
+            src, body = decode_body(msg.payload)
             rid, ok = body.get("id"), body.get("ok")
             if not isinstance(rid, str) or not isinstance(ok, bool):
                 rep = CallReply.model_validate(body)  # raises the precise error
                 rid, ok = rep.id, rep.ok
         except (ProtocolError, ValidationError) as exc:
-            log.warning("%s: malformed reply dropped: %s", self.sender, exc)
+            reason = exc.details.get("reason", "malformed") if isinstance(exc, ProtocolError) else "bad_reply"
+            self.refusals.refuse(f"reply:{reason}", msg.topic)
+            return
+        if src != replier:
+            self.refusals.refuse("reply:forged_sender", msg.topic)
             return
         got = self._pending.get(rid)
         if got is None or got[1].done():
+            return
+        if replier != f"part/{got[0]}":
+            self.refusals.refuse("reply:wrong_part", msg.topic)  # another part answering for the one called
             return
         if ok:
             got[1].set_result(body.get("result"))
@@ -108,21 +180,54 @@ class RpcClient:
             err = body.get("error")
             got[1].set_exception(from_wire(err if isinstance(err, dict) else {}))
 
-    def _on_state(self, msg: Message) -> None:
-        part = self.topics.part_of(msg.topic)
-        if part is None:
-            return
+    def _trusted(self, msg: Message) -> Envelope | None:
+        """The envelope, if it decodes and its sender is the identity the topic is reserved to."""
         try:
             env = decode(msg.payload)
+        except ProtocolError as exc:
+            self.refusals.refuse(str(exc.details.get("reason", "malformed")), msg.topic)
+            return None
+        if not self.topics.authentic(msg.topic, env.src):
+            self.refusals.refuse("forged_sender", msg.topic)
+            return None
+        return env
+
+    def _on_state(self, msg: Message) -> None:
+        part = self.topics.part_of(msg.topic)
+        env = self._trusted(msg) if part is not None else None
+        if part is None or env is None:
+            return
+        try:
             st = env.parse(PartState)
         except ProtocolError:
+            self.refusals.refuse("bad_state", msg.topic)
             return
         prev = self.part_states.get(part)
         if prev is not None and env.birth < prev[0]:
             return
         self.part_states[part] = (env.birth, st.state)
-        if st.state in (PartStateName.OFFLINE, PartStateName.STOPPED):
-            for rid, (p, fut) in list(self._pending.items()):
-                if p == part and not fut.done():
-                    fut.set_exception(PartOffline(f"part {part} went {st.state.value} during the call", part=part))
-                    self._pending.pop(rid, None)
+        if prev is None or prev[1] != st.state:
+            for cb in list(self.on_state_change):
+                cb(part, st.state)
+        if st.state in GONE:
+            self._fail(part, PartOffline(f"part {part} went {st.state.value} during the call", part=part))
+
+    def _on_status(self, msg: Message) -> None:
+        env = self._trusted(msg)
+        if env is None:
+            return
+        try:
+            status = env.parse(RobotStatus)
+        except ProtocolError:
+            self.refusals.refuse("bad_status", msg.topic)
+            return
+        self.status = status
+        if status.state == "offline":
+            self._fail(status.primary, PartOffline(f"part {status.primary} (the primary) went offline during "
+                                                   "the call", part=status.primary))
+            return
+        for part, p in status.parts.items():
+            st = self.part_states.get(part)
+            if not p.online and (st is None or p.birth >= st[0]):
+                self._fail(part, PartOffline(f"part {part} went offline during the call ({p.reason or p.state})",
+                                             part=part))

@@ -22,11 +22,13 @@ from orchestrator.errors import (
     InvalidArgument,
     OrchestratorError,
     ProtocolError,
+    Unavailable,
     UnknownMethod,
     UnknownResource,
 )
-from orchestrator.protocol.codec import decode_body, encode
+from orchestrator.protocol.codec import decode_body, encode, encode_checked, validation_summary
 from orchestrator.protocol.messages import CallReply, CallRequest
+from orchestrator.protocol.refusals import Refusals
 from orchestrator.protocol.topics import Topics
 from orchestrator.resources.base import Resource
 from orchestrator.rpc.methods import MethodSpec, api_methods
@@ -37,6 +39,8 @@ from orchestrator.transport.client import Message, MqttClient
 log = logging.getLogger("orchestrator.rpc")
 
 DEFAULT_TIMEOUT_S = 30.0
+MAX_CALL_S = 3600.0  # a deadline further ahead is refused (long moves return at once and run on)
+MAX_INFLIGHT = 1000  # calls served at once by one part; past that a call is answered "unavailable"
 
 # before_call(context, direct, resource name, resource, spec): raise an OrchestratorError to refuse.
 # ``direct`` is False for a part calling on behalf of the session it was itself called in.
@@ -82,6 +86,7 @@ class RpcServer:
         sender: str,
         lookup: Callable[[str], Resource | None],
         describe_missing: Callable[[str], str | None] | None = None,
+        refusals: Refusals | None = None,
     ) -> None:
         self.client = client
         self.topics = topics
@@ -93,28 +98,44 @@ class RpcServer:
         self.inflight: set[asyncio.Task[None]] = set()
         self.served = 0
         self.malformed = 0
+        self.refusals = refusals or Refusals(f"part {part}")
 
     async def start(self) -> None:
         await self.client.subscribe(self.topics.calls_to(self.part), self._on_call)
 
+    def _refuse(self, reason: str, topic: str, detail: str = "") -> None:
+        self.malformed += 1
+        self.refusals.refuse(f"call:{reason}", topic, detail)
+
     def _on_call(self, msg: Message) -> None:
         where = self.topics.call_parts(msg.topic)
         if where is None:
-            self.malformed += 1
+            self._refuse("bad_topic", msg.topic)
             return
         caller, _part, resource = where
         try:
             src, body = decode_body(msg.payload)
+        except ProtocolError as exc:  # no id we could reply to: count it and go on
+            self._refuse(str(exc.details.get("reason", "malformed")), msg.topic, exc.message)
+            return
+        try:
             req = _call_request(body)
         except ProtocolError as exc:
-            self.malformed += 1
-            log.warning("part %s: malformed call on %s dropped: %s", self.part, msg.topic, exc)
+            self._refuse("bad_request", msg.topic, exc.message)
+            rid = body.get("id")
+            if isinstance(rid, str) and len(rid) <= 200 and src == caller:
+                self._reply(caller, CallReply(id=rid, ok=False, error=exc.to_wire()))
             return
         if src != caller:
             # the topic names the caller the broker let publish there; a different claim is a forgery
-            self.malformed += 1
+            self._refuse("forged_sender", msg.topic)
             self._reply(caller, CallReply(id=req.id, ok=False, error=ProtocolError(
-                f"sender {src!r} does not match the call topic's identity {caller!r}").to_wire()))
+                f"sender {src[:80]!r} does not match the call topic's identity {caller!r}").to_wire()))
+            return
+        if len(self.inflight) >= MAX_INFLIGHT:
+            self._refuse("overloaded", msg.topic)
+            self._reply(caller, CallReply(id=req.id, ok=False, error=Unavailable(
+                f"part {self.part} is serving {MAX_INFLIGHT} calls: try again", part=self.part).to_wire()))
             return
         task = asyncio.create_task(self._serve(caller, resource, req),
                                    name=f"part[{self.part}].call[{resource}.{req.method}#{req.id}]")
@@ -138,10 +159,10 @@ class RpcServer:
     def _reply(self, caller: str, reply: CallReply) -> None:
         body = {"id": reply.id, "ok": reply.ok, "result": reply.result, "error": reply.error}
         try:
-            payload = encode(self.sender, body)
-        except Exception as exc:  # an unencodable result
+            payload = encode_checked(self.sender, body)
+        except Exception as exc:  # an unencodable result (a type msgpack cannot carry, NaN, too large)
             payload = encode(self.sender, CallReply(id=reply.id, ok=False, error=InternalError(
-                f"result cannot be encoded: {exc}").to_wire()))
+                f"result cannot be sent: {type(exc).__name__}: {str(exc)[:200]}").to_wire()))
         self.client.publish_nowait(self.topics.reply(self.part, caller), payload, qos=1)
 
     async def invoke(self, caller: str, resource: str, req: CallRequest) -> Any:
@@ -157,11 +178,14 @@ class RpcServer:
         try:
             args = spec.params.model_validate(req.args)
         except ValidationError as exc:
-            raise InvalidArgument(f"{resource}.{req.method}: {exc}", part=self.part, resource=resource,
-                                  method=req.method) from None
+            raise InvalidArgument(f"{resource}.{req.method}: {validation_summary(exc)}", part=self.part,
+                                  resource=resource, method=req.method) from None
         timeout = DEFAULT_TIMEOUT_S if req.deadline is None else req.deadline - time.time()
         if timeout <= 0:
             raise DeadlineExceeded(f"{resource}.{req.method}: deadline passed before the call started")
+        if timeout > MAX_CALL_S:
+            raise InvalidArgument(f"{resource}.{req.method}: deadline {timeout:.0f} s ahead; at most {MAX_CALL_S:g} s",
+                                  part=self.part, resource=resource, method=req.method)
         # only a part may call on behalf of someone else (indirect control); a client's claim is ignored,
         # so its session is then checked against its own identity
         direct = req.on_behalf is None or not caller.startswith("part/")

@@ -68,7 +68,8 @@ class Liveness:
             # the same connection cannot come back after its own Will
             self.ignored_stale += 1
             return False
-        self._e[part].heartbeat_s = state.heartbeat_s or self._e[part].heartbeat_s
+        # the heartbeat period is the configuration's: a part's own claim (state.heartbeat_s) is not believed
+        restarts = cur.restarts + (1 if env.birth != cur.birth and cur.birth and online else 0)
         new = PartStatus(
             state=state.state,
             online=online,
@@ -78,6 +79,7 @@ class Liveness:
             parent=state.parent,
             pid=state.pid,
             reason=state.reason,
+            restarts=restarts,
         )
         self._set(part, new)
         return True
@@ -103,6 +105,13 @@ class Liveness:
                             "since": now, "reason": None}
                 ),
             )
+
+    def resync(self, now: float) -> None:
+        """After our own outage: whoever was online gets a fresh interval to be heard from again (we heard
+        nobody while we were cut off, which says nothing about them)."""
+        for e in self._e.values():
+            if e.status.online:
+                e.status.last_heartbeat = now
 
     def check_timeouts(self, now: float | None = None) -> list[str]:
         """Mark parts silent for ``heartbeat_s * misses`` offline; returns those newly marked."""

@@ -6,6 +6,12 @@ Will), heartbeats, hosts its resources, obeys its parent's control messages and,
 their reports (each bounded by the child's stop budget), then stops its actuators and closes its
 resources, then reports to its parent with what it did, and exits.
 
+Safety on the link: a part that loses the broker stops its own actuators at once; so does a part
+whose connection still looks up but carries nothing (it hears the echo of its own heartbeats, and
+when that echo is silent for ``link_timeout_s`` it stops its actuators; the keep-alive then ends
+the dead connection and the part reconnects with a new birth).  On every reconnection it
+re-announces everything it keeps retained (state, resources, sessions).
+
 The primary is the part without a parent; :class:`~orchestrator.runtime.primary.Primary` adds
 supervision, the robot status and the shutdown timeline on top of this class.
 """
@@ -20,33 +26,37 @@ import socket
 import time
 import uuid
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 from pydantic import BaseModel
 
 from orchestrator.config.loader import LoadedConfig, load_config
-from orchestrator.config.topology import ResourceRef
 from orchestrator.errors import ConfigError, PartOffline, ProtocolError
 from orchestrator.protocol.codec import Envelope, Sequencer, decode, encode
 from orchestrator.protocol.messages import (
     Control,
     ControlCommand,
+    Counters,
     Heartbeat,
     PartState,
     PartStateName,
     PartStatus,
+    SessionEndReport,
     StopReport,
-    TelemetryReading,
     TimelineEntry,
 )
+from orchestrator.protocol.refusals import Refusals
 from orchestrator.protocol.topics import PartId, Topics
-from orchestrator.resources.base import Resource, Sensor
+from orchestrator.resources.base import Resource
 from orchestrator.resources.registry import Registry
 from orchestrator.rpc.client import RpcClient
 from orchestrator.rpc.methods import MethodSpec
 from orchestrator.rpc.server import RpcServer
+from orchestrator.runtime.conversation import Conversations
 from orchestrator.runtime.liveness import Liveness
+from orchestrator.runtime.reload import changed_resources
 from orchestrator.runtime.resource_host import ResourceHost
+from orchestrator.runtime.telemetry import Telemetry
 from orchestrator.runtime.watchdog import LoopWatchdog
 from orchestrator.security.access import Access
 from orchestrator.security.access import session_key as robot_session_key
@@ -60,6 +70,11 @@ from orchestrator.tasks import cancel_and_wait
 from orchestrator.transport.client import Message, MqttClient, Will
 
 log = logging.getLogger("orchestrator.part")
+
+M = TypeVar("M", bound=BaseModel)
+
+COUNTERS_PERIOD_S = 5.0
+ALL_SESSIONS = "*"
 
 
 class Part:
@@ -81,7 +96,7 @@ class Part:
         self.part_config = self.config.part(name)
         self.name = name
         self.id = PartId(self.config.robot, name)
-        self.topics = Topics(self.config.robot)
+        self.topics = Topics(self.config.robot, self.topology.primary)
         self.parent = self.topology.parent(name)
         self.children = self.topology.children(name)
         self.urls = urls or self.config.broker.client_urls()
@@ -94,20 +109,24 @@ class Part:
         self._stop_reason = ""
         self._shutdown_id = ""
         self._asked_at: float | None = None
-        self._reports: dict[str, tuple[float, Envelope, StopReport]] = {}
-        self._report_events: dict[str, asyncio.Event] = {c: asyncio.Event() for c in self.children}
         self._tasks: list[asyncio.Task[Any]] = []
-        self._telemetry: dict[str, asyncio.Task[Any]] = {}
         self.last_reload: tuple[list[str], list[str]] | None = None
         self._reload_lock = asyncio.Lock()
         self._closing = False
         self.entry: TimelineEntry | None = None
+        self.refusals = Refusals(f"part {name}")
+        # conversations with the children: the shutdown (by shutdown id) and session ends / halts (by end id)
+        self.stop_talks: Conversations[StopReport] = Conversations()
+        self.end_talks: Conversations[SessionEndReport] = Conversations()
+        self._unasked_reports: dict[str, tuple[float, StopReport]] = {}
         self.children_liveness = Liveness(
-            [
-                (c, self.config.part(c).heartbeat_s, self.config.part(c).heartbeat_misses)
-                for c in self.children
-            ]
+            [(c, self.config.part(c).heartbeat_s, self.config.part(c).heartbeat_misses) for c in self.children]
         )
+        # the link: the echo of our own heartbeats proves the broker still carries what we send
+        self.link_timeout_s = self.config.link_timeout(name)
+        self._unechoed_since: float | None = None  # when the oldest heartbeat not echoed yet was sent
+        self._link_ok = True
+        self.link_drops = 0
         # this part's own broker identity (username = identity) and the robot's session key
         self.access = Access.of(self.config, loaded.path, self.id, credentials)
         self.client = MqttClient(
@@ -121,13 +140,16 @@ class Part:
         self.client.on_connect(self._on_connect)
         self.client.on_disconnect(self._on_disconnect)
         # calls this part makes (remote dependencies) and serves (its resources)
-        self.rpc = RpcClient(self.client, self.topics, self.sender)
+        self.rpc = RpcClient(self.client, self.topics, self.sender, refusals=self.refusals)
         self.host = ResourceHost(self.part_config, self.topology, registry, robot=self.config, rpc=self.rpc)
-        self.server = RpcServer(self.client, self.topics, name, self.sender, self._lookup, self._describe_missing)
+        self.server = RpcServer(self.client, self.topics, name, self.sender, self._lookup, self._describe_missing,
+                                refusals=self.refusals)
         # sessions: expiry checked here, where the actuators live
         self.session_key = session_key or SessionKey(robot_session_key(self.config, loaded.path, credentials))
         self.sessions = SessionGuard(name, self.sender, self.client, self.topics, self.session_key,
-                                     self.config.sessions, self.host.resources)
+                                     self.config.sessions, self.host.resources, is_primary=self.parent is None,
+                                     refusals=self.refusals)
+        self.sessions.primary_reachable = self._primary_reachable
         self.session_service = SessionService(self.sessions, can_open=self.parent is None,
                                               window_s=self.config.sessions.heartbeat_window_s)
         self.host.on_built = self.sessions.guard_resource
@@ -135,6 +157,7 @@ class Part:
         self.watchdog = LoopWatchdog(name, self.host.actuators, ws) if ws else None
         self.server.before_call.append(self._refuse_moves_while_stopping)
         self.server.before_call.append(self.sessions.before_call)
+        self.telemetry = Telemetry(self)
         # this part's own session: what it drives on other parts stops if it dies or loses its link
         own_window = self.config.sessions.heartbeat_window_s
         self.own_session = self.session_key.issue(self.sender, own_window)
@@ -162,7 +185,7 @@ class Part:
             state=self.state,
             parent=self.parent,
             pid=os.getpid(),
-            host=socket.gethostname(),
+            host=socket.gethostname()[:64],
             reason=reason,
             heartbeat_s=self.part_config.heartbeat_s,
             resources=[r.name for r in self.part_config.resources],
@@ -170,11 +193,53 @@ class Part:
 
     async def publish_state(self, state: PartStateName, reason: str | None = None) -> None:
         self.state = state
+        self._state_reason = reason
         with contextlib.suppress(Exception):
             await self.client.publish(
                 self.topics.part_state(self.name), self.encode(self._state_body(reason)), qos=1, retain=True,
                 timeout=2.0,
             )
+
+    async def publish_resources(self) -> None:
+        with contextlib.suppress(Exception):
+            await self.client.publish(
+                self.topics.part_resources(self.name),
+                encode(self.sender, {"resources": self.host.describe()}, birth=self.client.birth,
+                       seq=self._seq.next()),
+                qos=1, retain=True, timeout=2.0,
+            )
+
+    async def publish_counters(self) -> None:
+        body = Counters(since=self.refusals.since, counts=dict(self.refusals.counts))
+        with contextlib.suppress(Exception):
+            await self.client.publish(self.topics.part_counters(self.name), self.encode(body), qos=1, retain=True,
+                                      timeout=2.0)
+
+    async def announce(self, reason: str | None) -> None:
+        """Everything this part keeps retained, again: after a reconnect the broker may have lost it all
+        (restarted without persistence)."""
+        await self.publish_state(self.state, reason)
+        await self.publish_resources()
+        await self.sessions.publish_state()
+        if self.refusals.total:
+            await self.publish_counters()
+
+    def trusted(self, msg: Message, model: type[M]) -> tuple[Envelope, M] | None:
+        """Decode a message and believe it only from the identity its topic is reserved to (the broker's
+        topic rights make sure nobody else can publish there); anything else is refused and counted."""
+        try:
+            env = decode(msg.payload)
+        except ProtocolError as exc:
+            self.refusals.refuse(str(exc.details.get("reason", "malformed")), msg.topic)
+            return None
+        if not self.topics.authentic(msg.topic, env.src):
+            self.refusals.refuse("forged_sender", msg.topic, f"claims {env.src[:80]}")
+            return None
+        try:
+            return env, env.parse(model)
+        except ProtocolError:
+            self.refusals.refuse(f"bad_{model.__name__}", msg.topic)
+            return None
 
     # -- lifecycle --------------------------------------------------------------------------------
     async def __aenter__(self) -> Part:
@@ -203,6 +268,7 @@ class Part:
 
     async def start(self) -> None:
         await self._subscribe()
+        await self.sessions.subscribe()
         await self.rpc.start()
         await self.server.start()
         await self.client.start()
@@ -216,35 +282,37 @@ class Part:
         degraded = [s for s in self.host.states.values() if s.status == "degraded"]
         await self.publish_resources()
         self.spawn(self._heartbeat_loop(), "heartbeat")
+        self.spawn(self._counters_loop(), "counters")
         if self.children:
             self.spawn(self._liveness_loop(), "children-liveness")
-        self._start_telemetry()
+        self.telemetry.restart()
         reason = f"{len(degraded)} resource(s) degraded" if degraded else None
         await self.publish_state(PartStateName.RUNNING, reason)
         log.info("part %s running (birth %d)", self.name, self.client.birth)
 
     async def _subscribe(self) -> None:
         """Register subscriptions before connecting: the transport sends them on every CONNACK."""
+        t = self.topics
+        await self.client.subscribe(t.part_heartbeat(self.name), self._on_own_heartbeat, qos=0)
         if self.parent is not None:
-            await self.client.subscribe(self.topics.part_control(self.parent, self.name), self._on_control)
+            await self.client.subscribe(t.part_control(self.parent, self.name), self._on_control)
         for c in self.children:
-            await self.client.subscribe(self.topics.part_report(c), self._on_report)
-            await self.client.subscribe(self.topics.part_state(c), self._on_child_state)
-            await self.client.subscribe(self.topics.part_heartbeat(c), self._on_child_heartbeat, qos=0)
-
-    async def publish_resources(self) -> None:
-        with contextlib.suppress(Exception):
-            await self.client.publish(
-                self.topics.part_resources(self.name),
-                encode(self.sender, {"resources": self.host.describe()}, birth=self.client.birth,
-                       seq=self._seq.next()),
-                qos=1, retain=True, timeout=2.0,
-            )
+            await self.client.subscribe(t.part_report(c), self._on_report)
+            await self.client.subscribe(t.session_report(c), self._on_session_report)
+            await self.client.subscribe(t.part_state(c), self._on_child_state)
+            await self.client.subscribe(t.part_heartbeat(c), self._on_child_heartbeat, qos=0)
 
     def spawn(self, coro: Any, what: str) -> asyncio.Task[Any]:
         task = asyncio.create_task(coro, name=f"part[{self.name}].{what}")
         self._tasks.append(task)
+        task.add_done_callback(self._task_done)
         return task
+
+    def _task_done(self, task: asyncio.Task[Any]) -> None:
+        with contextlib.suppress(ValueError):
+            self._tasks.remove(task)
+        if not task.cancelled() and task.exception() is not None:
+            log.error("part %s: task %s failed", self.name, task.get_name(), exc_info=task.exception())
 
     async def close(self) -> None:
         """Idempotent: stops everything (if not already) and disconnects."""
@@ -259,7 +327,8 @@ class Part:
             await self.watchdog.close()
         await self.sessions.close()
         await self._own_heartbeat.aclose(close=True)
-        await cancel_and_wait(self._tasks)
+        await self.telemetry.close()
+        await cancel_and_wait(list(self._tasks))
         await self.client.close()
 
     async def wait_stopped(self) -> None:
@@ -282,51 +351,65 @@ class Part:
         finally:
             await self.close()
 
-    # -- heartbeats and liveness -------------------------------------------------------------------
+    # -- heartbeats and the link ------------------------------------------------------------------
     async def _heartbeat_loop(self) -> None:
         topic = self.topics.part_heartbeat(self.name)
         period = self.part_config.heartbeat_s
         next_at = time.monotonic()
         while True:
             if self.client.is_connected:
+                self._check_link()
                 body = Heartbeat(uptime_s=time.monotonic() - self._started_mono)
-                self.client.publish_nowait(topic, self.encode(body), qos=0)
+                if self.client.publish_nowait(topic, self.encode(body), qos=0) and self._unechoed_since is None:
+                    self._unechoed_since = time.monotonic()
             next_at += period
             delay = next_at - time.monotonic()
-            if delay < 0:  # the loop was blocked: do not burst, resynchronise
+            if delay < 0:  # the loop was blocked: do not burst, resynchronise; our own stall is not the link's
                 next_at = time.monotonic()
+                self._unechoed_since = None
                 delay = 0
             await asyncio.sleep(delay)
 
-    # -- telemetry --------------------------------------------------------------------------------
-    def _start_telemetry(self) -> None:
-        for t in self._telemetry.values():
-            t.cancel()
-        self._telemetry = {
-            r.name: self.spawn(self._telemetry_loop(r.name), f"telemetry[{r.name}]")
-            for r in self.part_config.resources
-            if r.telemetry is not None
-        }
+    def _on_own_heartbeat(self, msg: Message) -> None:
+        self._unechoed_since = None
+        if not self._link_ok:
+            self._link_ok = True
+            log.warning("part %s: the broker carries our heartbeats again (nothing restarts by itself)", self.name)
 
-    async def _telemetry_loop(self, name: str) -> None:
-        topic = self.topics.telemetry(self.name, name)
-        last: dict[str, Any] | None = None
+    def _check_link(self) -> None:
+        """Our heartbeats go unechoed for ``link_timeout_s``: the connection looks up but carries nothing."""
+        since = self._unechoed_since
+        silent = 0.0 if since is None else time.monotonic() - since
+        if not self._link_ok or silent <= self.link_timeout_s:
+            return
+        self._link_ok = False
+        self.link_drops += 1
+        # stop what moves (safety first); the connection itself is left to the keep-alive: dropping it on a
+        # busy machine would only add reconnections to the load that delayed the echo
+        log.warning("part %s: no echo of our heartbeats for %.2f s: the link carries nothing; stopping our "
+                    "actuators", self.name, silent)
+        self.spawn(self._stop_actuators("the link to the broker carries nothing"), "link-lost")
+
+    async def _stop_actuators(self, why: str) -> None:
+        result = await self.host.stop_actuators(bound_s=max(0.05, self.part_config.stop_deadline_s / 2))
+        if result.errors:
+            log.error("part %s: stopping actuators (%s): %s", self.name, why, result.errors)
+
+    def _primary_reachable(self) -> bool:
+        """Whether the primary can order the end of a session (we hear from it through the broker)."""
+        if not self.client.is_connected or not self._link_ok:
+            return False
+        st = self.rpc.part_states.get(self.topology.primary)
+        status = self.rpc.status
+        return st is not None and st[1] == PartStateName.RUNNING and (status is None or status.state != "offline")
+
+    async def _counters_loop(self) -> None:
+        published = 0
         while True:
-            cfg = next((r for r in self.part_config.resources if r.name == name), None)
-            if cfg is None or cfg.telemetry is None:
-                return
-            res = self.host.resources.get(name)
-            if isinstance(res, Sensor) and self.client.is_connected:
-                try:
-                    readings = await asyncio.wait_for(res.get_readings(), cfg.telemetry.period_s * 5)
-                except Exception as exc:
-                    log.warning("part %s: telemetry of %s: %s: %s", self.name, name, type(exc).__name__, exc)
-                else:
-                    if not (cfg.telemetry.on_change and readings == last):
-                        last = readings
-                        self.client.publish_nowait(
-                            topic, self.encode(TelemetryReading(resource=name, readings=readings)), qos=0)
-            await asyncio.sleep(cfg.telemetry.period_s)
+            await asyncio.sleep(COUNTERS_PERIOD_S)
+            if self.refusals.version != published and self.client.is_connected:
+                published = self.refusals.version
+                await self.publish_counters()
 
     # -- reload ---------------------------------------------------------------------------------
     async def reload(self, reason: str = "reload") -> tuple[list[str], list[str]] | None:
@@ -351,101 +434,151 @@ class Part:
             return None
         if new.topology.parent(self.name) != self.parent or new.topology.children(self.name) != self.children:
             log.warning("part %s: parent/children changes need a restart; reloading resources only", self.name)
-        old = {ResourceRef(p.name, r.name): r for p in self.config.parts for r in p.resources}
-        cur = {ResourceRef(p.name, r.name): r for p in new.config.parts for r in p.resources}
-        changed = {ref for ref, r in cur.items() if old.get(ref) != r} | {ref for ref in old if ref not in cur}
-        affected = {ref.name for ref in new.topology.affected_by(changed & set(cur)) if ref.part == self.name}
-        affected |= {ref.name for ref in changed if ref.part == self.name}
+        affected = changed_resources(self.loaded, new, self.name)
         new_part = new.config.part(self.name)
         rebuilt, removed = await self.host.reload(new_part, new.topology, new.config, affected)
         self.loaded, self.config, self.topology, self.part_config = new, new.config, new.topology, new_part
         self.last_reload = (rebuilt, removed)
-        self._start_telemetry()
+        self.telemetry.restart()
         await self.publish_resources()
         log.info("part %s reloaded (%s): rebuilt %s, removed %s", self.name, reason, rebuilt, removed)
         for child in self.children:
             ctl = Control(cmd=ControlCommand.RELOAD, reason=reason)
-            with contextlib.suppress(Exception):
-                await self.client.publish(self.topics.part_control(self.name, child), self.encode(ctl), qos=1,
-                                          timeout=2.0)
+            self.client.publish_nowait(self.topics.part_control(self.name, child), self.encode(ctl), qos=1)
         return rebuilt, removed
 
+    # -- children's liveness -----------------------------------------------------------------------
     async def _liveness_loop(self) -> None:
         period = min(self.config.part(c).heartbeat_s for c in self.children) / 2
         while True:
             await asyncio.sleep(period)
-            self.children_liveness.check_timeouts()
-
-    def _decode(self, msg: Message) -> Envelope | None:
-        try:
-            return decode(msg.payload)
-        except ProtocolError as exc:
-            log.warning("part %s: dropped malformed message on %s: %s", self.name, msg.topic, exc)
-            return None
+            if self.client.is_connected and self._link_ok:  # our own isolation is not the children's silence
+                self.children_liveness.check_timeouts()
 
     def _on_child_state(self, msg: Message) -> None:
-        env = self._decode(msg)
         child = self.topics.part_of(msg.topic)
-        if env is None or child is None:
+        got = self.trusted(msg, PartState)
+        if child is None or got is None:
             return
-        try:
-            self.children_liveness.on_state(child, env, env.parse(PartState))
-        except ProtocolError as exc:
-            log.warning("part %s: bad state from %s: %s", self.name, child, exc)
-        ev = self._report_events.get(child)
-        if ev is not None and self._child_gone(child) and self._shutdown_id:
-            ev.set()  # a child that died while we wait for its report: do not wait for the deadline
+        self.children_liveness.on_state(child, got[0], got[1])
+        if self._child_gone(child):
+            # a child that died while we wait for its report: do not wait for its deadline
+            self.stop_talks.child_gone(child)
+            self.end_talks.child_gone(child)
 
     def _on_child_heartbeat(self, msg: Message) -> None:
-        env = self._decode(msg)
         child = self.topics.part_of(msg.topic)
-        if env is not None and child is not None:
-            self.children_liveness.on_heartbeat(child, env)
+        got = self.trusted(msg, Heartbeat)
+        if got is not None and child is not None:
+            self.children_liveness.on_heartbeat(child, got[0])
 
+    def _child_gone(self, child: str) -> bool:
+        """Only a Will (or a child already stopped) says a child is gone; missed heartbeats (a starved
+        machine) are waited out."""
+        st: PartStatus = self.children_liveness.status(child)
+        return st.state in (PartStateName.OFFLINE, PartStateName.STOPPED) and st.birth != 0
+
+    # -- the connection ------------------------------------------------------------------------------
     async def _on_connect(self, birth: int) -> None:
-        if self.client.connections > 1:  # a reconnect: announce the new birth at once
-            await self.publish_state(self.state, "reconnected")
+        self._unechoed_since = None
+        if self.client.connections > 1:  # a reconnect: announce the new birth and everything retained, at once
+            await self.announce("reconnected")
 
     async def _on_disconnect(self, reason: str) -> None:
         """Safety: a part that loses the broker stops its own actuators."""
         if self._closing:
             return
         log.warning("part %s lost the broker (%s): stopping its actuators", self.name, reason)
-        result = await self.host.stop_actuators(bound_s=max(0.05, self.part_config.stop_deadline_s / 2))
-        if result.errors:
-            log.error("part %s: stopping actuators after broker loss: %s", self.name, result.errors)
+        await self._stop_actuators("broker lost")
 
     # -- control from the parent -------------------------------------------------------------------
     def _on_control(self, msg: Message) -> None:
-        env = self._decode(msg)
-        if env is None:
+        got = self.trusted(msg, Control)
+        if got is None:
             return
-        if env.src != f"part/{self.parent}":
-            log.warning("part %s: control from %s ignored (not my parent)", self.name, env.src)
-            return
-        try:
-            ctl = env.parse(Control)
-        except ProtocolError as exc:
-            log.warning("part %s: %s", self.name, exc)
+        env, ctl = got
+        if env.src != f"part/{self.parent}":  # the subscription is exact: this cannot happen on a secured broker
+            self.refusals.refuse("control:not_my_parent", msg.topic)
             return
         if ctl.cmd == ControlCommand.STOP:
             self._shutdown_id = self._shutdown_id or ctl.shutdown_id
             self.request_stop(f"asked by {self.parent}" + (f": {ctl.reason}" if ctl.reason else ""))
         elif ctl.cmd == ControlCommand.RELOAD:
             self.spawn(self.reload(ctl.reason or f"asked by {self.parent}"), "reload")
+        elif ctl.cmd in (ControlCommand.END_SESSION, ControlCommand.HALT) and ctl.end_id:
+            self.spawn(self._answer_end(ctl), f"{ctl.cmd.value}[{ctl.end_id}]")
+
+    async def _answer_end(self, ctl: Control) -> None:
+        if ctl.cmd == ControlCommand.HALT:
+            rep = await self.halt(ctl.reason, ctl.end_id, end_sessions=ctl.session == ALL_SESSIONS)
+        else:
+            rep = await self.end_session(ctl.session, ctl.reason, ctl.end_id, ctl.cause)
+        self.client.publish_nowait(self.topics.session_report(self.name), self.encode(rep), qos=1)
 
     def _on_report(self, msg: Message) -> None:
-        env = self._decode(msg)
         child = self.topics.part_of(msg.topic)
-        if env is None or child is None or child not in self._report_events:
+        got = self.trusted(msg, StopReport)
+        if child is None or got is None:
             return
+        if not self.stop_talks.offer(got[1].shutdown_id, child, got[1]):
+            # a child that stopped on its own (SIGTERM from docker compose, leaves first): kept, but believed
+            # only once the child's own retained state says it has stopped
+            self._unasked_reports[child] = (time.time(), got[1])
+
+    def _on_session_report(self, msg: Message) -> None:
+        child = self.topics.part_of(msg.topic)
+        got = self.trusted(msg, SessionEndReport)
+        if child is None or got is None:
+            return
+        if not self.end_talks.offer(got[1].end_id, child, got[1]):
+            self.refusals.refuse("session_report:unexpected", msg.topic)
+
+    # -- session ends and halts, bottom-up ---------------------------------------------------------
+    async def _ask_children(self, ctl: Control) -> tuple[list[str], list[str], list[str]]:
+        """Send ``ctl`` to every child and gather their reports: (stopped, errors, parts that answered)."""
+        stopped: list[str] = []
+        errors: list[str] = []
+        parts: list[str] = []
+        if not self.children:
+            return stopped, errors, parts
+        self.end_talks.open(ctl.end_id, self.children)
         try:
-            rep = env.parse(StopReport)
-        except ProtocolError as exc:
-            log.warning("part %s: %s", self.name, exc)
-            return
-        self._reports[child] = (time.time(), env, rep)
-        self._report_events[child].set()
+            for child in self.children:
+                self.client.publish_nowait(self.topics.part_control(self.name, child), self.encode(ctl), qos=1)
+            got = await self.end_talks.wait(ctl.end_id, self.topology.stop_budget, self._child_gone)
+        finally:
+            self.end_talks.close(ctl.end_id)
+        for child, answer in got.items():
+            if answer is None:
+                errors.append(f"{child}: no report within {self.topology.stop_budget(child):g} s")
+                continue
+            rep = answer[1]
+            stopped += rep.stopped
+            errors += rep.errors
+            parts += rep.parts
+        return stopped, errors, parts
+
+    async def end_session(self, public: str, reason: str, end_id: str, cause: str = "") -> SessionEndReport:
+        """End session ``public`` in this part's subtree: children first, then here."""
+        ctl = Control(cmd=ControlCommand.END_SESSION, session=public, end_id=end_id, reason=reason, cause=cause)
+        stopped, errors, parts = await self._ask_children(ctl)
+        mine = await self.sessions.end_local(public, reason, "stopped", cause)
+        return SessionEndReport(end_id=end_id, session=public, stopped=stopped + [f"{self.name}/{r}" for r in mine],
+                                errors=errors[:100], parts=[*parts, self.name])
+
+    async def halt(self, reason: str, end_id: str, *, end_sessions: bool) -> SessionEndReport:
+        """Stop every actuator of this subtree (and end every session it tracks), children first; the
+        parts keep running."""
+        ctl = Control(cmd=ControlCommand.HALT, session=ALL_SESSIONS if end_sessions else "", end_id=end_id,
+                      reason=reason)
+        stopped, errors, parts = await self._ask_children(ctl)
+        if end_sessions:
+            for t in list(self.sessions.tracked.values()):
+                await self.sessions.end_local(t.public, reason, "halted")
+        result = await self.host.stop_actuators(bound_s=max(0.05, self.part_config.stop_deadline_s / 2))
+        log.warning("part %s halted (%s): stopped %s", self.name, reason, result.stopped)
+        return SessionEndReport(end_id=end_id, stopped=stopped + [f"{self.name}/{r}" for r in result.stopped],
+                                errors=(errors + result.errors)[:100], parts=[*parts, self.name])
 
     # -- bottom-up shutdown -----------------------------------------------------------------------
     async def stop_children(self, shutdown_id: str, reason: str) -> list[TimelineEntry]:
@@ -453,33 +586,23 @@ class Part:
         if not self.children:
             return []
         asked: dict[str, float] = {}
-        for child in self.children:
-            ev = self._report_events[child]
-            if child in self._reports:
-                continue
-            ev.clear()
-            asked[child] = time.time()
-            ctl = Control(cmd=ControlCommand.STOP, reason=reason, shutdown_id=shutdown_id,
-                          deadline_s=self.topology.stop_budget(child))
-            try:
-                await self.client.publish(self.topics.part_control(self.name, child), self.encode(ctl), qos=1,
-                                          timeout=1.0)
-            except Exception as exc:
-                log.warning("part %s: could not ask %s to stop: %s", self.name, child, exc)
+        self.stop_talks.open(shutdown_id, self.children)
+        try:
+            for child in self.children:
+                ctl = Control(cmd=ControlCommand.STOP, reason=reason, shutdown_id=shutdown_id,
+                              deadline_s=self.topology.stop_budget(child))
+                self.client.publish_nowait(self.topics.part_control(self.name, child), self.encode(ctl), qos=1)
+                asked[child] = time.time()  # when the request left (written to the socket), not when decided
+            got = await self.stop_talks.wait(shutdown_id, self.topology.stop_budget, self._child_gone)
+        finally:
+            self.stop_talks.close(shutdown_id)
         entries: list[TimelineEntry] = []
-
-        async def wait_child(child: str) -> None:
-            budget = self.topology.stop_budget(child)
-            ev = self._report_events[child]
-            if not (child in self._reports or self._child_gone(child)):
-                with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(ev.wait(), timeout=budget)
-
-        await asyncio.gather(*(wait_child(c) for c in self.children))
         for child in self.children:
-            got = self._reports.get(child)
-            if got is not None:
-                reported_at, _env, rep = got
+            answer = got.get(child)
+            if answer is None and self.children_liveness.status(child).state == PartStateName.STOPPED:
+                answer = self._unasked_reports.get(child)  # it had stopped before we asked
+            if answer is not None:
+                reported_at, rep = answer
                 entries.append(
                     TimelineEntry(
                         part=child, parent=self.name, asked_at=asked.get(child, rep.asked_at),
@@ -487,7 +610,11 @@ class Part:
                         resources_stopped=rep.resources_stopped, errors=rep.errors,
                     )
                 )
-                entries.extend(rep.children)
+                below = set(self.topology.descendants(child))
+                entries.extend(e for e in rep.children if e.part in below)  # a child speaks only for its subtree
+            elif self.children_liveness.status(child).state == PartStateName.STOPPED:
+                entries.append(TimelineEntry(part=child, parent=self.name, asked_at=asked.get(child),
+                                             errors=["had stopped before it was asked (no report of it)"]))
             else:
                 gone = self._child_gone(child)
                 why = "offline before it reported" if gone else (
@@ -498,12 +625,7 @@ class Part:
                 for d in self.topology.descendants(child):
                     entries.append(TimelineEntry(part=d, parent=self.topology.parent(d), forced=True,
                                                  errors=[f"unaccounted for: ancestor {child} was forced"]))
-        return entries
-
-    def _child_gone(self, child: str) -> bool:
-        """Only a Will says a child is gone; missed heartbeats (a starved machine) are waited out."""
-        st: PartStatus = self.children_liveness.status(child)
-        return st.state == PartStateName.OFFLINE and st.birth != 0
+        return _one_entry_per_part(entries)
 
     async def stop_self(self) -> tuple[float, float, list[str], list[str]]:
         began = time.time()
@@ -540,3 +662,14 @@ class Part:
 
     async def after_stopped(self, children: list[TimelineEntry]) -> None:
         """Hook for the primary: runs once this part and its subtree have stopped."""
+
+
+def _one_entry_per_part(entries: list[TimelineEntry]) -> list[TimelineEntry]:
+    """The first entry of each part: a part is in the timeline once, however many reports named it."""
+    seen: set[str] = set()
+    out = []
+    for e in entries:
+        if e.part not in seen:
+            seen.add(e.part)
+            out.append(e)
+    return out

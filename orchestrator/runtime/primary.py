@@ -1,10 +1,19 @@
 """The primary part: supervises every sub-part, publishes the robot status and the shutdown timeline.
 
 It tracks every part's liveness from births, Wills and heartbeats (a kill -9 is seen through the
-Will within milliseconds, a frozen part after ``heartbeat_s * heartbeat_misses``), publishes a
-retained robot status on every change, and on SIGINT, SIGTERM or a shutdown request over MQTT runs
-the bottom-up shutdown, tells clients the robot is going down, publishes the timeline, and exits
-last.
+Will within milliseconds, a frozen or cut-off part after ``heartbeat_s * heartbeat_misses``),
+publishes a retained robot status on every change, and on SIGINT, SIGTERM or a shutdown request
+over MQTT runs the bottom-up shutdown, tells clients the robot is going down, publishes the
+timeline, and exits last.
+
+- The robot status goes out on a connection of its own whose Will says ``offline``: when the
+  primary is unreachable, the retained status says so instead of a stale "running".
+- When the primary's own link comes back, its view of the others is rebuilt from what it hears
+  (``resyncing``) instead of announcing that every part went silent while it was away.
+- It ends sessions robot-wide, bottom-up (expired anywhere, closed, ended by hand), then closes the
+  owner's connections on the embedded broker.
+- With an upstream (cloud) broker it follows the bridge's link state; losing it ends every session
+  and stops every actuator (default management), or changes nothing (``default_management: false``).
 """
 
 from __future__ import annotations
@@ -13,13 +22,16 @@ import asyncio
 import contextlib
 import logging
 import time
+import uuid
 from typing import Any, TypeVar
 
 from pydantic import BaseModel
 
-from orchestrator.errors import ProtocolError
-from orchestrator.protocol.codec import decode
+from orchestrator.config.models import LAUNCHER_CLIENT, ClientRole
+from orchestrator.protocol.codec import encode
 from orchestrator.protocol.messages import (
+    AdminDisconnect,
+    Heartbeat,
     Notice,
     PartState,
     PartStateName,
@@ -29,10 +41,13 @@ from orchestrator.protocol.messages import (
     ShutdownRequest,
     Timeline,
     TimelineEntry,
+    UpstreamState,
 )
+from orchestrator.protocol.topics import ClientId
 from orchestrator.runtime.liveness import Liveness
-from orchestrator.runtime.part import Part
-from orchestrator.transport.client import Message
+from orchestrator.runtime.part import ALL_SESSIONS, Part
+from orchestrator.sessions.tokens import short
+from orchestrator.transport.client import Message, MqttClient, Will
 
 log = logging.getLogger("orchestrator.primary")
 
@@ -49,39 +64,57 @@ class Primary(Part):
         )
         self._status_dirty = asyncio.Event()
         self._robot_state = "starting"
+        self._resync_until = 0.0
         self.timeline: Timeline | None = None
         self._shutdown_started_at: float | None = None
+        self._ending: dict[str, asyncio.Task[None]] = {}
+        self.sessions.end_robot_wide = self.end_robot_wide
+        self.session_service.on_open = self._remember_connections
+        self._connections: dict[str, tuple[str, list[str]]] = {}  # session public id -> (owner, MQTT client ids)
+        self.upstream = "none" if self.config.upstream is None else "unknown"
+        self._upstream_since = time.time()
+        # the robot status travels on a connection of its own, whose Will covers it
+        self.status_link = MqttClient(
+            f"{self.config.robot}.part.{self.name}.status", self.urls, keepalive=self.config.broker.keepalive_s,
+            username=self.access.username, password=self.access.password, will=self._status_will,
+        )
+
+    def _status_will(self, birth: int) -> Will:
+        body = RobotStatus(robot=self.config.robot, primary=self.name, state="offline", upstream=self.upstream,
+                           at=time.time(), reason="the primary is unreachable (Last Will of its status link)")
+        return Will(self.topics.robot_status(), encode(self.sender, body, birth=birth))
 
     async def _subscribe(self) -> None:
         t = self.topics
+        await super()._subscribe()
         # one wildcard per kind, not one subscription per part (amqtt matching is linear in subscriptions)
         await self.client.subscribe(t.all_part_states(), self._on_any_state)
         await self.client.subscribe(t.all_part_heartbeats(), self._on_any_heartbeat, qos=0)
-        for c in self.children:
-            await self.client.subscribe(t.part_report(c), self._on_report)
         await self.client.subscribe(t.all_client_shutdowns(), self._on_shutdown_request)
         await self.client.subscribe(t.all_client_reloads(), self._on_reload_request)
+        if self.config.upstream is not None:
+            await self.client.subscribe(t.bridge_state(), self._on_bridge_state)
 
     async def start(self) -> None:
+        await self.status_link.start()
         await super().start()
         self.spawn(self._status_loop(), "status")
         self.spawn(self._watch_loop(), "liveness")
         self._status_dirty.set()
+
+    async def close(self) -> None:
+        await super().close()
+        await self.status_link.close()
 
     # -- supervision ------------------------------------------------------------------------------
     def _on_any_state(self, msg: Message) -> None:
         part = self.topics.part_of(msg.topic)
         if part is None or part == self.name or part not in self.liveness:
             return
-        env = self._decode(msg)
-        if env is None:
+        got = self.trusted(msg, PartState)
+        if got is None:
             return
-        try:
-            state = env.parse(PartState)
-        except ProtocolError as exc:
-            log.warning("primary: %s", exc)
-            return
-        self.liveness.on_state(part, env, state)
+        self.liveness.on_state(part, got[0], got[1])
         if part in self.children:
             self._on_child_state(msg)
 
@@ -89,20 +122,25 @@ class Primary(Part):
         part = self.topics.part_of(msg.topic)
         if part is None or part == self.name or part not in self.liveness:
             return
-        env = self._decode(msg)
-        if env is None:
+        got = self.trusted(msg, Heartbeat)
+        if got is None:
             return
-        self.liveness.on_heartbeat(part, env)
+        self.liveness.on_heartbeat(part, got[0])
         if part in self.children:
-            self.children_liveness.on_heartbeat(part, env)
+            self.children_liveness.on_heartbeat(part, got[0])
 
     async def _watch_loop(self) -> None:
         period = min([self.config.part(p).heartbeat_s for p in self.topology.parts] + [0.5]) / 2
         while True:
             await asyncio.sleep(period)
+            if not (self.client.is_connected and self._link_ok):
+                continue  # we hear nobody while we are cut off: that says nothing about them
             for part in self.liveness.check_timeouts():
                 log.warning("primary: %s missed its heartbeats: offline", part)
             self.children_liveness.check_timeouts()
+            if self._resync_until and time.monotonic() >= self._resync_until:
+                self._resync_until = 0.0
+                self._status_dirty.set()
 
     def _on_change(self, part: str, new: PartStatus, old: PartStatus | None) -> None:
         if old is not None and old.online and not new.online:
@@ -114,15 +152,18 @@ class Primary(Part):
         parts[self.name] = PartStatus(state=self.state, online=True, birth=self.client.birth, since=time.time(),
                                       pid=None)
         state = self._robot_state
-        if state in ("starting", "running", "degraded"):
-            if all(p.online and p.state == PartStateName.RUNNING for p in parts.values()):
+        if state in ("starting", "running", "degraded", "resyncing"):
+            if self._resync_until:
+                state = "resyncing"
+            elif all(p.online and p.state == PartStateName.RUNNING for p in parts.values()):
                 state = "running"
             elif any(p.birth and not p.online for p in parts.values()):
                 state = "degraded"
             else:
                 state = "starting"
             self._robot_state = state
-        return RobotStatus(robot=self.config.robot, primary=self.name, state=state, parts=parts)
+        return RobotStatus(robot=self.config.robot, primary=self.name, state=state, parts=parts,
+                           upstream=self.upstream, at=time.time())
 
     async def _status_loop(self) -> None:
         while True:
@@ -131,28 +172,46 @@ class Primary(Part):
             await self.publish_status()
 
     async def publish_status(self) -> None:
+        if not self.client.is_connected:
+            return  # published again on reconnect; a view from while we were cut off would be stale
         with contextlib.suppress(Exception):
-            await self.client.publish(self.topics.robot_status(), self.encode(self.robot_status()), qos=1,
-                                      retain=True, timeout=2.0)
+            await self.status_link.publish(self.topics.robot_status(), self.encode(self.robot_status()), qos=1,
+                                           retain=True, timeout=2.0)
 
     async def publish_state(self, state: PartStateName, reason: str | None = None) -> None:
         await super().publish_state(state, reason)
         self._status_dirty.set()
 
-    # -- shutdown ---------------------------------------------------------------------------------
+    async def _on_connect(self, birth: int) -> None:
+        if self.client.connections > 1:
+            # back from an outage: rebuild the view from what we hear now instead of announcing that every
+            # part went silent while we were away (they may all be fine)
+            self.liveness.resync(time.time())
+            self.children_liveness.resync(time.time())
+            longest = max((self.config.part(p).heartbeat_s * self.config.part(p).heartbeat_misses
+                           for p in self.topology.parts), default=1.0)
+            self._resync_until = time.monotonic() + longest
+            await self._publish_upstream()
+            if self.timeline is not None:
+                with contextlib.suppress(Exception):
+                    await self.client.publish(self.topics.robot_timeline(), self.encode(self.timeline), qos=1,
+                                              retain=True, timeout=2.0)
+        await super()._on_connect(birth)
+        self._status_dirty.set()
+
+    # -- requests from clients --------------------------------------------------------------------
     def _client_request(self, msg: Message, model: type[R]) -> tuple[str, R] | None:
-        """A request published by a client on its own topic; None (logged) if malformed or forged."""
+        """A request published by an operator (or `up`) on its own topic; None (counted) otherwise."""
         client = self.topics.client_of(msg.topic)
-        try:
-            env = decode(msg.payload)
-            req = env.parse(model)
-        except ProtocolError as exc:
-            log.warning("primary: malformed request on %s: %s", msg.topic, exc)
+        got = self.trusted(msg, model)
+        if client is None or got is None:
             return None
-        if client is None or env.src != f"client/{client}":
-            log.warning("primary: request on %s claims to be from %s: ignored", msg.topic, env.src)
+        roles = {c.name: c.role for c in self.config.clients}
+        if not self.config.security.insecure and client != LAUNCHER_CLIENT and roles.get(client) != \
+                ClientRole.OPERATOR:
+            self.refusals.refuse("request:not_an_operator", msg.topic)
             return None
-        return client, req
+        return client, got[1]
 
     def _on_shutdown_request(self, msg: Message) -> None:
         got = self._client_request(msg, ShutdownRequest)
@@ -165,9 +224,91 @@ class Primary(Part):
         if got is not None:
             self.spawn(self.reload(f"requested by client {got[0]}: {got[1].reason}"), "reload")
 
+    # -- sessions end robot-wide ------------------------------------------------------------------
+    def _remember_connections(self, public: str, owner: str, client_ids: list[str]) -> None:
+        self._connections[public] = (owner, client_ids[:16])
+        while len(self._connections) > 10_000:
+            self._connections.pop(next(iter(self._connections)))
+
+    def end_robot_wide(self, public: str, reason: str, kind: str) -> None:
+        """End session ``public`` everywhere, bottom-up (idempotent): sub-parts stop what it owned and
+        report; then the primary stops its own, says ``ended``, and closes the owner's connections."""
+        if public in self._ending or public == ALL_SESSIONS:
+            return
+        self._ending[public] = self.spawn(self._end_robot_wide(public, reason, kind), f"end-session[{short(public)}]")
+
+    async def _end_robot_wide(self, public: str, reason: str, kind: str) -> None:
+        t = self.sessions.find(public)
+        owner = t.owner if t else self._connections.get(public, ("", []))[0]
+        why = f"{kind}: {reason}" if kind not in reason else reason
+        # the decision first (expired, closed, ended by hand), then each part's "stopped", then "ended"
+        self.sessions._event(kind, t, [], reason=why, public=public, owner=owner)
+        rep = await self.end_session(public, why, uuid.uuid4().hex[:12], kind)
+        self.sessions._event("ended", t, rep.stopped, detail="; ".join(rep.errors)[:2000], reason=why,
+                             public=public, owner=owner)
+        await self._disconnect_owner(public, why)
+        await asyncio.sleep(60)  # remember it a while: late reports of the same end start nothing new
+        self._ending.pop(public, None)
+
+    async def _disconnect_owner(self, public: str, reason: str) -> None:
+        owner, client_ids = self._connections.pop(public, ("", []))
+        kind, _, name = owner.partition("/")
+        if kind != "client" or not client_ids:
+            return
+        body = AdminDisconnect(username=ClientId(self.config.robot, name).username, client_ids=client_ids,
+                               reason=reason[:500])
+        with contextlib.suppress(Exception):
+            await self.status_link.publish(self.topics.robot_admin("disconnect"), self.encode(body), qos=1,
+                                           timeout=2.0)
+
+    # -- the upstream link ------------------------------------------------------------------------
+    def _on_bridge_state(self, msg: Message) -> None:
+        """``1``/``0`` from mosquitto's bridge notifications (or ours): raw, not an envelope."""
+        raw = msg.payload.strip()
+        if raw not in (b"0", b"1"):
+            self.refusals.refuse("bridge:bad_state", msg.topic)
+            return
+        new = "up" if raw == b"1" else "down"
+        if new == self.upstream:
+            return
+        was, self.upstream, self._upstream_since = self.upstream, new, time.time()
+        rule = ""
+        if new == "down" and was in ("up", "unknown"):
+            if self.config.sessions.default_management:
+                rule = "stopped"
+                log.warning("primary: the upstream link is down: ending every session and stopping every actuator")
+                self.spawn(self.halt_robot("the upstream (cloud) link is down"), "upstream-halt")
+            else:
+                rule = "nothing"
+                log.warning("primary: the upstream link is down; default management is off: the robot keeps "
+                            "working on its local network")
+        elif new == "up":
+            log.info("primary: the upstream link is up again (nothing starts moving by itself)")
+        self.spawn(self._publish_upstream(rule), "upstream-state")
+        self._status_dirty.set()
+
+    async def _publish_upstream(self, rule: str = "") -> None:
+        if self.config.upstream is None:
+            return
+        body = UpstreamState(state=self.upstream, since=self._upstream_since, rule=rule,
+                             reason="bridge notification" if self.upstream != "unknown" else "no notification yet")
+        with contextlib.suppress(Exception):
+            await self.client.publish(self.topics.robot_upstream(), self.encode(body), qos=1, retain=True,
+                                      timeout=2.0)
+
+    async def halt_robot(self, reason: str) -> None:
+        """End every session and stop every actuator of the robot, bottom-up; every part keeps running."""
+        rep = await self.halt(reason, uuid.uuid4().hex[:12], end_sessions=True)
+        for public in list(self._connections):
+            await self._disconnect_owner(public, reason)
+        log.warning("primary: robot halted (%s): stopped %s%s", reason, rep.stopped,
+                    f"; errors: {rep.errors}" if rep.errors else "")
+
+    # -- shutdown ---------------------------------------------------------------------------------
     async def shutdown(self, reason: str) -> TimelineEntry:
         if self._shutdown_started_at is None:
             self._shutdown_started_at = self._asked_at or time.time()
+            self._shutdown_id = self._shutdown_id or uuid.uuid4().hex[:12]
             self._robot_state = "stopping"
             await self._notice("going_down", reason)
         return await super().shutdown(reason)

@@ -90,7 +90,7 @@ def rights(config: RobotConfig, topology: Topology) -> dict[str, Rights]:
             r.add_read(t.replies_to(me.sender))
     launcher = Identity(robot, "client", LAUNCHER_CLIENT)
     r = out[launcher.username] = Rights()
-    r.add_read(*_public_reads(t), t.all_part_reports())
+    r.add_read(*_public_reads(t), t.all_part_reports(), t.all_part_heartbeats())
     r.add_write(t.client_reload(LAUNCHER_CLIENT), t.client_shutdown(LAUNCHER_CLIENT))
     bridge = Identity(robot, "bridge", "upstream")
     r = out[bridge.username] = Rights()

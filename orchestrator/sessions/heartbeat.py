@@ -23,8 +23,9 @@ class Heartbeater:
 
     def __init__(self, mqtt: MqttClient, topic: str, sender: str, session: str, secret: str,
                  interval_s: float) -> None:
-        self.mqtt = MqttClient(f"{mqtt.client_id}.hb", mqtt.urls, keepalive=mqtt.keepalive, username=mqtt.username,
-                               password=mqtt.password, connect_timeout=mqtt.connect_timeout, threaded=True)
+        self.mqtt = MqttClient(self.client_id_for(mqtt), mqtt.urls, keepalive=mqtt.keepalive,
+                               username=mqtt.username, password=mqtt.password, connect_timeout=mqtt.connect_timeout,
+                               threaded=True)
         self.topic = topic
         self.sender = sender
         self.session = session
@@ -36,6 +37,15 @@ class Heartbeater:
         self._stop = threading.Event()
         self._lock = threading.Lock()
         self._thread = threading.Thread(target=self._run, name=f"session-heartbeat[{short(session)}]", daemon=True)
+
+    @staticmethod
+    def client_id_for(mqtt: MqttClient) -> str:
+        """The MQTT client id of the heartbeat connection that goes with a data connection."""
+        return f"{mqtt.client_id}.hb"
+
+    def stop_soon(self) -> None:
+        """Stop beating (from the event loop, without waiting for the thread): the robot ended the session."""
+        self._stop.set()
 
     async def start(self, auto: bool = True, wait: bool = True) -> None:
         """Connect (``wait``: until connected, bounded by the connect timeout) and, if ``auto``, start

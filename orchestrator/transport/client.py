@@ -55,6 +55,8 @@ class Will:
     retain: bool = True
 
 
+MAX_QUEUED = 10_000
+
 Handler = Callable[[Message], Awaitable[None] | None]
 ConnectHook = Callable[[int], Awaitable[None]]
 DisconnectHook = Callable[[str], Awaitable[None] | None]
@@ -146,7 +148,8 @@ class MqttClient:
             self._paho.username_pw_set(username, password)
         self._paho.reconnect_delay_set(reconnect_min_s, reconnect_max_s)  # type: ignore[arg-type]
         self._paho.max_inflight_messages_set(1000)
-        self._paho.max_queued_messages_set(0)
+        # QoS 1 messages published while disconnected wait for the reconnect; bounded, in case it never comes
+        self._paho.max_queued_messages_set(MAX_QUEUED)
         self._paho.on_pre_connect = self._on_pre_connect
         self._paho.on_connect = self._on_connect
         self._paho.on_connect_fail = self._on_connect_fail
@@ -302,6 +305,8 @@ class MqttClient:
         """
         self._check_open()
         info = self._paho.publish(topic, payload, qos=qos, retain=retain)
+        if info.rc == MQTTErrorCode.MQTT_ERR_SUCCESS:
+            self._flush()
         if info.rc == MQTTErrorCode.MQTT_ERR_NO_CONN and qos == 0:
             raise ConnectionLost(f"not connected: QoS 0 publish to {topic} dropped", topic=topic)
         if info.rc not in (MQTTErrorCode.MQTT_ERR_SUCCESS, MQTTErrorCode.MQTT_ERR_NO_CONN):
@@ -324,11 +329,28 @@ class MqttClient:
             self._pending_pub.pop(mid, None)
 
     def publish_nowait(self, topic: str, payload: bytes, qos: int = 0, retain: bool = False) -> bool:
-        """Fire and forget; returns False if the message could not be handed to the socket."""
+        """Fire and forget.  True if the message was sent, or (QoS 1) queued while disconnected: paho sends
+        queued QoS 1 messages after the reconnect.  False if it was dropped (QoS 0 while disconnected)."""
         if self._closed:
             return False
         info = self._paho.publish(topic, payload, qos=qos, retain=retain)
-        return info.rc == MQTTErrorCode.MQTT_ERR_SUCCESS
+        if info.rc == MQTTErrorCode.MQTT_ERR_SUCCESS:
+            self._flush()
+            return True
+        return info.rc == MQTTErrorCode.MQTT_ERR_NO_CONN and qos > 0
+
+    def _flush(self) -> None:
+        """Write what paho queued now rather than on the loop's next turn (the message leaves when this
+        returns; one loop iteration less per call).  Not from inside a paho callback: paho itself
+        writes only outside them."""
+        if self.threaded or threading.get_ident() != self._loop_tid or not self.is_connected:
+            return
+        lock = getattr(self._paho, "_in_callback_mutex", None)
+        if lock is None or not lock.acquire(False):
+            return
+        lock.release()
+        with contextlib.suppress(Exception):
+            self._paho.loop_write()
 
     async def subscribe(self, filter_: str, handler: Handler | None = None, qos: int = 1) -> None:
         """Subscribe (restored after every reconnect) and wait for the SUBACK."""
