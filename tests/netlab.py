@@ -132,7 +132,8 @@ def ensure_tools() -> None:
     if not missing or os.geteuid() != 0 or shutil.which("apt-get") is None:
         return
     env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
-    subprocess.run(["apt-get", "install", "-y", "-q", *missing], env=env, capture_output=True, timeout=300, check=False)
+    for argv in (["apt-get", "update", "-q"], ["apt-get", "install", "-y", "-q", *missing]):
+        subprocess.run(argv, env=env, capture_output=True, timeout=300, check=False)
 
 
 def _has_tool(name: str) -> bool:
