@@ -4,7 +4,7 @@ VENV   ?= .venv
 BIN    := $(VENV)/bin
 CONFIG ?= examples/rover.yaml
 
-.PHONY: demo test venv install install-test mosquitto lint typecheck bench clean
+.PHONY: demo test venv install install-test mosquitto nettools lint typecheck bench clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -25,12 +25,22 @@ mosquitto:
 	  SUDO=$$( [ "$$(id -u)" = 0 ] || echo sudo ); \
 	  $$SUDO apt-get update -q && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -q mosquitto; }
 
+# nftables and iproute2 are test dependencies: tests/netlab.py builds namespaces, veths, a bridge and drop rules.
+nettools:
+	@missing=""; \
+	  { command -v nft >/dev/null 2>&1 || test -x /usr/sbin/nft; } || missing="$$missing nftables"; \
+	  { command -v ip >/dev/null 2>&1 || test -x /usr/sbin/ip || test -x /sbin/ip; } || missing="$$missing iproute2"; \
+	  [ -z "$$missing" ] || { \
+	  echo "installing$$missing (Debian packages)"; \
+	  SUDO=$$( [ "$$(id -u)" = 0 ] || echo sudo ); \
+	  $$SUDO apt-get update -q && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -q $$missing; }
+
 # the demo's credentials (one secret per part and client, owner-only) are made once, then kept
 demo: install
 	$(BIN)/orchestrator credentials $(CONFIG)
 	$(BIN)/orchestrator up $(CONFIG)
 
-test: install-test mosquitto
+test: install-test mosquitto nettools
 	$(BIN)/ruff check orchestrator tests bench parts
 	$(BIN)/mypy
 	$(BIN)/python -m pytest -q
