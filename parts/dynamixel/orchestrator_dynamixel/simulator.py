@@ -519,8 +519,11 @@ class DynamixelSimulator:
             now = time.monotonic()
             self.received.append(Received(now, packet))
             self.counts[packet.name] += 1
+            alerting = set()
             for dev in self.devices.values():
                 dev.advance(now)
+                if dev.hardware_error:
+                    alerting.add(dev.id)  # a REBOOT's own status still carries the alert
             replies = self._execute(packet)
             out = []
             for dxl_id, error, params in replies:
@@ -528,7 +531,7 @@ class DynamixelSimulator:
                     self.counts["dropped"] += 1
                     continue
                 sender = self.devices.get(dxl_id)
-                if sender is not None and sender.hardware_error:
+                if dxl_id in alerting or (sender is not None and sender.hardware_error):
                     error |= ct.ERRBIT_ALERT
                 raw = p.encode_status(dxl_id, error, params)
                 if self._take(self._corrupt, dxl_id):
