@@ -83,7 +83,6 @@ class DynamixelServo(Servo):
         self.attributes = attributes
         self.info: DeviceInfo | None = None
         self._bus: Bus | None = None
-        self._torque = False  # read and written on the bus worker only
         self.min_deg = attributes.min_deg
         self.max_deg = attributes.max_deg
 
@@ -170,7 +169,6 @@ class DynamixelServo(Servo):
         # hold where it is: the goal first (a RAM write, accepted with torque off), then torque on
         link.write(ct.GOAL_POSITION, present)
         link.write(ct.TORQUE_ENABLE, 1)
-        self._torque = True
         return DeviceInfo(model, lo, hi)
 
     async def close(self) -> None:
@@ -197,13 +195,17 @@ class DynamixelServo(Servo):
         raw = ct.deg_to_raw(angle_deg)
         if self.info is not None:
             raw = min(max(raw, self.info.min_raw), self.info.max_raw)
-        await self._run(lambda link: self._move_job(link, raw), 4, f"move({angle_deg:g})")
+        await self._run(lambda link: self._move_job(link, raw), 5, f"move({angle_deg:g})")
 
     def _move_job(self, link: Link, raw: int) -> None:
-        if not self._torque:  # after a torque_off stop: hold first, then torque on, then go
+        # Torque may be off: after a torque_off stop or a power cycle; then hold first, torque on,
+        # then go.  A servo reporting an alert (shut down on a hardware error) is sent nothing.
+        torque = link.read(ct.TORQUE_ENABLE)
+        if link.alert:
+            return  # the job's end raises HardwareAlert
+        if not torque:
             link.write(ct.GOAL_POSITION, self._hold_goal(link.read(ct.PRESENT_POSITION)))
             link.write(ct.TORQUE_ENABLE, 1)
-            self._torque = True
         link.write(ct.GOAL_POSITION, raw)
 
     async def get_position(self) -> float:
@@ -258,5 +260,4 @@ class DynamixelServo(Servo):
 
     def _torque_off_job(self, link: Link) -> None:
         link.write(ct.TORQUE_ENABLE, 0)
-        self._torque = False
 
