@@ -651,20 +651,25 @@ def session_key(monkeypatch: pytest.MonkeyPatch) -> str:
     return key
 
 
-def servo_part(sim: DynamixelSimulator, **attrs: Any) -> list[dict[str, Any]]:
+def servo_part(sim: DynamixelSimulator, *extra: dict[str, Any], **attrs: Any) -> list[dict[str, Any]]:
     return [{"name": "main", "resources": [
         {"name": "wrist", "model": "orc:dynamixel:servo",
          "attributes": {"port": sim.port, "id": 1, "timeout_s": 0.25, **attrs}},
+        *extra,
     ]}]
 
 
 @pytest.mark.timeout(60)
 async def test_a_client_moves_the_servo_over_mqtt(broker: BrokerInfo, tmp_path: Path, sim: DynamixelSimulator,
                                                   session_key: str) -> None:
-    parts = servo_part(sim, profile_velocity=300, max_deg=270.0)
+    ghost = {"name": "ghost", "model": "orc:dynamixel:servo", "attributes": {"port": sim.port, "id": 7}}
+    parts = servo_part(sim, ghost, profile_velocity=300, max_deg=270.0)
     async with running_robot(tmp_path, (broker.host, broker.port), parts) as (loaded, running), \
             client_for(loaded) as client:
         await until(lambda: "wrist" in running["main"].host.resources, 10, "the servo to start")
+        # an absent id leaves its resource degraded with the reason; the part runs (and retries it)
+        ghost_state = running["main"].host.states["ghost"]
+        assert ghost_state.status == "degraded" and f"id 7 on {sim.port}" in str(ghost_state.reason)
         wrist = client.resource("main/wrist", Servo)
         await wrist.move(90.0)
         await until(lambda: _not(wrist.is_moving()), 10, "the move over MQTT to finish")

@@ -23,12 +23,15 @@ What is modelled, per id (XM430-W350, model number 1020, by default):
 - motion: a thread moves Present Position towards Goal Position while torque is on, at the
   Profile Velocity (0 means the motor's no-load speed, ``max_speed_deg_s``); Moving (122) is 1
   while the goal is not reached;
-- torque off: a Goal Position write is stored and accepted (the e-manual forbids writes only in
-  the EEPROM area while torque is on, so a RAM write with torque off is no error) but nothing
-  moves.  When torque is turned on, Goal Position is set to Present Position, so the servo holds
-  where it is instead of jumping to a goal written long ago.  The e-manual does not say what
-  Goal Position becomes at torque-on; this is the safe reading, the one ROBOTIS support reports
-  for their servos, and the servo plugin never depends on it (it writes the goal itself);
+- torque off: a Goal Position write is stored and accepted, but nothing moves.  It is no error:
+  the Protocol 2.0 e-manual's Access Error covers a read-only or undefined address and "a value
+  in the ROM domain while in a state of Torque Enable (ROM Lock)", and the XM430-W350 page says
+  "Data in the EEPROM Area can only be written when the value of Torque Enable(64) is cleared to
+  '0'"; Goal Position (116) is in the RAM area, so writing it with torque off is allowed.
+  When torque is turned on, Goal Position is set to Present Position, so the servo holds where
+  it is instead of jumping to a goal written long ago.  The e-manual does not say what Goal
+  Position becomes at torque-on; this is the safe reading (ROBOTIS support reported this
+  behaviour for an RX-28), and the servo plugin never depends on it: it writes the goal itself;
 - a hardware error (:meth:`DynamixelSimulator.inject_hardware_error`) sets Hardware Error
   Status; if its bit is in Shutdown (63, default overload, electrical shock, overheating) torque
   goes off and cannot be turned on again until REBOOT, as the e-manual says.
