@@ -139,15 +139,23 @@ class InternalError(OrchestratorError):
 _BY_CODE["error"] = OrchestratorError
 
 
+def _bounded(v: Any, depth: int = 0) -> Any:
+    if isinstance(v, str):
+        return v[:500]
+    if v is None or isinstance(v, int | float | bool):
+        return v
+    if isinstance(v, list | tuple) and depth == 0:
+        return [_bounded(x, 1) for x in v[:20]]
+    return str(v)[:500]
+
+
 def from_wire(data: dict[str, Any]) -> OrchestratorError:
     """Rebuild an error sent by :meth:`OrchestratorError.to_wire`; unknown codes become the base."""
     code = str(data.get("code", "error"))[:64]
     cls = _BY_CODE.get(code, OrchestratorError)
     raw = data.get("details")
     # what another process says about an error is bounded before it is believed or printed
-    details = {str(k)[:64]: v for k, v in list(raw.items())[:20]} if isinstance(raw, dict) else {}
-    details = {k: (v[:500] if isinstance(v, str) else v if isinstance(v, int | float | bool) or v is None else
-                   str(v)[:500]) for k, v in details.items()}
+    details = {str(k)[:64]: _bounded(v) for k, v in list(raw.items())[:20]} if isinstance(raw, dict) else {}
     message = str(data.get("message", code))[:2000]
     if issubclass(cls, ConfigError) and cls is ConfigError:
         err: OrchestratorError = ConfigError(message, None, **details)

@@ -20,7 +20,6 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from brokers import BrokerInfo
 from dynamixel_sdk import (
     BROADCAST_ID,
     COMM_RX_CORRUPT,
@@ -47,7 +46,6 @@ from orchestrator.config import load_config
 from orchestrator.resources.base import Servo
 from orchestrator.resources.registry import default_registry
 from orchestrator.rpc.methods import api_methods
-from orchestrator.sessions.tokens import SessionKey
 
 HERE = Path(__file__).parent
 ROOT = HERE.parent
@@ -644,13 +642,6 @@ def test_the_example_config_validates() -> None:
 WINDOW = 0.3
 
 
-@pytest.fixture
-def session_key(monkeypatch: pytest.MonkeyPatch) -> str:
-    key = SessionKey.generate()
-    monkeypatch.setenv("ORCHESTRATOR_SESSION_KEY", key)
-    return key
-
-
 def servo_part(sim: DynamixelSimulator, *extra: dict[str, Any], **attrs: Any) -> list[dict[str, Any]]:
     return [{"name": "main", "resources": [
         {"name": "wrist", "model": "orc:dynamixel:servo",
@@ -660,12 +651,10 @@ def servo_part(sim: DynamixelSimulator, *extra: dict[str, Any], **attrs: Any) ->
 
 
 @pytest.mark.timeout(60)
-async def test_a_client_moves_the_servo_over_mqtt(broker: BrokerInfo, tmp_path: Path, sim: DynamixelSimulator,
-                                                  session_key: str) -> None:
+async def test_a_client_moves_the_servo_over_mqtt(broker_kind: str, tmp_path: Path, sim: DynamixelSimulator) -> None:
     ghost = {"name": "ghost", "model": "orc:dynamixel:servo", "attributes": {"port": sim.port, "id": 7}}
     parts = servo_part(sim, ghost, profile_velocity=300, max_deg=270.0)
-    async with running_robot(tmp_path, (broker.host, broker.port), parts) as (loaded, running), \
-            client_for(loaded) as client:
+    async with running_robot(tmp_path, broker_kind, parts) as (loaded, running), client_for(loaded) as client:
         await until(lambda: "wrist" in running["main"].host.resources, 10, "the servo to start")
         # an absent id leaves its resource degraded with the reason; the part runs (and retries it)
         ghost_state = running["main"].host.states["ghost"]
@@ -690,12 +679,13 @@ async def test_a_client_moves_the_servo_over_mqtt(broker: BrokerInfo, tmp_path: 
 
 @pytest.mark.timeout(60)
 async def test_a_session_expiry_stops_the_servo_through_the_protocol(
-        broker: BrokerInfo, tmp_path: Path, sim: DynamixelSimulator, session_key: str) -> None:
+        broker_kind: str, tmp_path: Path, sim: DynamixelSimulator) -> None:
     parts = servo_part(sim, profile_velocity=20)  # about 27 deg/s: 180 -> 350 deg takes 6 s
-    async with running_robot(tmp_path, (broker.host, broker.port), parts,
-                             sessions={"heartbeat_window_s": WINDOW}) as (loaded, running):
+    async with running_robot(tmp_path, broker_kind, parts, sessions={"heartbeat_window_s": WINDOW}) as robot:
+        loaded, running = robot
         await until(lambda: "wrist" in running["main"].host.resources, 10, "the servo to start")
-        argv = [sys.executable, str(HERE / "session_client.py"), str(loaded.path), broker.url, "main/wrist", "move",
+        argv = [sys.executable, str(HERE / "session_client.py"), str(loaded.path), robot.broker.url, "main/wrist",
+                "move",
                 '{"angle_deg": 350.0}', "wait"]
         proc = await asyncio.to_thread(subprocess.Popen, argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                                        text=True)

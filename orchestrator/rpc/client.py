@@ -28,13 +28,14 @@ from pydantic import ValidationError
 from orchestrator.errors import (
     ConnectionLost,
     DeadlineExceeded,
+    InvalidArgument,
     PartOffline,
     ProtocolError,
     SessionExpired,
     UnknownResource,
     from_wire,
 )
-from orchestrator.protocol.codec import Envelope, decode, decode_body, encode
+from orchestrator.protocol.codec import Envelope, check_value, decode, decode_body, encode
 from orchestrator.protocol.messages import CallReply, PartState, PartStateName, RobotStatus
 from orchestrator.protocol.refusals import Refusals
 from orchestrator.protocol.topics import Topics
@@ -105,6 +106,11 @@ class RpcClient:
         gone = self.unavailable(part)
         if gone is not None:
             raise gone
+        try:
+            check_value(args or {}, "arguments")  # refused here, not silently dropped by the part
+        except ProtocolError as exc:
+            raise InvalidArgument(f"{part}/{resource}.{method}: {exc.message}", part=part, resource=resource,
+                                  method=method) from None
         timeout = self.default_timeout if timeout is None else timeout
         if not 0 < timeout <= MAX_TIMEOUT_S:
             raise ValueError(f"timeout must be within (0, {MAX_TIMEOUT_S:g}] s, got {timeout}")
