@@ -175,10 +175,57 @@ def credentials(
     cfg = loaded.config
     store = store_for(cfg, loaded.path, directory)
     acl = mosquitto_acl(rights(cfg, loaded.topology), header=f"robot {cfg.robot}, from {loaded.path}")
-    made = store.ensure(identities_of(cfg), rotate=rotate, acl=acl)
+    from orchestrator.launcher.bridge import UPSTREAM_SECRET, upstream_username
+
+    extra = [UPSTREAM_SECRET] if cfg.upstream is not None else []
+    made = store.ensure(identities_of(cfg), rotate=rotate, acl=acl, extra=extra)
     secrets_made = [m for m in made if m.endswith((".secret", ".key"))]
     console.print(f"credentials of robot {cfg.robot} in {store.directory}: "
                   f"{len(secrets_made)} secret(s) created, password and ACL files written", highlight=False)
+    if UPSTREAM_SECRET in made:
+        console.print(f"the robot's password on its upstream broker is in {store.path(UPSTREAM_SECRET)}: register "
+                      f"user {upstream_username(cfg)!r} with it there (or replace the file with the one you were "
+                      "given)", highlight=False)
+
+
+@app.command("broker-config")
+def broker_config(
+    config: ConfigArg,
+    out: Annotated[Path | None, typer.Option(help="directory for mosquitto.conf (default: broker_config/<robot>)")]
+    = None,
+    port: Annotated[int, typer.Option(min=1, max=65535, help="mosquitto's listener port")] = 1883,
+    mount: Annotated[str | None, typer.Option(help="the credentials directory as mosquitto sees it (e.g. in a "
+                                                   "container); default: its path here")] = None,
+    credentials: CredentialsOpt = None,
+) -> None:
+    """Write a mosquitto configuration for this robot: identities, topic rights, and the bridge to its
+    upstream broker (the bridge block holds a secret: it goes into the credentials directory)."""
+    from orchestrator.broker.mosquitto_conf import MosquittoFiles, bridge_conf, main_conf
+    from orchestrator.launcher.bridge import UPSTREAM_SECRET
+    from orchestrator.security.access import store_for
+    from orchestrator.security.credentials import _write_private
+
+    loaded = _load(config)
+    cfg = loaded.config
+    store = store_for(cfg, loaded.path, credentials)
+    seen = mount or str(store.directory)
+    files = MosquittoFiles(password_file=f"{seen}/passwd", acl_file=f"{seen}/acl", port=port,
+                           include_dir=f"{seen}/mosquitto.d" if cfg.upstream is not None else None)
+    target = out or Path("broker_config") / cfg.robot
+    target.mkdir(parents=True, exist_ok=True)
+    (target / "mosquitto.conf").write_text(main_conf(cfg, files))
+    console.print(f"wrote {target / 'mosquitto.conf'}", highlight=False)
+    if cfg.upstream is not None:
+        try:
+            password = None if cfg.security.insecure else store._read(UPSTREAM_SECRET, "upstream password")
+        except ConfigError as exc:
+            err_console.print(f"[red]{exc}[/] (write the robot's password on its upstream broker there)",
+                              highlight=False, markup=False)
+            raise typer.Exit(EXIT_CONFIG) from None
+        d = store.directory / "mosquitto.d"
+        d.mkdir(mode=0o700, exist_ok=True)
+        _write_private(d / "bridge.conf", bridge_conf(cfg, password))
+        console.print(f"wrote {d / 'bridge.conf'} (owner-only: it holds the upstream password)", highlight=False)
 
 
 @app.command()

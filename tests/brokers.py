@@ -180,6 +180,7 @@ def start_mosquitto(
         # Started as root, mosquitto drops to the `mosquitto` user: it must still read and log here.
         directory.chmod(0o755)
         for name, content in (files or {}).items():
+            (directory / name).parent.mkdir(parents=True, exist_ok=True, mode=0o755)
             (directory / name).write_text(content)
             (directory / name).chmod(0o644)
         if passwords is not None:
@@ -445,7 +446,8 @@ def make_credentials(loaded: LoadedConfig) -> CredentialStore:
     from orchestrator.security.credentials import identities_of
 
     store = store_for(loaded.config, loaded.path)
-    store.ensure(identities_of(loaded.config), acl=mosquitto_acl(rights(loaded.config, loaded.topology)))
+    extra = ["upstream.secret"] if loaded.config.upstream is not None else []
+    store.ensure(identities_of(loaded.config), acl=mosquitto_acl(rights(loaded.config, loaded.topology)), extra=extra)
     return store
 
 
@@ -465,6 +467,12 @@ def start_robot_broker(kind: str, loaded: LoadedConfig, *, port: int | None = No
         if max_payload is not None:
             extra.append(f"message_size_limit {max_payload}")
         files = {"passwd": store.path("passwd").read_text(), "acl": store.path("acl").read_text()}
+        if loaded.config.upstream is not None:  # mosquitto's own bridge, configured as `broker-config` does
+            from orchestrator.broker.mosquitto_conf import bridge_conf
+
+            secret = store.path("upstream.secret").read_text().strip()
+            files["bridge.d/bridge.conf"] = bridge_conf(loaded.config, secret)
+            extra.append("include_dir ${dir}/bridge.d")
         with start_mosquitto(port, "\n".join(extra), files=files, anonymous=False) as info:
             yield info
         return

@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 from orchestrator.config.loader import LoadedConfig, load_config
-from orchestrator.errors import ConfigError, ProtocolError
+from orchestrator.errors import ConfigError, ConnectionLost, ProtocolError
 from orchestrator.protocol.codec import decode, encode
 from orchestrator.protocol.messages import Notice, ShutdownRequest
 from orchestrator.protocol.topics import ClientId, Topics
@@ -105,6 +105,11 @@ class RobotClient:
     async def renew_session(self, window_s: float | None = None) -> Session:
         """Open a new session and make the calls of this client in it (after the robot ended the last)."""
         old = self.session
+        if not self.mqtt.is_connected:  # the robot closes a client's connections when it ends its session
+            try:
+                await asyncio.wait_for(self.mqtt.connected.wait(), self.mqtt.connect_timeout)
+            except TimeoutError:
+                raise ConnectionLost("not reconnected to the broker: cannot open a new session") from None
         self.session = await self.sessions.open(window_s)
         self.rpc.session = self.session.id
         self.rpc.session_ended = None

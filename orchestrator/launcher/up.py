@@ -83,6 +83,7 @@ class Launcher:
         self.shutdown_id = ""  # of the shutdown under way, from the primary's going_down notice
         self._t0 = time.time()
         self._broker: Any = None
+        self.bridge: Any = None
         self.monitor: MqttClient | None = None
         self._watchers: list[asyncio.Task[Any]] = []
         self.urls: list[tuple[str, int]] = []
@@ -108,6 +109,7 @@ class Launcher:
         loop.add_signal_handler(signal.SIGHUP, self.request_reload)
         try:
             await self._start_broker()
+            await self._start_bridge()
             await self._start_monitor()
             await self._start_parts()
             if not self._shutdown.is_set():
@@ -127,6 +129,8 @@ class Launcher:
                 await asyncio.shield(self._stop_bottom_up("`up` is exiting"))
             if self.monitor is not None:
                 await self.monitor.close()
+            if self.bridge is not None:
+                await self.bridge.close()
             if self._broker is not None:
                 await self._broker.close()
 
@@ -179,6 +183,16 @@ class Launcher:
         host = "127.0.0.1" if emb.host in ("0.0.0.0", "::") else emb.host
         self.urls = [(host, self._broker.port)]
         self.say(f"embedded broker listening on {self._broker.url}")
+
+    async def _start_bridge(self) -> None:
+        """The embedded broker's bridge to the upstream broker (with mosquitto, its own bridge does this)."""
+        if self.config.upstream is None or self._broker is None:
+            return
+        from orchestrator.launcher.bridge import UpstreamBridge
+
+        self.bridge = UpstreamBridge(self.config, self.loaded.path, self.urls, credentials=self.credentials)
+        await self.bridge.start()
+        self.say(f"bridge to the upstream broker {self.config.upstream.url} started (link {self.bridge.state})")
 
     def _broker_admin(self, username: str | None, topic: str, payload: bytes) -> None:
         """The embedded broker saw a publish: the primary asking it to close a client's connections."""

@@ -188,6 +188,11 @@ class Topics:
         """Retained: the state of the robot's link to its upstream (cloud) broker."""
         return f"{self.root}/robot/upstream"
 
+    def robot_probe(self) -> str:
+        """The primary's probe of the upstream link: bridged out and back in (``both``), so its echo proves
+        the upstream carries what the robot sends, whichever bridge (mosquitto's or ours)."""
+        return f"{self.root}/robot/probe"
+
     def robot_admin(self, what: str) -> str:
         """Requests of the primary to the embedded broker (``disconnect``): checked by username there."""
         return f"{self.root}/robot/admin/{what}"

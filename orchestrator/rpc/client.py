@@ -101,6 +101,9 @@ class RpcClient:
     # -- calls ------------------------------------------------------------------------------------
     async def call(self, part: str, resource: str, method: str, args: dict[str, Any] | None = None, *,
                    timeout: float | None = None, session: Any = _DEFAULT) -> Any:
+        if session is _DEFAULT and self.session is not None and self.session_ended is not None and \
+                current.get() is None:
+            raise SessionExpired(f"the robot ended this client's session: {self.session_ended}")
         if not self.client.is_connected:
             raise ConnectionLost(f"not connected to the broker: cannot call {part}/{resource}", part=part)
         gone = self.unavailable(part)
@@ -126,9 +129,6 @@ class RpcClient:
             session, on_behalf = ctx.session, ctx.caller
         else:
             session = self.session
-            if session is not None and self.session_ended is not None:
-                self._pending.pop(rid, None)
-                raise SessionExpired(f"the robot ended this client's session: {self.session_ended}")
             if session is not None and self.session_activate is not None:
                 activate, self.session_activate = self.session_activate, None
                 await activate()

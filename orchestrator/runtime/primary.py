@@ -73,6 +73,10 @@ class Primary(Part):
         self._connections: dict[str, tuple[str, list[str]]] = {}  # session public id -> (owner, MQTT client ids)
         self.upstream = "none" if self.config.upstream is None else "unknown"
         self._upstream_since = time.time()
+        self._upstream_reason = "no word from the bridge yet"
+        self._bridge_connected: bool | None = None
+        self._probes: dict[int, int] = {}
+        self._probe_echoed = time.monotonic()
         # the robot status travels on a connection of its own, whose Will covers it
         self.status_link = MqttClient(
             f"{self.config.robot}.part.{self.name}.status", self.urls, keepalive=self.config.broker.keepalive_s,
@@ -94,12 +98,15 @@ class Primary(Part):
         await self.client.subscribe(t.all_client_reloads(), self._on_reload_request)
         if self.config.upstream is not None:
             await self.client.subscribe(t.bridge_state(), self._on_bridge_state)
+            await self.client.subscribe(t.robot_probe(), self._on_probe, qos=0)
 
     async def start(self) -> None:
         await self.status_link.start()
         await super().start()
         self.spawn(self._status_loop(), "status")
         self.spawn(self._watch_loop(), "liveness")
+        if self.config.upstream is not None:
+            self.spawn(self._probe_loop(), "upstream-probe")
         self._status_dirty.set()
 
     async def close(self) -> None:
@@ -263,17 +270,53 @@ class Primary(Part):
 
     # -- the upstream link ------------------------------------------------------------------------
     def _on_bridge_state(self, msg: Message) -> None:
-        """``1``/``0`` from mosquitto's bridge notifications (or ours): raw, not an envelope."""
+        """``1``/``0`` from mosquitto's bridge notifications (or ours): raw, not an envelope.  A ``0`` (the
+        bridge's connection failed) is believed at once; ``1`` waits for the probe's echo."""
         raw = msg.payload.strip()
         if raw not in (b"0", b"1"):
             self.refusals.refuse("bridge:bad_state", msg.topic)
             return
-        new = "up" if raw == b"1" else "down"
+        self._bridge_connected = raw == b"1"
+        if not self._bridge_connected:
+            self._set_upstream("down", "the bridge's connection to the upstream failed")
+
+    def _on_probe(self, msg: Message) -> None:
+        """Each probe arrives twice while the link works: from the local broker, then back from the upstream."""
+        got = self.trusted(msg, Heartbeat)
+        if got is None:
+            return
+        n = int(got[1].uptime_s)
+        seen = self._probes.get(n, 0) + 1
+        self._probes[n] = seen
+        if seen >= 2:
+            self._probe_echoed = time.monotonic()
+            if self._bridge_connected is not False:
+                self._set_upstream("up", "the upstream echoes the robot's probe")
+
+    async def _probe_loop(self) -> None:
+        assert self.config.upstream is not None
+        keepalive = self.config.upstream.keepalive_s
+        period = max(0.1, keepalive / 4)
+        n = 0
+        while True:
+            await asyncio.sleep(period)
+            if not self.client.is_connected:
+                continue
+            n += 1
+            self._probes = {k: v for k, v in self._probes.items() if k > n - 64}
+            # the counter rides in a Heartbeat body (a bounded float): nothing secret, nothing large
+            self.client.publish_nowait(self.topics.robot_probe(), self.encode(Heartbeat(uptime_s=float(n))), qos=0)
+            silent = time.monotonic() - self._probe_echoed
+            if silent > 1.5 * keepalive and self.upstream == "up":
+                self._set_upstream("down", f"no echo of the robot's probe through the upstream for {silent:.1f} s")
+
+    def _set_upstream(self, new: str, reason: str) -> None:
         if new == self.upstream:
             return
         was, self.upstream, self._upstream_since = self.upstream, new, time.time()
+        self._upstream_reason = reason
         rule = ""
-        if new == "down" and was in ("up", "unknown"):
+        if new == "down" and was == "up":  # a loss: the link was up (a link never up yet loses nothing)
             if self.config.sessions.default_management:
                 rule = "stopped"
                 log.warning("primary: the upstream link is down: ending every session and stopping every actuator")
@@ -291,7 +334,7 @@ class Primary(Part):
         if self.config.upstream is None:
             return
         body = UpstreamState(state=self.upstream, since=self._upstream_since, rule=rule,
-                             reason="bridge notification" if self.upstream != "unknown" else "no notification yet")
+                             reason=self._upstream_reason)
         with contextlib.suppress(Exception):
             await self.client.publish(self.topics.robot_upstream(), self.encode(body), qos=1, retain=True,
                                       timeout=2.0)

@@ -80,7 +80,8 @@ def rights(config: RobotConfig, topology: Topology) -> dict[str, Rights]:
             r.add_read(t.part_report(child), t.session_report(child))
         if parent is None:  # the primary
             r.add_write(f"{t.root}/robot/#")
-            r.add_read(t.all_client_shutdowns(), t.all_client_reloads(), t.bridge_state(), t.upstream_config())
+            r.add_read(t.all_client_shutdowns(), t.all_client_reloads(), t.bridge_state(), t.upstream_config(),
+                       t.robot_probe())
     for c in config.clients:
         me = Identity(robot, "client", c.name)
         r = out[me.username] = Rights()
@@ -94,8 +95,8 @@ def rights(config: RobotConfig, topology: Topology) -> dict[str, Rights]:
     r.add_write(t.client_reload(LAUNCHER_CLIENT), t.client_shutdown(LAUNCHER_CLIENT))
     bridge = Identity(robot, "bridge", "upstream")
     r = out[bridge.username] = Rights()
-    r.add_write(t.bridge_state(), f"{t.root}/upstream/#")
-    r.add_read(*_public_reads(t))
+    r.add_write(t.bridge_state(), f"{t.root}/upstream/#", t.robot_probe())  # the probe's echo comes back in
+    r.add_read(*_public_reads(t), t.robot_probe())
     for c in config.clients:
         if c.remote:
             me = Identity(robot, "client", c.name)

@@ -139,16 +139,19 @@ class CredentialStore:
             raise CredentialsMissing(f"{p}: {exc}", path=str(p)) from None
 
     # -- creating ---------------------------------------------------------------------------------
-    def ensure(self, identities: Iterable[Identity], *, rotate: bool = False, acl: str | None = None) -> list[str]:
+    def ensure(self, identities: Iterable[Identity], *, rotate: bool = False, acl: str | None = None,
+               extra: Iterable[str] = ()) -> list[str]:
         """Create what is missing (every secret with ``rotate``); rewrite the password file (and the ACL
-        file if given).  Returns the names of the files created or replaced."""
+        file if given).  ``extra``: more secret files to create if missing (e.g. the robot's password on
+        its upstream broker).  Returns the names of the files created or replaced."""
         self.directory.mkdir(parents=True, exist_ok=True, mode=0o700)
         os.chmod(self.directory, 0o700)
         made: list[str] = []
-        key = self.path(SESSION_KEY)
-        if rotate or not key.exists():
-            _write_private(key, secrets.token_urlsafe(32) + "\n")
-            made.append(SESSION_KEY)
+        for name in (SESSION_KEY, *extra):
+            p = self.path(name)
+            if rotate or not p.exists():
+                _write_private(p, secrets.token_urlsafe(32) + "\n")
+                made.append(name)
         hashes: list[tuple[str, str]] = []
         for ident in identities:
             p = self.path(ident.secret_file)
