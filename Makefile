@@ -4,7 +4,7 @@ VENV   ?= .venv
 BIN    := $(VENV)/bin
 CONFIG ?= examples/rover.yaml
 
-.PHONY: demo test venv install install-test mosquitto lint typecheck bench clean
+.PHONY: demo test venv install install-test mosquitto nats-server lint typecheck bench clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -25,10 +25,17 @@ mosquitto:
 	  SUDO=$$( [ "$$(id -u)" = 0 ] || echo sudo ); \
 	  $$SUDO apt-get update -q && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -q mosquitto; }
 
+# nats-server is a test dependency too: tests/natslab.py runs NATS clusters with MQTT listeners on free ports.
+nats-server:
+	@command -v nats-server >/dev/null 2>&1 || test -x /usr/sbin/nats-server || { \
+	  echo "installing nats-server (Debian package)"; \
+	  SUDO=$$( [ "$$(id -u)" = 0 ] || echo sudo ); \
+	  $$SUDO apt-get update -q && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -q nats-server; }
+
 demo: install
 	$(BIN)/orchestrator up $(CONFIG)
 
-test: install-test mosquitto
+test: install-test mosquitto nats-server
 	$(BIN)/ruff check orchestrator tests bench parts
 	$(BIN)/mypy
 	$(BIN)/python -m pytest -q
