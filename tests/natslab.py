@@ -54,7 +54,9 @@ from paho.mqtt.enums import CallbackAPIVersion
 __all__ = [
     "NatsLab",
     "NatsNode",
+    "acl_subjects",
     "mqtt_to_nats_subject",
+    "nats_authorization",
     "nats_server_path",
     "start_nats",
     "start_nats_cluster",
@@ -98,6 +100,65 @@ def mqtt_to_nats_subject(topic: str) -> str:
     if "" in levels:
         raise ValueError(f"{topic!r}: empty topic levels are not mapped here")
     return ".".join("*" if lv == "+" else ">" if lv == "#" else lv for lv in levels)
+
+
+def acl_subjects(pattern: str) -> list[str]:
+    """The NATS subjects a permission needs to cover the MQTT pattern ``pattern``.
+
+    ``X/#`` needs ``X`` and ``X.>`` (nats-server subscribes to both for an MQTT ``#``), ``#`` is ``>``.
+    """
+    if pattern == "#":
+        return [">"]
+    if pattern.endswith("/#"):
+        base = mqtt_to_nats_subject(pattern[:-2])
+        return [base, f"{base}.>"]
+    return [mqtt_to_nats_subject(pattern)]
+
+
+def nats_authorization(
+    users: dict[str, str] | None,
+    acl_rules: dict[str | None, tuple[list[str], list[str]]] | None,
+) -> tuple[str | None, tuple[str, str] | None]:
+    """An ``authorization`` block for ``start_broker``'s options, and the probe's credentials.
+
+    ``users``: username -> password (anonymous clients refused).  ``acl_rules``: username (``None``
+    = anonymous) -> (read patterns, write patterns) in MQTT syntax, as for mosquitto: read becomes
+    subscribe permissions (plus ``$MQTT.sub.>``, which a QoS 1 subscription needs), write becomes
+    publish permissions; a user without rules may do nothing.  Without ``users``, anonymous
+    clients are the ``no_auth_user``.  The readiness probe gets a user of its own under ``natslab.>``.
+    """
+    if users is None and acl_rules is None:
+        return None, None
+    probe = ("natslab-probe", uuid.uuid4().hex)
+
+    def quoted(items: list[str]) -> str:
+        return "[" + ", ".join(json.dumps(i) for i in items) + "]"
+
+    def permissions(rules: tuple[list[str], list[str]] | None) -> str:
+        if acl_rules is None:
+            return ""
+        read, write = rules or ([], [])
+        sub = [x for p in read for x in acl_subjects(p)]
+        pub = [x for p in write for x in acl_subjects(p)]
+        sub_part = f"allow: {quoted([*sub, '$MQTT.sub.>'])}" if sub else 'deny: [">"]'
+        pub_part = f"allow: {quoted(pub)}" if pub else 'deny: [">"]'
+        return f", permissions: {{ publish: {{ {pub_part} }}, subscribe: {{ {sub_part} }} }}"
+
+    entries = [
+        f"{{user: {json.dumps(probe[0])}, password: {json.dumps(probe[1])}, permissions: "
+        '{ publish: ["natslab.>"], subscribe: ["natslab.>", "$MQTT.sub.>"] } }'
+    ]
+    for name, password in (users or {}).items():
+        rules = (acl_rules or {}).get(name)
+        entries.append(f"{{user: {json.dumps(name)}, password: {json.dumps(password)}{permissions(rules)}}}")
+    no_auth = ""
+    if users is None:
+        anonymous = "natslab-anonymous"
+        entries.append(f"{{user: {json.dumps(anonymous)}, password: {json.dumps(uuid.uuid4().hex)}"
+                       f"{permissions((acl_rules or {}).get(None))}}}")
+        no_auth = f"\nno_auth_user: {json.dumps(anonymous)}"
+    body = "\n    ".join(entries)
+    return f"authorization {{\n  users = [\n    {body}\n  ]\n}}{no_auth}", probe
 
 
 # ----------------------------------------------------------------------------------------- nodes
@@ -582,6 +643,10 @@ def start_nats_cluster(
                 raise
             try:
                 yield lab
+            except BaseException:
+                # pytest shows a failed test's captured output: the servers' side of the story
+                print(f"---- NATS lab logs at the failure ----\n{lab.logs(tail=200)}")
+                raise
             finally:
                 lab.stop()
             return
