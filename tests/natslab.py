@@ -362,9 +362,6 @@ class NatsLab:
     def kill(self, index: int, sig: int = signal.SIGKILL) -> None:
         """Signal node ``index`` (SIGKILL by default: sockets closed, no goodbye) and reap it."""
         node = self.nodes[index]
-        if sig == signal.SIGSTOP:
-            self._signal(node, sig)
-            return
         self._signal(node, signal.SIGCONT)  # a stopped process cannot act on SIGTERM
         self._signal(node, sig)
         if node.proc is not None:
@@ -373,13 +370,6 @@ class NatsLab:
             except subprocess.TimeoutExpired:
                 node.proc.kill()
                 node.proc.wait(timeout=STOP_TIMEOUT)
-
-    def freeze(self, index: int) -> None:
-        """SIGSTOP node ``index``: its sockets stay open and silent (a hung server)."""
-        self.kill(index, signal.SIGSTOP)
-
-    def thaw(self, index: int) -> None:
-        self._signal(self.nodes[index], signal.SIGCONT)
 
     def restart(self, index: int) -> None:
         """Start node ``index`` again (same ports, config and store) and wait until the lab is usable."""

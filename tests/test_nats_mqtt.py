@@ -650,8 +650,10 @@ async def test_killed_node_fail_over_retained_and_subscriptions_survive() -> Non
       CONNECT, QoS 1 PUBLISH and QoS 1 SUBSCRIBE wait for the JetStream leaders the dead node
       held (Raft elections, 4-9 s in nats-server 2.9): the part reconnects in about 6-7 s.
     - Its Will is never published: the node that held it is gone.
-    - A QoS 1 publisher on a surviving node stalls 4 s on its PUBLISH (no $MQTT_msgs leader)
-      and loses its connection (server timeout, or its own keep-alive): recorded, not asserted.
+    - QoS 0 between survivors goes on at once (plain NATS).  A QoS 1 publisher on a surviving node
+      stalls 4 s on its PUBLISH, even with no subscriber (every QoS 1 PUBLISH is stored in
+      $MQTT_msgs, which has no leader), and loses its connection (server timeout, or its own
+      keep-alive): recorded, not asserted.
     - Afterwards the retained state and the subscriptions made on the surviving nodes work.
     """
     t = Topics(_robot())
@@ -688,6 +690,10 @@ async def test_killed_node_fail_over_retained_and_subscriptions_survive() -> Non
             killed = time.perf_counter()
             lab.kill(victim.index)
             await asyncio.wait_for(lost.wait(), WAIT)
+            # QoS 0 between survivors is plain NATS: no JetStream, no wait for the elections
+            quick = time.perf_counter()
+            assert await _deliver(watcher, t.robot_notice(), before_q0, b"during-q0", qos=0, attempts=1)
+            measured("QoS 0 publish to delivery between survivors right after the kill", time.perf_counter() - quick)
             stalled = time.perf_counter()
             with contextlib.suppress(TimeoutError, OrchestratorError):  # no $MQTT_msgs leader yet
                 await bystander.publish(t.part_resources("bystander"), b"during", qos=1, timeout=6.0)
