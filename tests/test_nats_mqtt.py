@@ -654,7 +654,8 @@ async def test_killed_node_fail_over_retained_and_subscriptions_survive() -> Non
       stalls 4 s on its PUBLISH, even with no subscriber (every QoS 1 PUBLISH is stored in
       $MQTT_msgs, which has no leader), and loses its connection (server timeout, or its own
       keep-alive): recorded, not asserted.
-    - Afterwards the retained state and the subscriptions made on the surviving nodes work.
+    - Afterwards the retained state and the subscriptions made on the surviving nodes work, and
+      the node, restarted, serves the retained messages set while it was down.
     """
     t = Topics(_robot())
     with start_nats_cluster() as lab:
@@ -722,6 +723,17 @@ async def test_killed_node_fail_over_retained_and_subscriptions_survive() -> Non
             seen = [m.topic for m in await wills.until(t.part_state("marker"), 15.0)]
             measured("Wills seen after the node kill", str(seen))
             assert t.part_state("main") not in seen  # the dead node held main's Will
+
+            # a retained message set while the node is down, then the node restarted
+            await watcher.publish(t.robot_status(), b"while-down", qos=1, retain=True, timeout=WAIT)
+            restarted = time.perf_counter()
+            await asyncio.to_thread(lab.restart, victim.index)
+            measured("restart of the killed node until the lab is usable again", time.perf_counter() - restarted)
+            back = Inbox()
+            async with mqtt(victim) as reader:
+                await reader.subscribe(t.part_resources("main"), back, qos=0)
+                await reader.subscribe(t.robot_status(), back, qos=0)
+                assert sorted([(await back.get()).payload, (await back.get()).payload]) == [b"before", b"while-down"]
 
 
 def _stream_leaders(lab: NatsLab) -> dict[str, str]:
