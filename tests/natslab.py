@@ -2,7 +2,8 @@
 
 Every node binds 127.0.0.1 on free ports (client, cluster and MQTT), keeps its JetStream store
 and its log in a private temp dir, and is stopped (SIGTERM, then SIGKILL) and removed when the
-block exits, also when the test failed.  The machine's own NATS server (127.0.0.1:4222) is never
+block exits, also when the test failed (the logs are then printed, pytest shows them), and at
+interpreter exit if a run was aborted.  The machine's own NATS server (127.0.0.1:4222) is never
 touched: nothing here uses a fixed port.
 
 Readiness is an event, not a sleep: a start (or a restart) returns once, through MQTT, a QoS 1
@@ -28,8 +29,8 @@ installs the Debian package).  It never skips.
 
 from __future__ import annotations
 
+import atexit
 import contextlib
-import ctypes
 import dataclasses
 import json
 import os
@@ -43,6 +44,7 @@ import threading
 import time
 import urllib.request
 import uuid
+import weakref
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
@@ -223,11 +225,15 @@ class NatsNode:
         return self.log_path.read_text(errors="replace")
 
 
-def _die_with_parent() -> None:
-    """In the child before exec: SIGKILL when the test process dies (Linux), so no server outlives it."""
-    with contextlib.suppress(Exception):
-        libc = ctypes.CDLL(None, use_errno=True)
-        libc.prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
+_RUNNING: weakref.WeakSet[NatsLab] = weakref.WeakSet()
+
+
+@atexit.register
+def _stop_leftovers() -> None:
+    """Stop the nodes of any lab still running when the interpreter exits (an aborted test run)."""
+    for lab in list(_RUNNING):
+        with contextlib.suppress(Exception):
+            lab.stop()
 
 
 class NatsLab:
@@ -323,7 +329,6 @@ class NatsLab:
                 stdin=subprocess.DEVNULL,
                 stdout=log,
                 stderr=subprocess.STDOUT,
-                preexec_fn=_die_with_parent if os.name == "posix" else None,
             )
 
     def _wait_ports(self, node: NatsNode) -> None:
@@ -346,6 +351,7 @@ class NatsLab:
                 delay = min(delay * 2, 0.1)
 
     def start(self) -> None:
+        _RUNNING.add(self)
         started = time.monotonic()
         for node in self.nodes:
             self._spawn(node)
@@ -633,7 +639,7 @@ def start_nats_cluster(
                 raise
             try:
                 yield lab
-            except BaseException:
+            except Exception:
                 # pytest shows a failed test's captured output: the servers' side of the story
                 print(f"---- NATS lab logs at the failure ----\n{lab.logs(tail=200)}")
                 raise
