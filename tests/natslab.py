@@ -1,13 +1,14 @@
 """A NATS server lab for the tests: one node or a three-node cluster, each with an MQTT listener.
 
-Every node binds 127.0.0.1 on free ports (client, cluster and MQTT), keeps its JetStream store
+Every node binds 127.0.0.1 on free ports (client, cluster, MQTT, monitoring), keeps its JetStream store
 and its log in a private temp dir, and is stopped (SIGTERM, then SIGKILL) and removed when the
 block exits, also when the test failed (the logs are then printed, pytest shows them), and at
 interpreter exit if a run was aborted.  The machine's own NATS server (127.0.0.1:4222) is never
 touched: nothing here uses a fixed port.
 
-Readiness is an event, not a sleep: a start (or a restart) returns once, through MQTT, a QoS 1
-message published on every live node has reached a subscriber on every live node, and a retained
+Readiness is an event, not a sleep: a start (or a restart) returns once the live nodes agree on a
+JetStream meta leader and, through MQTT, a QoS 1 message published on every live node has reached
+a subscriber on every live node, and a retained
 message published on the first node is seen by a late subscriber on every other node.  Each
 attempt is bounded, and so is the number of attempts (``ready_timeout``).
 
