@@ -8,9 +8,9 @@ touched: nothing here uses a fixed port.
 
 Readiness is an event, not a sleep: a start (or a restart) returns once the live nodes agree on a
 JetStream meta leader and, through MQTT, a QoS 1 message published on every live node has reached
-a subscriber on every live node, and a retained
-message published on the first node is seen by a late subscriber on every other node.  Each
-attempt is bounded, and so is the number of attempts (``ready_timeout``).
+a subscriber on every live node, and a retained message published on the first node is seen by a
+late subscriber on every other node.  Each attempt is bounded, and so is the whole wait
+(``ready_timeout``).
 
     with start_nats_cluster() as lab:          # three nodes, formed and usable
         urls = lab.addresses                   # [("127.0.0.1", port), ...] for MqttClient(urls=...)
