@@ -3,8 +3,9 @@ PYTHON ?= python3
 VENV   ?= .venv
 BIN    := $(VENV)/bin
 CONFIG ?= examples/rover.yaml
+SUDO   := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
-.PHONY: demo test venv install install-test mosquitto nettools lint typecheck bench clean
+.PHONY: demo test venv install install-test test-tools lint typecheck bench images wheelhouse engine-stop clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -18,29 +19,26 @@ install: venv
 install-test: venv
 	$(BIN)/pip install -q -e '.[test]' $(foreach p,$(wildcard parts/*/pyproject.toml),-e $(dir $(p)))
 
-# mosquitto is a test dependency: the behaviour suite runs against it as well as the embedded broker.
-mosquitto:
-	@command -v mosquitto >/dev/null 2>&1 || test -x /usr/sbin/mosquitto || { \
-	  echo "installing mosquitto (Debian package)"; \
-	  SUDO=$$( [ "$$(id -u)" = 0 ] || echo sudo ); \
-	  $$SUDO apt-get update -q && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -q mosquitto; }
-
-# nftables and iproute2 are test dependencies: tests/netlab.py builds namespaces, veths, a bridge and drop rules.
-nettools:
+# What the tests run besides Python, from Debian's packages, installed only when missing:
+#   mosquitto    the behaviour suite runs against it as well as the embedded broker
+#   nftables, iproute2   tests/netlab.py: namespaces, veth links, loss and blackholes
+#   nats-server  tests/natslab.py: NATS clusters with MQTT listeners
+# (the Docker engine and images are made by docker/images.sh when the container tests first need them)
+test-tools:
 	@missing=""; \
-	  { command -v nft >/dev/null 2>&1 || test -x /usr/sbin/nft; } || missing="$$missing nftables"; \
-	  { command -v ip >/dev/null 2>&1 || test -x /usr/sbin/ip || test -x /sbin/ip; } || missing="$$missing iproute2"; \
-	  [ -z "$$missing" ] || { \
-	  echo "installing$$missing (Debian packages)"; \
-	  SUDO=$$( [ "$$(id -u)" = 0 ] || echo sudo ); \
-	  $$SUDO apt-get update -q && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -q $$missing; }
+	  for pair in mosquitto:mosquitto nft:nftables ip:iproute2 nats-server:nats-server; do \
+	    cmd=$${pair%%:*}; pkg=$${pair##*:}; \
+	    { command -v $$cmd >/dev/null 2>&1 || test -x /usr/sbin/$$cmd || test -x /sbin/$$cmd; } || missing="$$missing $$pkg"; \
+	  done; \
+	  [ -z "$$missing" ] || { echo "installing$$missing (Debian packages)"; \
+	    $(SUDO) apt-get update -q && DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -q $$missing; }
 
 # the demo's credentials (one secret per part and client, owner-only) are made once, then kept
 demo: install
 	$(BIN)/orchestrator credentials $(CONFIG)
 	$(BIN)/orchestrator up $(CONFIG)
 
-test: install-test mosquitto nettools
+test: install-test test-tools
 	$(BIN)/ruff check orchestrator tests bench parts
 	$(BIN)/mypy
 	$(BIN)/python -m pytest -q
@@ -51,8 +49,20 @@ lint: install-test
 typecheck: install-test
 	$(BIN)/mypy
 
-bench: install-test mosquitto
+bench: install-test test-tools
 	$(BIN)/python -m bench
+
+# Container images without a registry (docs/deploy.md): engine, Compose v2, wheelhouse, base image
+# from Debian's packages, mosquitto, the project.  Cached: a re-run with nothing changed takes seconds.
+images: venv
+	VENV=$(abspath $(VENV)) docker/images.sh
+
+wheelhouse: venv
+	VENV=$(abspath $(VENV)) docker/images.sh wheelhouse
+
+# Stops the Docker engine only if docker/engine.sh started it.
+engine-stop:
+	docker/engine.sh stop
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache build dist *.egg-info
