@@ -4,7 +4,7 @@ VENV   ?= .venv
 BIN    := $(VENV)/bin
 CONFIG ?= examples/rover.yaml
 
-.PHONY: demo test venv install install-test mosquitto lint typecheck bench clean
+.PHONY: demo test venv install install-test mosquitto lint typecheck bench images wheelhouse engine-stop clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -41,6 +41,18 @@ typecheck: install-test
 
 bench: install-test mosquitto
 	$(BIN)/python -m bench
+
+# Container images without a registry (docs/deploy.md): engine, Compose v2, wheelhouse, base image
+# from Debian's packages, mosquitto, the project.  Cached: a re-run with nothing changed takes seconds.
+images: venv
+	VENV=$(abspath $(VENV)) docker/images.sh
+
+wheelhouse: venv
+	VENV=$(abspath $(VENV)) docker/images.sh wheelhouse
+
+# Stops the Docker engine only if docker/engine.sh started it.
+engine-stop:
+	docker/engine.sh stop
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache build dist *.egg-info
