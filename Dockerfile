@@ -1,9 +1,9 @@
 # One image for every part of a robot: `orchestrator part CONFIG --name NAME`.
 #
-# Installs only from a wheelhouse built on the host (docker/images.sh wheelhouse -> build/wheelhouse):
+# Installs only from a wheelhouse built on the host (`make wheelhouse` -> build/wheelhouse/{deps,local}):
 # no index, no network, the same way an air-gapped robot is deployed.  See docs/deploy.md.
 #
-#   with a registry:     docker/images.sh wheelhouse && docker build -t orchestrator .
+#   with a registry:     make wheelhouse && docker build -t orchestrator .
 #   without one:         make images   (BASE=orchestrator-base:bookworm, made from Debian's packages)
 #
 # BASE must provide python3 (3.11, the wheelhouse's interpreter) with the venv module, and useradd.
@@ -11,10 +11,14 @@ ARG BASE=python:3.11-slim
 
 FROM ${BASE} AS build
 ENV PIP_DISABLE_PIP_VERSION_CHECK=1 PIP_NO_CACHE_DIR=1
-COPY build/wheelhouse /wheels
+# The dependencies first: this layer survives an edit of the project's sources.
+COPY build/wheelhouse/deps /wheels/deps
 RUN python3 -m venv /opt/orchestrator \
- && /opt/orchestrator/bin/pip install --no-index --find-links /wheels \
+ && /opt/orchestrator/bin/pip install --no-index --find-links /wheels/deps /wheels/deps/*.whl
+COPY build/wheelhouse/local /wheels/local
+RUN /opt/orchestrator/bin/pip install --no-index --find-links /wheels/deps --find-links /wheels/local \
       orchestrator orchestrator-sim orchestrator-host \
+ && /opt/orchestrator/bin/pip check \
  && /opt/orchestrator/bin/orchestrator --help >/dev/null
 
 FROM ${BASE}
