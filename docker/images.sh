@@ -106,6 +106,7 @@ step_wheelhouse() {
   ensure_buildenv
   "$BUILDENV/bin/python" -m pip wheel --no-deps --no-build-isolation -w "$tmp/local" "${PACKAGES[@]}" >>"$out" 2>&1 \
     || { tail -n 30 "$out" >&2; die "building our wheels failed (log: $out)"; }
+  rm -rf "$BUILD/lib" "$BUILD"/bdist.* parts/*/build
   local ours
   ours="$(find "$tmp/local" -name 'orchestrator-*.whl' | wc -l)"
   [[ "$ours" == 1 ]] || die "expected one orchestrator wheel, found $ours"
