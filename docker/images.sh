@@ -213,6 +213,8 @@ step_project() {
   # --network none: every RUN of the Dockerfile runs without a network, so the wheelhouse is all pip has.
   build project --network none --build-arg "BASE=$BASE_IMAGE" \
     --label "org.orchestrator.wheelhouse=$WHEELHOUSE_HASH" -t "$IMAGE" -f Dockerfile .
+  # The images this tag pointed to before (older sources): untagged, labelled, of no use.
+  docker image prune --force --filter "label=org.orchestrator.wheelhouse" >/dev/null
 }
 
 mkdir -p "$BUILD"
