@@ -66,6 +66,7 @@ ensure() {
     # setsid: the daemon outlives the shell (and the process group) that started it.  It must not
     # inherit a descriptor above 2 (this script's lock, images.sh's lock, a caller's pipe): it would
     # hold them for its whole life.
+    # shellcheck disable=SC2016  # expanded by the inner bash
     setsid bash -c 'for fd in /proc/$$/fd/*; do n=${fd##*/}; ((n > 2)) && eval "exec $n>&-"; done
                     exec dockerd' >>"$LOG" 2>&1 </dev/null &
     pid=$!

@@ -98,7 +98,7 @@ step_wheelhouse() {
     return 0
   fi
   local tmp="$BUILD/wheelhouse.tmp" out="$BUILD/wheelhouse.log"
-  rm -rf "$tmp" "$BUILD/lib" "$BUILD"/bdist.* parts/*/build   # setuptools' leftovers: stale modules
+  rm -rf "$tmp" "${BUILD:?}/lib" "${BUILD:?}"/bdist.* parts/*/build   # setuptools' leftovers: stale modules
   mkdir -p "$tmp/local" "$tmp/deps"
   : >"$out"
   log "building the wheels of ${PACKAGES[*]} (log: $out)"
@@ -106,7 +106,7 @@ step_wheelhouse() {
   ensure_buildenv
   "$BUILDENV/bin/python" -m pip wheel --no-deps --no-build-isolation -w "$tmp/local" "${PACKAGES[@]}" >>"$out" 2>&1 \
     || { tail -n 30 "$out" >&2; die "building our wheels failed (log: $out)"; }
-  rm -rf "$BUILD/lib" "$BUILD"/bdist.* parts/*/build
+  rm -rf "${BUILD:?}/lib" "${BUILD:?}"/bdist.* parts/*/build
   local ours
   ours="$(find "$tmp/local" -name 'orchestrator-*.whl' | wc -l)"
   [[ "$ours" == 1 ]] || die "expected one orchestrator wheel, found $ours"
