@@ -49,8 +49,13 @@ def _run(coro: Coroutine[Any, Any, T], *, show_code: bool = False) -> T:
         raise typer.Exit(1) from None
 
 
-def _load(path: Path) -> LoadedConfig:
+def _load(path: Path, *, effective: bool = False, credentials: Path | None = None) -> LoadedConfig:
+    """The configuration file (``effective``: or the fleet's signed configuration cached beside it)."""
     try:
+        if effective:
+            from orchestrator.security.signed import load_effective
+
+            return load_effective(path, credentials)
         return load_config(path)
     except ConfigError as exc:
         err_console.print(f"[bold red]invalid configuration[/] ({len(exc.problems)} problem(s)):")
@@ -151,7 +156,9 @@ def up(
 ) -> None:
     """Start the robot: the embedded broker, then every part; Ctrl-C stops it bottom-up."""
     _setup_logging(verbose)
-    loaded = _load(config)
+    loaded = _load(config, effective=True, credentials=credentials)
+    if loaded.origin != "file":
+        console.print(f"configuration: the fleet's signed configuration ({loaded.origin}), cached beside {config}")
     from orchestrator.launcher.up import run_up
 
     code = _run(run_up(loaded, timeline_json=timeline_json, console=console, credentials=credentials))
@@ -226,6 +233,68 @@ def broker_config(
         d.mkdir(mode=0o700, exist_ok=True)
         _write_private(d / "bridge.conf", bridge_conf(cfg, password))
         console.print(f"wrote {d / 'bridge.conf'} (owner-only: it holds the upstream password)", highlight=False)
+
+
+fleet = typer.Typer(help="Configurations signed by the fleet, for robots that take theirs from the upstream.",
+                    no_args_is_help=True)
+app.add_typer(fleet, name="fleet")
+
+
+@fleet.command("key")
+def fleet_key(directory: Annotated[Path, typer.Argument(help="where to write fleet.key and fleet.pub")]) -> None:
+    """A new fleet key pair: keep fleet.key off the robots; put fleet.pub in each robot's credentials."""
+    from orchestrator.security.signed import new_fleet_key
+
+    priv, pub = new_fleet_key(directory)
+    console.print(f"wrote {priv} (private, owner-only) and {pub} (public: copy it into each robot's credentials)",
+                  highlight=False)
+
+
+@fleet.command("sign")
+def fleet_sign(
+    config: ConfigArg,
+    key: Annotated[Path, typer.Option(help="the fleet's private key (fleet.key)")],
+    serial: Annotated[int, typer.Option(min=0, help="higher than every earlier configuration of this robot")],
+    out: Annotated[Path, typer.Option(help="the signed configuration (JSON), to publish")],
+    valid_days: Annotated[float | None, typer.Option(min=0.001, help="the robots stop using it after this")] = None,
+) -> None:
+    """Sign a robot configuration (validated first) for its robot."""
+    import time as _time
+
+    from orchestrator.security.signed import sign
+
+    loaded = _load(config)
+    text = config.read_text(encoding="utf-8")
+    not_after = _time.time() + valid_days * 86400 if valid_days else None
+    signed = sign(text, loaded.config.robot, serial, key.read_bytes(), not_after=not_after)
+    out.write_bytes(signed.to_json())
+    console.print(f"signed the configuration of {loaded.config.robot} (serial {serial}) into {out}", highlight=False)
+
+
+@fleet.command("publish")
+def fleet_publish(
+    signed_file: Annotated[Path, typer.Argument(help="a configuration signed by `fleet sign`")],
+    broker_url: Annotated[str, typer.Option("--broker", help="the upstream broker, mqtt://HOST:PORT")],
+    username: Annotated[str | None, typer.Option(help="your identity on the upstream broker")] = None,
+    password_file: Annotated[Path | None, typer.Option(help="a file holding its password")] = None,
+) -> None:
+    """Publish a signed configuration, retained, where its robot's bridge brings it in."""
+    from orchestrator.protocol.topics import Topics
+    from orchestrator.security.signed import SignedConfig
+    from orchestrator.transport.client import MqttClient
+
+    data = signed_file.read_bytes()
+    signed = SignedConfig.from_json(data)
+    password = password_file.read_text().strip() if password_file else None
+    urls = parse_urls(broker_url)
+
+    async def go() -> None:
+        async with MqttClient(f"fleet.{os.getpid()}", urls, connect_timeout=5.0, username=username,
+                              password=password) as c:
+            await c.publish(Topics(signed.robot).upstream_config(), data, qos=1, retain=True, timeout=5.0)
+
+    _run(go())
+    console.print(f"published the configuration of {signed.robot} (serial {signed.serial})", highlight=False)
 
 
 @app.command()

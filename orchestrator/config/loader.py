@@ -27,6 +27,7 @@ class LoadedConfig:
     path: Path
     config: RobotConfig
     topology: Topology
+    origin: str = "file"  # or "upstream serial N": the fleet's signed configuration, cached next to the file
 
 
 def format_path(path: tuple[str | int, ...]) -> str:

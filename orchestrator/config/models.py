@@ -197,6 +197,10 @@ class UpstreamConfig(_Strict):
     username: str | None = Field(default=None, max_length=200, description="the robot's identity on the "
                                  "upstream (default: the robot's name); its password is upstream.secret in "
                                  "the credentials directory")
+    signed_config: bool = Field(default=False, description="take the robot's configuration from the upstream: a "
+                                "retained message signed with the fleet's key (its public half: fleet.pub in the "
+                                "credentials directory), cached next to this file for restarts without the "
+                                "upstream; see docs/offline.md")
 
     @field_validator("url")
     @classmethod

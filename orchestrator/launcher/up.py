@@ -145,11 +145,11 @@ class Launcher:
         self._watchers.append(task)
 
     async def _reload(self) -> None:
-        from orchestrator.config.loader import load_config
         from orchestrator.errors import ConfigError
+        from orchestrator.security.signed import load_effective
 
         try:
-            load_config(self.loaded.path)
+            load_effective(self.loaded.path, self.credentials)
         except ConfigError as exc:
             self.say(f"[red]SIGHUP: configuration invalid, nothing reloaded:[/]\n{exc}")
             return

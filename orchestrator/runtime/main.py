@@ -10,11 +10,12 @@ import signal
 import sys
 from urllib.parse import urlsplit
 
-from orchestrator.config.loader import LoadedConfig, load_config
+from orchestrator.config.loader import LoadedConfig
 from orchestrator.errors import BrokerUnavailable, ConfigError
 from orchestrator.runtime.part import Part
 from orchestrator.runtime.primary import Primary
 from orchestrator.security.credentials import CredentialsMissing
+from orchestrator.security.signed import load_effective
 
 log = logging.getLogger("orchestrator.part")
 
@@ -60,7 +61,7 @@ def part_main(config: str, name: str, broker: str | None, verbose: bool, credent
     """Run one part as this process; the exit code (2: invalid configuration or credentials, 1: no broker)."""
     setup_logging(verbose)
     try:
-        loaded = load_config(config)
+        loaded = load_effective(config, credentials)
     except ConfigError as exc:
         print(f"invalid configuration ({len(exc.problems)} problem(s)):", file=sys.stderr)
         for p in exc.problems:

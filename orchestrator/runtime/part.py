@@ -30,7 +30,7 @@ from typing import Any, TypeVar
 
 from pydantic import BaseModel
 
-from orchestrator.config.loader import LoadedConfig, load_config
+from orchestrator.config.loader import LoadedConfig
 from orchestrator.errors import ConfigError, PartOffline, ProtocolError
 from orchestrator.protocol.codec import Envelope, Sequencer, decode, encode
 from orchestrator.protocol.messages import (
@@ -60,6 +60,7 @@ from orchestrator.runtime.telemetry import Telemetry
 from orchestrator.runtime.watchdog import LoopWatchdog
 from orchestrator.security.access import Access
 from orchestrator.security.access import session_key as robot_session_key
+from orchestrator.security.signed import load_effective
 from orchestrator.sessions.context import CallContext
 from orchestrator.sessions.guard import SessionGuard
 from orchestrator.sessions.heartbeat import Heartbeater
@@ -91,6 +92,7 @@ class Part:
         credentials: str | Path | None = None,
     ) -> None:
         self.loaded = loaded
+        self.credentials = credentials
         self.config = loaded.config
         self.topology = loaded.topology
         self.part_config = self.config.part(name)
@@ -424,7 +426,7 @@ class Part:
         if self.state != PartStateName.RUNNING:
             return None
         try:
-            new = load_config(self.loaded.path)
+            new = load_effective(self.loaded.path, self.credentials)
         except ConfigError as exc:
             log.error("part %s: reload refused, the configuration is invalid:\n%s", self.name, exc)
             return None

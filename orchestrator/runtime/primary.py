@@ -99,6 +99,8 @@ class Primary(Part):
         if self.config.upstream is not None:
             await self.client.subscribe(t.bridge_state(), self._on_bridge_state)
             await self.client.subscribe(t.robot_probe(), self._on_probe, qos=0)
+            if self.config.upstream.signed_config:
+                await self.client.subscribe(t.upstream_config(), self._on_signed_config)
 
     async def start(self) -> None:
         await self.status_link.start()
@@ -346,6 +348,48 @@ class Primary(Part):
             await self._disconnect_owner(public, reason)
         log.warning("primary: robot halted (%s): stopped %s%s", reason, rep.stopped,
                     f"; errors: {rep.errors}" if rep.errors else "")
+
+    # -- the fleet's signed configuration -------------------------------------------------------------
+    def _on_signed_config(self, msg: Message) -> None:
+        """A configuration from the upstream: believed only with the fleet's signature, for this robot,
+        newer than the one we have; validated like a file, cached beside it, then the robot reloads."""
+        from orchestrator.config.loader import parse_config
+        from orchestrator.errors import ConfigError
+        from orchestrator.resources.registry import check_models, with_plugin_dependencies
+        from orchestrator.security.access import store_for
+        from orchestrator.security.signed import (
+            FLEET_PUBLIC_KEY,
+            SignatureInvalid,
+            SignedConfig,
+            cache_paths,
+            read_cache,
+            verify,
+            write_cache,
+        )
+
+        if not msg.payload:
+            return  # a cleared retained message
+        try:
+            public = store_for(self.config, self.loaded.path, self.credentials).path(FLEET_PUBLIC_KEY).read_bytes()
+            signed = SignedConfig.from_json(msg.payload)
+            verify(signed, public, self.config.robot)
+        except (OSError, SignatureInvalid) as exc:
+            self.refusals.refuse("config:not_believed", msg.topic, str(exc)[:200])
+            return
+        have = read_cache(self.loaded.path, public, self.config.robot)
+        if have is not None and signed.serial <= have.serial:
+            if signed.serial < have.serial:
+                self.refusals.refuse("config:older", msg.topic, f"serial {signed.serial} < {have.serial}")
+            return
+        try:
+            parse_config(signed.config, str(cache_paths(self.loaded.path)[0]), model_check=check_models,
+                         enrich=with_plugin_dependencies)
+        except ConfigError as exc:
+            self.refusals.refuse("config:invalid", msg.topic, str(exc)[:200])
+            return
+        write_cache(self.loaded.path, signed)
+        log.warning("primary: the fleet's configuration serial %d is cached; reloading the robot", signed.serial)
+        self.spawn(self.reload(f"the fleet's configuration serial {signed.serial}"), "signed-config-reload")
 
     # -- shutdown ---------------------------------------------------------------------------------
     async def shutdown(self, reason: str) -> TimelineEntry:
