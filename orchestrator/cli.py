@@ -201,6 +201,8 @@ def broker_config(
     out: Annotated[Path | None, typer.Option(help="directory for mosquitto.conf (default: broker_config/<robot>)")]
     = None,
     port: Annotated[int, typer.Option(min=1, max=65535, help="mosquitto's listener port")] = 1883,
+    tls_port: Annotated[int | None, typer.Option(min=1, max=65535, help="a TLS listener too (ca.crt, broker.crt "
+                                                 "and broker.key of the credentials directory)")] = None,
     mount: Annotated[str | None, typer.Option(help="the credentials directory as mosquitto sees it (e.g. in a "
                                                    "container); default: its path here")] = None,
     credentials: CredentialsOpt = None,
@@ -216,8 +218,12 @@ def broker_config(
     cfg = loaded.config
     store = store_for(cfg, loaded.path, credentials)
     seen = mount or str(store.directory)
+    with_tls = tls_port is not None
     files = MosquittoFiles(password_file=f"{seen}/passwd", acl_file=f"{seen}/acl", port=port,
-                           include_dir=f"{seen}/mosquitto.d" if cfg.upstream is not None else None)
+                           include_dir=f"{seen}/mosquitto.d" if cfg.upstream is not None else None,
+                           tls_port=tls_port, cafile=f"{seen}/ca.crt" if with_tls else None,
+                           certfile=f"{seen}/broker.crt" if with_tls else None,
+                           keyfile=f"{seen}/broker.key" if with_tls else None)
     target = out or Path("broker_config") / cfg.robot
     target.mkdir(parents=True, exist_ok=True)
     (target / "mosquitto.conf").write_text(main_conf(cfg, files))
@@ -233,6 +239,35 @@ def broker_config(
         d.mkdir(mode=0o700, exist_ok=True)
         _write_private(d / "bridge.conf", bridge_conf(cfg, password))
         console.print(f"wrote {d / 'bridge.conf'} (owner-only: it holds the upstream password)", highlight=False)
+
+
+@app.command()
+def certs(
+    config: ConfigArg,
+    host: Annotated[list[str] | None, typer.Option("--host", help="a name or address the broker is reached "
+                                                   "by (repeat); default: the config's broker hosts, "
+                                                   "localhost, 127.0.0.1")] = None,
+    credentials: CredentialsOpt = None,
+) -> None:
+    """Make a development CA and a broker certificate in the robot's credentials directory (for TLS)."""
+    from urllib.parse import urlsplit
+
+    from orchestrator.security.access import store_for
+    from orchestrator.security.tls import make_dev_certs
+
+    loaded = _load(config)
+    cfg = loaded.config
+    hosts = list(host or [])
+    if not hosts:
+        hosts = ["localhost", "127.0.0.1"]
+        if cfg.broker.embedded is not None and cfg.broker.embedded.host not in ("0.0.0.0", "::"):
+            hosts.append(cfg.broker.embedded.host)
+        hosts += [h for u in cfg.broker.urls if (h := urlsplit(u).hostname)]
+    hosts = list(dict.fromkeys(hosts))
+    store = store_for(cfg, loaded.path, credentials)
+    made = make_dev_certs(store.directory, hosts, robot=cfg.robot)
+    console.print(f"wrote {', '.join(p.name for p in made)} in {store.directory} (broker certificate for "
+                  f"{', '.join(hosts)})", highlight=False)
 
 
 fleet = typer.Typer(help="Configurations signed by the fleet, for robots that take theirs from the upstream.",
@@ -314,7 +349,7 @@ async def _read_retained(urls: list[tuple[str, int]], cfg: RobotConfig, access: 
 
     got: dict[str, bytes] = {}
     async with MqttClient(f"{cfg.robot}.cli.{os.getpid()}", urls, connect_timeout=3.0,
-                          username=access.username, password=access.password) as c:
+                          username=access.username, password=access.password, tls=access.tls) as c:
         async with c.messages(*filters) as stream:
             while True:
                 try:
@@ -402,7 +437,7 @@ def _send_request(config: Path, broker_url: str | None, kind: str, body: Any, id
 
     async def go() -> None:
         async with MqttClient(f"{cfg.robot}.cli.{os.getpid()}", urls, connect_timeout=3.0,
-                              username=access.username, password=access.password) as c:
+                              username=access.username, password=access.password, tls=access.tls) as c:
             await c.publish(topic, encode(me.sender, body), qos=1, timeout=3.0)
 
     _run(go())

@@ -95,10 +95,11 @@ class BrokerInfo:
     port: int
     embedded: EmbeddedBroker | None = dataclasses.field(default=None, compare=False, repr=False)
     log_path: Path | None = dataclasses.field(default=None, compare=False)
+    tls: bool = False  # ``port`` is a TLS listener
 
     @property
     def url(self) -> str:
-        return f"mqtt://{self.host}:{self.port}"
+        return f"{'mqtts' if self.tls else 'mqtt'}://{self.host}:{self.port}"
 
     def log(self) -> str:
         """The broker's log so far (mosquitto only), for failure messages."""
@@ -500,11 +501,24 @@ def start_robot_broker(kind: str, loaded: LoadedConfig, *, port: int | None = No
             yield info
         return
     store = make_credentials(loaded)
+    tls_port = None
+    if loaded.config.broker.tls is not None:  # the URL's port is the TLS listener; certificates for 127.0.0.1
+        from orchestrator.security.tls import make_dev_certs
+
+        make_dev_certs(store.directory, ["127.0.0.1", "localhost"], robot=loaded.config.robot)
+        tls_port, port = port or free_port(), None
     if kind == "mosquitto":
         extra = ["password_file ${dir}/passwd", "acl_file ${dir}/acl"]
+        if tls_port is not None:
+            extra += [f"listener {tls_port} 127.0.0.1", "cafile ${dir}/ca.crt", "certfile ${dir}/broker.crt",
+                      "keyfile ${dir}/broker.key"]
         if max_payload is not None:
             extra.append(f"message_size_limit {max_payload}")
         files = {"passwd": store.path("passwd").read_text(), "acl": store.path("acl").read_text()}
+        if tls_port is not None:  # mosquitto drops privileges: its own copies, readable by it
+            files["ca.crt"] = store.path("ca.crt").read_text()
+            files["broker.crt"] = store.path("broker.crt").read_text()
+            files["broker.key"] = store.path("broker.key").read_text()
         if loaded.config.upstream is not None:  # mosquitto's own bridge, configured as `broker-config` does
             from orchestrator.broker.mosquitto_conf import bridge_conf
 
@@ -512,17 +526,20 @@ def start_robot_broker(kind: str, loaded: LoadedConfig, *, port: int | None = No
             files["bridge.d/bridge.conf"] = bridge_conf(loaded.config, secret)
             extra.append("include_dir ${dir}/bridge.d")
         with start_mosquitto(port, "\n".join(extra), files=files, anonymous=False) as info:
-            yield info
+            yield dataclasses.replace(info, port=tls_port, tls=True) if tls_port is not None else info
         return
     if kind == "amqtt":
         from orchestrator.security.acl import AclChecker, rights
 
         options: dict[str, Any] = {"passwords": store.password_file(),
                                    "acl": AclChecker(rights(loaded.config, loaded.topology))}
+        if tls_port is not None:
+            options.update(tls_port=tls_port, certfile=str(store.path("broker.crt")),
+                           keyfile=str(store.path("broker.key")))
         if max_payload is not None:
             options["max_payload"] = max_payload
         with start_embedded_thread(port, **options) as info:
-            yield info
+            yield dataclasses.replace(info, port=tls_port, tls=True) if tls_port is not None else info
         return
     raise ValueError(f"unknown broker kind {kind!r}; expected one of {BROKER_KINDS}")
 

@@ -43,8 +43,12 @@ def robot_config(tmp: Path, parts: list[dict[str, Any]], where: tuple[str, int] 
                  broker_keepalive_s: int = 2, **top: Any) -> LoadedConfig:
     robot = unique_robot()
     top.setdefault("clients", CLIENTS)
-    url = f"mqtt://{where[0]}:{where[1]}" if where else "mqtt://127.0.0.1:1"
-    broker = {"urls": [url], "keepalive_s": broker_keepalive_s}
+    tls = top.get("broker_tls") is not None
+    scheme = "mqtts" if tls else "mqtt"
+    url = f"{scheme}://{where[0]}:{where[1]}" if where else f"{scheme}://127.0.0.1:1"
+    broker: dict[str, Any] = {"urls": [url], "keepalive_s": broker_keepalive_s}
+    if tls:
+        broker["tls"] = top.pop("broker_tls")
     cfg = write_config(tmp / f"{robot}.yaml", robot, broker, parts, **top)
     return load_config(cfg)
 
@@ -58,7 +62,8 @@ async def running_robot(tmp: Path, kind: str, parts: list[dict[str, Any]], *, st
     with start_robot_broker(kind, draft) as info:
         # the broker's port is known only now: rewrite the broker section, keep the robot (and credentials)
         path = Path(draft.path)
-        path.write_text(path.read_text().replace("mqtt://127.0.0.1:1", info.url))  # noqa: ASYNC240 - tiny file
+        placeholder = "mqtts://127.0.0.1:1" if info.tls else "mqtt://127.0.0.1:1"
+        path.write_text(path.read_text().replace(placeholder, info.url))  # noqa: ASYNC240 - tiny file
         loaded = load_config(draft.path)
         started: dict[str, Part] = {}
         try:

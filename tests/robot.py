@@ -96,10 +96,18 @@ def robot_setup(kind: str, path: Path, parts: list[dict[str, Any]], *, keepalive
         broker = {"urls": [f"mqtt://127.0.0.1:{port}"], "keepalive_s": keepalive_s}
     else:
         raise ValueError(kind)
+    if "broker_tls" in top:  # TLS: the embedded broker's TLS listener on another free port
+        broker["tls"] = top.pop("broker_tls")
+        if kind == "amqtt":
+            broker["embedded"]["tls_port"] = free_port()
     cfg = write_config(path, unique_robot(), broker, parts, **top)
     loaded = load_config(cfg)
     if kind == "amqtt":
-        make_credentials(loaded)
+        store = make_credentials(loaded)
+        if loaded.config.broker.tls is not None:
+            from orchestrator.security.tls import make_dev_certs
+
+            make_dev_certs(store.directory, ["127.0.0.1", "localhost"], robot=loaded.config.robot)
         yield RobotSetup(cfg, loaded, ("127.0.0.1", port))
         return
     with start_robot_broker(kind, loaded, port=port) as info:

@@ -186,14 +186,14 @@ class FixedBroker(Broker):  # type: ignore[misc]  # amqtt ships no type informat
 
     # ------------------------------------------------------------------------------ lifecycle
 
-    def bound_port(self) -> int:
+    def bound_port(self, listener: str = "default") -> int:
         servers: dict[str, Any] = getattr(self, "_servers", {})
-        for server in servers.values():
-            instance = getattr(server, "instance", None)
-            for sock in getattr(instance, "sockets", None) or ():
-                port: int = sock.getsockname()[1]
-                return port
-        raise RuntimeError("amqtt exposes no listening socket (internals changed?)")
+        server = servers.get(listener)
+        instance = getattr(server, "instance", None)
+        for sock in getattr(instance, "sockets", None) or ():
+            port: int = sock.getsockname()[1]
+            return port
+        raise RuntimeError(f"amqtt exposes no listening socket for {listener!r} (internals changed?)")
 
     async def close_all(self, timeout: float = 5.0) -> None:
         """Stop accepting, drop every client (Wills published), shut amqtt down; bounded in time."""

@@ -67,7 +67,13 @@ class EmbeddedBroker:
         users: dict[str, str] | None = None,
         passwords: PasswordChecker | None = None,
         acl: Acl | None = None,
+        tls_port: int | None = None,
+        certfile: str | None = None,
+        keyfile: str | None = None,
+        websocket_port: int | None = None,
     ) -> None:
+        if tls_port is not None and not (certfile and keyfile):
+            raise ValueError("a TLS listener needs certfile and keyfile")
         if users is not None and passwords is not None:
             raise ValueError("give either users (plain passwords) or passwords (a password file), not both")
         if max_payload <= 0:
@@ -78,6 +84,9 @@ class EmbeddedBroker:
             raise ValueError(f"port must be in 0..65535, got {port}")
         self.host = host
         self.port = port
+        self.tls_port = tls_port
+        self.websocket_port = websocket_port
+        self._certfile, self._keyfile = certfile, keyfile
         self.stats: dict[str, int] = dict.fromkeys(STAT_KEYS, 0)
         self._settings = BrokerSettings(
             max_payload=max_payload,
@@ -120,8 +129,14 @@ class EmbeddedBroker:
             return self
         quiet_amqtt_logs()
         bind_host = f"[{self.host}]" if ":" in self.host else self.host
+        listeners: dict[str, Any] = {"default": {"type": "tcp", "bind": f"{bind_host}:{self.port}"}}
+        if self.tls_port is not None:
+            listeners["tls"] = {"type": "tcp", "bind": f"{bind_host}:{self.tls_port}", "ssl": True,
+                                "certfile": self._certfile, "keyfile": self._keyfile}
+        if self.websocket_port is not None:
+            listeners["ws"] = {"type": "ws", "bind": f"{bind_host}:{self.websocket_port}"}
         config: dict[str, Any] = {
-            "listeners": {"default": {"type": "tcp", "bind": f"{bind_host}:{self.port}"}},
+            "listeners": listeners,
             "plugins": {},  # authentication and ACL are ours (FixedBroker), no amqtt plugin
         }
         broker = FixedBroker(config, self._settings, self.stats)
@@ -144,7 +159,11 @@ class EmbeddedBroker:
         finally:
             amqtt_log.removeFilter(_no_startup_traceback)
         self._broker = broker
-        self.port = broker.bound_port()
+        self.port = broker.bound_port("default")
+        if self.tls_port is not None:
+            self.tls_port = broker.bound_port("tls")
+        if self.websocket_port is not None:
+            self.websocket_port = broker.bound_port("ws")
         log.info("embedded broker listening on %s", self.url)
         return self
 

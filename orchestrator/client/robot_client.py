@@ -27,7 +27,7 @@ from orchestrator.protocol.topics import ClientId, Topics
 from orchestrator.resources.base import Resource
 from orchestrator.rpc.client import RpcClient
 from orchestrator.security.access import Access
-from orchestrator.transport.client import Message, MqttClient
+from orchestrator.transport.client import Message, MqttClient, TlsSettings
 
 from .proxy import make_proxy
 from .sessions import ClientSessions, Session
@@ -48,13 +48,14 @@ class RobotClient:
         connect_timeout: float = 10.0,
         sessions: bool = True,
         primary: str | None = None,
+        tls: TlsSettings | None = None,
     ) -> None:
         self.id = ClientId(robot, name or f"sdk-{os.getpid()}-{uuid.uuid4().hex[:6]}")
         self.topics = Topics(robot, primary)
         # the identity is the broker username; the MQTT client id is unique per connection, so several
         # processes can act as the same identity without taking each other's connection over
         self.mqtt = MqttClient(f"{robot}.client.{self.id.name}.{uuid.uuid4().hex[:6]}", urls, username=username,
-                               password=password, connect_timeout=connect_timeout)
+                               password=password, connect_timeout=connect_timeout, tls=tls)
         self.rpc = RpcClient(self.mqtt, self.topics, self.id.sender, default_timeout=timeout)
         self.robot_down = asyncio.Event()
         self.notices: list[Notice] = []
@@ -79,6 +80,7 @@ class RobotClient:
         access = Access.of(cfg, loaded.path, ClientId(cfg.robot, name), credentials)
         kwargs.setdefault("username", access.username)
         kwargs.setdefault("password", access.password)
+        kwargs.setdefault("tls", access.tls)
         kwargs.setdefault("primary", loaded.topology.primary)
         return cls(cfg.robot, kwargs.pop("urls", None) or cfg.broker.client_urls(), name=name, **kwargs)
 

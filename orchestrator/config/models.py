@@ -39,16 +39,31 @@ def check_broker_url(url: str) -> str:
 class EmbeddedBroker(_Strict):
     """The in-process amqtt broker run by ``orchestrator up``."""
 
-    host: str = "127.0.0.1"
+    host: str = Field(default="127.0.0.1", max_length=253)
     port: int = Field(default=18830, ge=0, le=65535, description="0 picks a free port")
+    tls_port: int | None = Field(default=None, ge=0, le=65535, description="a TLS listener too (broker.crt and "
+                                 "broker.key from the credentials directory); with broker.tls every part and "
+                                 "client uses it")
+    websocket_port: int | None = Field(default=None, ge=0, le=65535, description="MQTT over WebSocket (the web "
+                                       "panel): the same identities and topic rights")
+
+
+class BrokerTls(_Strict):
+    """Every part and client verifies the broker's certificate."""
+
+    ca_file: str = Field(default="ca.crt", max_length=4096, description="the CA that signed the broker's "
+                         "certificate, relative to the credentials directory (`orchestrator certs` makes a "
+                         "development one)")
 
 
 class BrokerConfig(_Strict):
     """Either an embedded broker (default) or a list of external broker URLs for fail-over."""
 
     embedded: EmbeddedBroker | None = None
-    urls: list[str] = Field(default_factory=list, description="mqtt://host:port, tried in order")
+    urls: list[str] = Field(default_factory=list, description="mqtt://host:port or mqtts://host:port, tried in "
+                            "order")
     keepalive_s: int = Field(default=2, ge=1, le=600, description="MQTT keep-alive of every part")
+    tls: BrokerTls | None = Field(default=None, description="connect with TLS and verify the broker")
 
     @field_validator("urls")
     @classmethod
@@ -61,17 +76,27 @@ class BrokerConfig(_Strict):
             raise ValueError("give either 'embedded' or 'urls', not both")
         if self.embedded is None and not self.urls:
             object.__setattr__(self, "embedded", EmbeddedBroker())
+        secure = {urlsplit(u).scheme in ("mqtts", "ssl") for u in self.urls}
+        if len(secure) > 1:
+            raise ValueError("mix of mqtt:// and mqtts:// URLs: the parts use one or the other")
+        if secure == {True} and self.tls is None:
+            raise ValueError("mqtts:// URLs need 'tls' (the CA the parts verify the broker with)")
+        if secure == {False} and self.tls is not None:
+            raise ValueError("'tls' with mqtt:// URLs: write them mqtts://HOST:PORT")
+        if self.embedded is not None and self.tls is not None and self.embedded.tls_port is None:
+            raise ValueError("'tls' with the embedded broker needs embedded.tls_port")
         return self
 
     def client_urls(self) -> list[tuple[str, int]]:
-        """(host, port) pairs a part connects to, in fail-over order."""
+        """(host, port) pairs a part connects to, in fail-over order (the TLS listener with ``tls``)."""
         if self.embedded is not None:
             host = self.embedded.host if self.embedded.host not in ("0.0.0.0", "::") else "127.0.0.1"
-            return [(host, self.embedded.port)]
+            port = self.embedded.tls_port if self.tls is not None and self.embedded.tls_port else self.embedded.port
+            return [(host, port)]
         out = []
         for url in self.urls:
             p = urlsplit(url)
-            out.append((p.hostname or "127.0.0.1", p.port or 1883))
+            out.append((p.hostname or "127.0.0.1", p.port or (8883 if p.scheme in ("mqtts", "ssl") else 1883)))
         return out
 
 

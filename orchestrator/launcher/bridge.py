@@ -71,7 +71,7 @@ class UpstreamBridge:
         self.keepalive_s = up.keepalive_s
         access = Access.of(config, config_path, BridgeId(config.robot), credentials)
         self.local = MqttClient(f"{config.robot}.bridge.local", local_urls, keepalive=config.broker.keepalive_s,
-                                username=access.username, password=access.password)
+                                username=access.username, password=access.password, tls=access.tls)
         parts = urlsplit(up.url)
         password = None if config.security.insecure else store_for(config, config_path, credentials)._read(
             UPSTREAM_SECRET, "password of the robot on its upstream broker")

@@ -161,7 +161,7 @@ class Launcher:
 
     def _broker_url(self) -> str:
         h, p = self.urls[0]
-        return f"mqtt://{h}:{p}"
+        return f"{'mqtts' if self.config.broker.tls is not None else 'mqtt'}://{h}:{p}"
 
     async def _start_broker(self) -> None:
         emb = self.config.broker.embedded
@@ -169,20 +169,28 @@ class Launcher:
             self.urls = self.config.broker.client_urls()
             return
         from orchestrator.broker import EmbeddedBroker
+        from orchestrator.security.tls import BROKER_CERT, BROKER_KEY
 
+        store = store_for(self.config, self.loaded.path, self.credentials)
+        listeners: dict[str, Any] = {"websocket_port": emb.websocket_port}
+        if emb.tls_port is not None:
+            listeners.update(tls_port=emb.tls_port, certfile=str(store.path(BROKER_CERT)),
+                             keyfile=str(store.path(BROKER_KEY)))
         if self.config.security.insecure:
             self.say("[bold red]INSECURE[/]: the embedded broker admits anonymous clients with every right "
                      "(security.insecure: true)")
-            self._broker = EmbeddedBroker(emb.host, emb.port)
+            self._broker = EmbeddedBroker(emb.host, emb.port, **listeners)
         else:
-            store = store_for(self.config, self.loaded.path, self.credentials)
             acl = AclChecker(rights(self.config, self.topology))
-            self._broker = EmbeddedBroker(emb.host, emb.port, passwords=store.password_file(), acl=acl)
+            self._broker = EmbeddedBroker(emb.host, emb.port, passwords=store.password_file(), acl=acl, **listeners)
         self._broker.on_publish = self._broker_admin
         await self._broker.start()
         host = "127.0.0.1" if emb.host in ("0.0.0.0", "::") else emb.host
-        self.urls = [(host, self._broker.port)]
-        self.say(f"embedded broker listening on {self._broker.url}")
+        port = self._broker.tls_port if self.config.broker.tls is not None else self._broker.port
+        self.urls = [(host, port)]
+        extra = [f"TLS on {self._broker.tls_port}"] if self._broker.tls_port else []
+        extra += [f"WebSocket on {self._broker.websocket_port}"] if self._broker.websocket_port else []
+        self.say(f"embedded broker listening on {self._broker.url}" + (f" ({', '.join(extra)})" if extra else ""))
 
     async def _start_bridge(self) -> None:
         """The embedded broker's bridge to the upstream broker (with mosquitto, its own bridge does this)."""
@@ -214,7 +222,7 @@ class Launcher:
         cfg = self.config.broker
         self.monitor = MqttClient(f"{self.config.robot}.launcher.{os.getpid()}", self.urls,
                                   keepalive=cfg.keepalive_s, username=self.access.username,
-                                  password=self.access.password)
+                                  password=self.access.password, tls=self.access.tls)
         t = self.topics
         await self.monitor.subscribe(t.all_part_states(), self._on_state)
         await self.monitor.subscribe(t.all_part_reports(), self._on_report)
@@ -224,8 +232,9 @@ class Launcher:
         await self.monitor.start()
 
     def _argv(self, name: str) -> list[str]:
+        scheme = "mqtts" if self.config.broker.tls is not None else "mqtt"
         argv = [sys.executable, "-m", "orchestrator.runtime", str(self.loaded.path), "--name", name,
-                "--broker", ",".join(f"mqtt://{h}:{p}" for h, p in self.urls)]
+                "--broker", ",".join(f"{scheme}://{h}:{p}" for h, p in self.urls)]
         if self.credentials is not None:
             argv += ["--credentials", str(self.credentials)]
         return argv

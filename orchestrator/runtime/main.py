@@ -46,7 +46,7 @@ def parse_urls(text: str) -> list[tuple[str, int]]:
         p = urlsplit(u if "://" in u else f"mqtt://{u}")
         if not p.hostname:
             raise ValueError(f"{u!r} is not a broker URL (mqtt://HOST:PORT)")
-        out.append((p.hostname, p.port or 1883))
+        out.append((p.hostname, p.port or (8883 if p.scheme in ("mqtts", "ssl") else 1883)))
     return out
 
 

@@ -137,6 +137,7 @@ class Part:
             keepalive=self.config.broker.keepalive_s,
             username=self.access.username,
             password=self.access.password,
+            tls=self.access.tls,
             will=self._will,
         )
         self.client.on_connect(self._on_connect)

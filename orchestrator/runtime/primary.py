@@ -80,7 +80,8 @@ class Primary(Part):
         # the robot status travels on a connection of its own, whose Will covers it
         self.status_link = MqttClient(
             f"{self.config.robot}.part.{self.name}.status", self.urls, keepalive=self.config.broker.keepalive_s,
-            username=self.access.username, password=self.access.password, will=self._status_will,
+            username=self.access.username, password=self.access.password, tls=self.access.tls,
+            will=self._status_will,
         )
 
     def _status_will(self, birth: int) -> Will:

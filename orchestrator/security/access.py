@@ -9,7 +9,8 @@ from pathlib import Path
 
 from orchestrator.config.models import RobotConfig
 from orchestrator.protocol.topics import Identity
-from orchestrator.security.credentials import CredentialStore
+from orchestrator.security.credentials import CredentialsMissing, CredentialStore
+from orchestrator.transport.client import TlsSettings
 
 __all__ = ["Access", "session_key"]
 
@@ -21,15 +22,24 @@ class Access:
     identity: Identity
     username: str | None = None  # None: anonymous (insecure mode)
     password: str | None = None
+    tls: TlsSettings | None = None  # verify the broker with this CA
 
     @classmethod
     def of(cls, config: RobotConfig, config_path: Path, identity: Identity,
            credentials: str | Path | None = None) -> Access:
         """The credential of ``identity`` from the robot's credentials directory (nothing in insecure mode)."""
-        if config.security.insecure:
-            return cls(identity)
         store = store_for(config, config_path, credentials)
-        return cls(identity, identity.username, store.password(identity))
+        tls = None
+        if config.broker.tls is not None:
+            ca = Path(config.broker.tls.ca_file)
+            ca = ca if ca.is_absolute() else store.directory / ca
+            if not ca.is_file():
+                raise CredentialsMissing(f"{ca}: no CA certificate to verify the broker with (make a development "
+                                         "one with `orchestrator certs CONFIG`)", path=str(ca))
+            tls = TlsSettings(str(ca))
+        if config.security.insecure:
+            return cls(identity, tls=tls)
+        return cls(identity, identity.username, store.password(identity), tls)
 
 
 def store_for(config: RobotConfig, config_path: Path, credentials: str | Path | None = None) -> CredentialStore:

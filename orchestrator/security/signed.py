@@ -7,7 +7,8 @@ credentials directory), that it is for this robot, newer than the one it has (``
 configuration replayed is refused) and not expired (``not_after``), validates it like a file, caches it
 next to the robot's configuration file (owner-only) and reloads the robot.  Every part, and ``up``,
 start from that cache when it is valid, so a robot restarts without its upstream; nothing on the local
-path asks the upstream for anything.  See docs/offline.md.
+path asks the upstream for anything.  See docs/offline.md.  (``cryptography`` is imported only when a
+signature is made or checked: a part without a signed configuration never loads it.)
 """
 
 from __future__ import annotations
@@ -19,9 +20,6 @@ import logging
 import time
 from pathlib import Path
 
-from cryptography.exceptions import InvalidSignature
-from cryptography.hazmat.primitives import serialization
-from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from orchestrator.config.loader import LoadedConfig
@@ -81,6 +79,9 @@ class SignedConfig(BaseModel):
 
 def new_fleet_key(directory: Path) -> tuple[Path, Path]:
     """A new fleet key pair: ``fleet.key`` (keep it off the robots) and ``fleet.pub`` (give it to each robot)."""
+    from cryptography.hazmat.primitives import serialization
+    from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
     directory.mkdir(parents=True, exist_ok=True, mode=0o700)
     key = Ed25519PrivateKey.generate()
     priv = directory / "fleet.key"
@@ -96,6 +97,9 @@ def new_fleet_key(directory: Path) -> tuple[Path, Path]:
 
 def sign(config_text: str, robot: str, serial: int, private_key_pem: bytes, *, not_after: float | None = None,
          issued_at: float | None = None) -> SignedConfig:
+    from cryptography.hazmat.primitives import serialization
+    from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
     key = serialization.load_pem_private_key(private_key_pem, password=None)
     if not isinstance(key, Ed25519PrivateKey):
         raise SignatureInvalid("the fleet key must be an Ed25519 private key")
@@ -107,6 +111,10 @@ def sign(config_text: str, robot: str, serial: int, private_key_pem: bytes, *, n
 
 def verify(signed: SignedConfig, public_key_pem: bytes, robot: str, *, now: float | None = None) -> None:
     """Raise :class:`SignatureInvalid` unless ``signed`` is the fleet's, for ``robot``, and not expired."""
+    from cryptography.exceptions import InvalidSignature
+    from cryptography.hazmat.primitives import serialization
+    from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
+
     try:
         key = serialization.load_pem_public_key(public_key_pem)
     except ValueError:

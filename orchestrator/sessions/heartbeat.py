@@ -24,7 +24,8 @@ class Heartbeater:
     def __init__(self, mqtt: MqttClient, topic: str, sender: str, session: str, secret: str,
                  interval_s: float) -> None:
         self.mqtt = MqttClient(self.client_id_for(mqtt), mqtt.urls, keepalive=mqtt.keepalive,
-                               username=mqtt.username, password=mqtt.password, connect_timeout=mqtt.connect_timeout,
+                               username=mqtt.username, password=mqtt.password, tls=mqtt.tls,
+                               connect_timeout=mqtt.connect_timeout,
                                threaded=True)
         self.topic = topic
         self.sender = sender

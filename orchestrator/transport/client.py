@@ -22,6 +22,7 @@ import asyncio
 import contextlib
 import logging
 import socket
+import ssl
 import threading
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
@@ -36,7 +37,7 @@ from orchestrator.protocol.matching import FilterTrie, topic_matches
 
 log = logging.getLogger("orchestrator.transport")
 
-__all__ = ["Message", "MqttClient", "Will"]
+__all__ = ["Message", "MqttClient", "TlsSettings", "Will"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -45,6 +46,15 @@ class Message:
     payload: bytes
     qos: int = 0
     retain: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class TlsSettings:
+    """What a client needs to verify the broker (and, optionally, to present a certificate itself)."""
+
+    ca_file: str
+    cert_file: str | None = None
+    key_file: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -96,6 +106,7 @@ class MqttClient:
         reconnect_min_s: float = 0.1,
         reconnect_max_s: float = 2.0,
         threaded: bool = False,
+        tls: TlsSettings | None = None,
     ) -> None:
         if not urls:
             raise ValueError("at least one broker URL is needed")
@@ -146,6 +157,10 @@ class MqttClient:
         )
         if username is not None:
             self._paho.username_pw_set(username, password)
+        self.tls = tls
+        if tls is not None:  # verify the broker's certificate and name (never tls_insecure)
+            self._paho.tls_set(ca_certs=tls.ca_file, certfile=tls.cert_file, keyfile=tls.key_file,
+                               cert_reqs=ssl.CERT_REQUIRED, tls_version=ssl.PROTOCOL_TLS_CLIENT)
         self._paho.reconnect_delay_set(reconnect_min_s, reconnect_max_s)  # type: ignore[arg-type]
         self._paho.max_inflight_messages_set(1000)
         # QoS 1 messages published while disconnected wait for the reconnect; bounded, in case it never comes
@@ -481,6 +496,13 @@ class MqttClient:
 
     def _read(self) -> None:
         self._paho.loop_read()
+        # TLS: what the SSL layer already decrypted does not make the socket readable again
+        sock = self._paho.socket()
+        pending = getattr(sock, "pending", None)
+        for _ in range(1000):
+            if pending is None or not pending():
+                break
+            self._paho.loop_read()
 
     def _write(self) -> None:
         self._paho.loop_write()
