@@ -27,17 +27,13 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-import yaml
-
 ROOT = Path(__file__).resolve().parent.parent
 if str(ROOT / "tests") not in sys.path:
     sys.path.insert(0, str(ROOT / "tests"))
 
-from brokers import free_port, start_embedded_process, start_mosquitto  # noqa: E402
+from brokers import start_embedded_process, start_mosquitto  # noqa: E402
+from robot import RobotSetup, robot_setup  # noqa: E402
 
-from orchestrator.protocol.codec import decode  # noqa: E402
-from orchestrator.protocol.messages import PartState  # noqa: E402
-from orchestrator.protocol.topics import Topics  # noqa: E402
 from orchestrator.transport.client import Message, MqttClient  # noqa: E402
 
 DEPTH = 3
@@ -96,20 +92,51 @@ def tree_depth(parts: list[dict[str, Any]]) -> int:
     return max(depth(p["name"]) for p in parts)
 
 
-def rss_mb(pid: int) -> float | None:
+def memory_mb(pid: int) -> dict[str, float] | None:
+    """RSS, PSS and USS of a process (USS: pages only it holds; PSS: its share of shared pages)."""
+    import psutil
+
     try:
-        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-            if line.startswith("VmRSS:"):
-                return int(line.split()[1]) / 1024
-    except (FileNotFoundError, ProcessLookupError):
+        m = psutil.Process(pid).memory_full_info()
+    except (psutil.Error, OSError):
         return None
-    return None
+    return {"rss": m.rss / 2**20, "pss": m.pss / 2**20, "uss": m.uss / 2**20}
+
+
+def rss_mb(pid: int) -> float | None:
+    m = memory_mb(pid)
+    return None if m is None else m["rss"]
 
 
 def rss_summary(values: list[float]) -> dict[str, float | None]:
     if not values:
         return {"median": None, "max": None}
     return {"median": round(statistics.median(values), 1), "max": round(max(values), 1)}
+
+
+def cpu_seconds(pid: int) -> float | None:
+    """CPU time a process (all its threads) has run so far, in seconds, from the scheduler's own
+    nanosecond accounting (/proc/PID/task/*/schedstat): clock ticks (10 ms) are too coarse for an idle
+    client that uses a tenth of a percent."""
+    total = 0
+    try:
+        for task in Path(f"/proc/{pid}/task").iterdir():
+            with contextlib.suppress(FileNotFoundError, ProcessLookupError):
+                total += int((task / "schedstat").read_text().split()[0])
+    except (FileNotFoundError, ProcessLookupError):
+        return None
+    return total / 1e9
+
+
+def idle_cpu(pids: dict[str, int], seconds: float) -> dict[str, float]:
+    """Percent of one core each process used over ``seconds`` of doing nothing (read from /proc)."""
+    before = {k: cpu_seconds(p) for k, p in pids.items()}
+    t0 = time.monotonic()
+    time.sleep(seconds)  # the measurement interval itself
+    elapsed = time.monotonic() - t0
+    after = {k: cpu_seconds(p) for k, p in pids.items()}
+    return {k: round(100 * ((after[k] or 0) - (before[k] or 0)) / elapsed, 2)
+            for k in pids if before[k] is not None and after[k] is not None}
 
 
 def tail(path: Path, n: int = 2000) -> str:
@@ -136,90 +163,105 @@ def _reap_parts(pids: dict[str, int], cfg: Path) -> None:
             cmdline = Path(f"/proc/{pid}/cmdline").read_bytes()
         except OSError:
             continue
-        if str(cfg).encode() in cmdline:
+        if str(cfg).encode() in cmdline or b"orchestrator" in cmdline:
             with contextlib.suppress(ProcessLookupError):
                 os.kill(pid, signal.SIGKILL)
 
 
-async def _watch_running(where: tuple[str, int], robot: str, names: set[str], timeout: float,
-                         pids: dict[str, int], up: subprocess.Popen[bytes]) -> None:
+async def _watch_running(setup: RobotSetup, names: set[str], timeout: float, pids: dict[str, int],
+                         up: subprocess.Popen[bytes]) -> None:
     """Until every part's retained state says running; fills ``pids`` as states arrive."""
-    t = Topics(robot)
-    running: set[str] = set()
-    done = asyncio.Event()
-
-    def on_state(msg: Message) -> None:
-        part = t.part_of(msg.topic)
-        st = decode(msg.payload).parse(PartState)
-        if part and st.pid:
-            pids[part] = st.pid
-        if part and st.state.value == "running":
-            running.add(part)
-        if running >= names:
-            done.set()
-
-    async with MqttClient(f"bench.{uuid.uuid4().hex[:6]}", [where], connect_timeout=30) as c:
-        await c.subscribe(t.all_part_states(), on_state)
+    async with setup.watcher() as w:
         deadline = time.monotonic() + timeout
-        while not done.is_set():
+        while not all(w.state(n) == "running" for n in names):
             if up.poll() is not None:
                 raise RuntimeError(f"`up` exited with {up.returncode} before every part was running")
             if time.monotonic() > deadline:
-                raise TimeoutError(f"{len(running)} of {len(names)} parts running after {timeout:g} s")
+                running = sum(w.state(n) == "running" for n in names)
+                raise TimeoutError(f"{running} of {len(names)} parts running after {timeout:g} s")
+            w.changed.clear()
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(done.wait(), 0.2)
+                await asyncio.wait_for(w.changed.wait(), 0.2)
+        pids.update({p: st.pid for p, (_, st) in w.states.items() if st.pid})
 
 
-def run_robot(kind: str, n: int) -> dict[str, Any]:
-    robot = f"b{uuid.uuid4().hex[:8]}"
-    with tempfile.TemporaryDirectory(prefix="bench-core-") as d, contextlib.ExitStack() as stack:
+def run_robot(kind: str, n: int, idle_s: float = 0.0) -> dict[str, Any]:
+    with tempfile.TemporaryDirectory(prefix="bench-core-") as d:
         tmp = Path(d)
-        if kind == "mosquitto":
-            info = stack.enter_context(start_mosquitto())
-            broker: dict[str, Any] = {"urls": [info.url]}
-            where = (info.host, info.port)
-        else:  # the embedded broker, inside `up`
-            port = free_port()
-            broker = {"embedded": {"port": port}}
-            where = ("127.0.0.1", port)
-        cfg = tmp / "robot.yaml"
         parts = tree(n)
-        cfg.write_text(yaml.safe_dump({"robot": robot, "broker": broker, "parts": parts, "shutdown_timeout_s": 60}))
-        up_log = tmp / "up.log"
-        pids: dict[str, int] = {}
-        with open(up_log, "wb") as out:
-            t0 = time.monotonic()
-            up = subprocess.Popen([sys.executable, "-m", "orchestrator", "up", str(cfg), "--timeline-json",
-                                   str(tmp / "tl.json")], stdin=subprocess.DEVNULL, stdout=out, stderr=out)
-            try:
+        with robot_setup(kind, tmp / "robot.yaml", parts, shutdown_timeout_s=60) as setup:
+            cfg = setup.cfg
+            up_log = tmp / "up.log"
+            pids: dict[str, int] = {}
+            with open(up_log, "wb") as out:
+                t0 = time.monotonic()
+                up = subprocess.Popen([sys.executable, "-m", "orchestrator", "up", str(cfg), "--timeline-json",
+                                       str(tmp / "tl.json")], stdin=subprocess.DEVNULL, stdout=out, stderr=out)
                 try:
-                    asyncio.run(_watch_running(where, robot, {p["name"] for p in parts}, START_TIMEOUT_S, pids, up))
-                except (RuntimeError, TimeoutError) as exc:
-                    raise RuntimeError(f"{kind}, {n} parts: {exc}\n{tail(up_log)}") from None
-                start_s = time.monotonic() - t0
-                rss = [r for r in (rss_mb(p) for p in pids.values()) if r is not None]
-                t1 = time.monotonic()
-                up.send_signal(signal.SIGTERM)
-                code = up.wait(STOP_TIMEOUT_S)
-                total_stop_s = time.monotonic() - t1
-            finally:
-                if up.poll() is None:
-                    up.kill()
-                    up.wait()
-                _reap_parts(pids, cfg)
-        result: dict[str, Any] = {"parts": n, "depth": tree_depth(parts), "fan_out": branching(n),
-                                  "up_to_all_running_s": round(start_s, 3)}
-        tl = json.loads((tmp / "tl.json").read_text()).get("timeline") if (tmp / "tl.json").exists() else None
-        if tl is None or tl.get("finished_at") is None:
-            result.update({"bottom_up_shutdown_s": None, "forced": None,
-                           "note": "no complete shutdown timeline was written: " + tail(up_log, 500)})
-        else:
-            forced = sorted((e["part"] for e in tl["entries"] if e["forced"]), key=lambda p: int(p[1:]))
-            result.update({"bottom_up_shutdown_s": round(tl["finished_at"] - tl["started_at"], 4),
-                           "forced": len(forced), "forced_parts": forced})
-        result.update({"up_exit_after_sigterm_s": round(total_stop_s, 3), "up_exit_code": code,
-                       "rss_mb_per_part": rss_summary(rss)})
-        return result
+                    try:
+                        asyncio.run(_watch_running(setup, {p["name"] for p in parts}, START_TIMEOUT_S, pids, up))
+                    except (RuntimeError, TimeoutError) as exc:
+                        raise RuntimeError(f"{kind}, {n} parts: {exc}\n{tail(up_log)}") from None
+                    start_s = time.monotonic() - t0
+                    idle: dict[str, Any] = {}
+                    if idle_s:
+                        time.sleep(1.0)  # let the start-up settle
+                        cpu = idle_cpu({**pids, "up": up.pid}, idle_s)
+                        sub = [v for k, v in cpu.items() if k not in ("up", "p0")]
+                        idle = {"seconds": idle_s, "part_pct_median": round(statistics.median(sub), 2),
+                                "parts_pct_total": round(sum(sub), 1), "primary_pct": cpu.get("p0"),
+                                "up_pct": cpu.get("up"), "total_pct": round(sum(cpu.values()), 1)}
+                    mem = [m for m in (memory_mb(p) for p in pids.values()) if m is not None]
+                    t1 = time.monotonic()
+                    up.send_signal(signal.SIGTERM)
+                    code = up.wait(STOP_TIMEOUT_S)
+                    total_stop_s = time.monotonic() - t1
+                finally:
+                    if up.poll() is None:
+                        up.kill()
+                        up.wait()
+                    _reap_parts(pids, cfg)
+            result: dict[str, Any] = {"parts": n, "depth": tree_depth(parts), "fan_out": branching(n),
+                                      "up_to_all_running_s": round(start_s, 3)}
+            tl = json.loads((tmp / "tl.json").read_text()).get("timeline") if (tmp / "tl.json").exists() else None
+            if tl is None or tl.get("finished_at") is None:
+                result.update({"bottom_up_shutdown_s": None, "forced": None,
+                               "note": "no complete shutdown timeline was written: " + tail(up_log, 500)})
+            else:
+                forced = sorted((e["part"] for e in tl["entries"] if e["forced"]), key=lambda p: int(p[1:]))
+                result.update({"bottom_up_shutdown_s": round(tl["finished_at"] - tl["started_at"], 4),
+                               "forced": len(forced), "forced_parts": forced})
+            result.update({"up_exit_after_sigterm_s": round(total_stop_s, 3), "up_exit_code": code,
+                           "memory_mb_per_part": {k: rss_summary([m[k] for m in mem]) for k in ("rss", "pss", "uss")}})
+            if idle:
+                result["idle_cpu"] = idle
+            return result
+
+
+RAW_HEARTBEATS = """
+import socket, sys, time, paho.mqtt.client as m
+c = m.Client(m.CallbackAPIVersion.VERSION2, client_id=sys.argv[3], protocol=m.MQTTv311)
+c.on_socket_open = lambda c_, u, s: s.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+c.connect(sys.argv[1], int(sys.argv[2]), 2)
+c.loop_start()
+period = float(sys.argv[4])
+while True:
+    c.publish(sys.argv[3] + "/hb", b"x" * 60, qos=0)
+    time.sleep(period)
+"""
+
+
+def raw_idle(kind: str, seconds: float, period_s: float = 0.2) -> float:
+    """Percent of a core a bare paho client uses publishing the same heartbeats as an idle part."""
+    with broker_process(kind) as where:
+        p = subprocess.Popen([sys.executable, "-c", RAW_HEARTBEATS, where[0], str(where[1]),
+                              f"rawhb-{uuid.uuid4().hex[:6]}", str(period_s)], stdout=subprocess.DEVNULL)
+        try:
+            time.sleep(1.0)  # past its start-up
+            return idle_cpu({"raw": p.pid}, seconds)["raw"]
+        finally:
+            p.kill()
+            p.wait()
 
 
 def raw_baseline(kind: str, n: int) -> dict[str, Any]:
@@ -266,12 +308,19 @@ def run() -> dict[str, Any]:
     out: dict[str, Any] = {"when": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
                            "machine": {"cpus": os.cpu_count(), "python": sys.version.split()[0],
                                        "loadavg_1m_before": round(os.getloadavg()[0], 2)}}
-    sizes = [int(x) for x in os.environ.get("BENCH_PARTS", "10,50").split(",")]
-    for kind in ("amqtt", "mosquitto"):
+    sizes = [int(x) for x in os.environ.get("BENCH_PARTS", "10,50,100").split(",")]
+    idle_s = float(os.environ.get("BENCH_IDLE_S", "10"))
+    kinds = os.environ.get("BENCH_BROKERS", "amqtt,mosquitto").split(",")
+    for kind in kinds:
         res: dict[str, Any] = {}
+        if idle_s:
+            res["raw_paho_heartbeats_pct"] = raw_idle(kind, idle_s)
         for n in sizes:
             log(f"{kind}: {n} parts")
-            robot = run_robot(kind, n)
+            robot = run_robot(kind, n, idle_s)
+            if idle_s and robot.get("idle_cpu"):
+                robot["idle_cpu"]["part_ratio_to_raw"] = round(
+                    robot["idle_cpu"]["part_pct_median"] / max(res["raw_paho_heartbeats_pct"], 0.01), 2)
             raw = raw_baseline(kind, n)
             robot["raw_paho_baseline"] = raw
             robot["start_ratio_to_raw"] = round(robot["up_to_all_running_s"] / raw["all_published_s"], 2)

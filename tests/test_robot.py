@@ -279,3 +279,23 @@ async def test_a_port_already_in_use_is_a_clear_error_and_nothing_starts(tmp_pat
         assert res.returncode != 0 and "already in use" in res.stdout + res.stderr
     finally:
         holder.close()
+
+
+@pytest.mark.timeout(60)
+async def test_killing_up_stops_every_part_by_itself(tmp_path: Path) -> None:
+    """`up` killed with SIGKILL (it cannot stop anything): each part gets SIGTERM from the kernel (its parent,
+    the fork server, dies with `up`) and stops its actuators and exits; none is left behind."""
+    with robot_setup("mosquitto", tmp_path / "robot.yaml", three_level_parts()) as setup:
+        up = Up(setup.cfg, tmp_path)
+        try:
+            async with setup.watcher() as w:
+                await w.all_running(PARTS)
+                pids = set(w.pids)
+                up.proc.kill()
+                await w.until(lambda: all(w.state(p) == "stopped" for p in PARTS), 20, "every part stopped")
+            deadline = time.monotonic() + 10
+            while [p for p in pids if alive(p)]:
+                assert time.monotonic() < deadline, "parts left behind after `up` was killed"
+                await asyncio.sleep(0.05)  # polling /proc: no event to await for another process's exit
+        finally:
+            up.close()

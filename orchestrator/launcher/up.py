@@ -284,8 +284,7 @@ class Launcher:
     async def _watch(self, pp: PartProcess) -> None:
         """Restart a part that exits on its own, per its policy and rate limit."""
         while True:
-            assert pp.proc is not None
-            code = await pp.proc.wait()
+            code = await pp.exited()
             pp.exits.append(code)
             if self._shutting_down or pp.stopping:
                 return

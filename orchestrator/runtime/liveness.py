@@ -84,24 +84,24 @@ class Liveness:
         self._set(part, new)
         return True
 
-    def on_heartbeat(self, part: str, env: Envelope, now: float | None = None) -> None:
+    def on_heartbeat(self, part: str, birth: int, now: float | None = None) -> None:
         if part not in self._e:
             return
         now = time.time() if now is None else now
         cur = self._e[part].status
-        if env.birth < cur.birth:
+        if birth < cur.birth:
             self.ignored_stale += 1
             return
-        if env.birth == cur.birth and cur.online:
+        if birth == cur.birth and cur.online:
             cur.last_heartbeat = now
             return
-        if env.birth > cur.birth or (not cur.online and cur.reason == "heartbeat timeout"):
+        if birth > cur.birth or (not cur.online and cur.reason == "heartbeat timeout"):
             # heartbeats resumed (frozen part thawed) or birth seen first through a heartbeat
             state = cur.state if cur.state != PartStateName.OFFLINE else PartStateName.RUNNING
             self._set(
                 part,
                 cur.model_copy(
-                    update={"online": True, "state": state, "birth": env.birth, "last_heartbeat": now,
+                    update={"online": True, "state": state, "birth": birth, "last_heartbeat": now,
                             "since": now, "reason": None}
                 ),
             )

@@ -32,7 +32,7 @@ from pydantic import BaseModel
 
 from orchestrator.config.loader import LoadedConfig
 from orchestrator.errors import ConfigError, PartOffline, ProtocolError
-from orchestrator.protocol.codec import Envelope, Sequencer, decode, encode
+from orchestrator.protocol.codec import Envelope, Sequencer, decode, decode_light, encode
 from orchestrator.protocol.messages import (
     Control,
     ControlCommand,
@@ -469,11 +469,23 @@ class Part:
             self.stop_talks.child_gone(child)
             self.end_talks.child_gone(child)
 
+    def heartbeat_birth(self, msg: Message) -> int | None:
+        """The birth of an authentic heartbeat (the many-a-second path: no pydantic), else None (counted)."""
+        try:
+            src, birth, _body = decode_light(msg.payload)
+        except ProtocolError as exc:
+            self.refusals.refuse(str(exc.details.get("reason", "malformed")), msg.topic)
+            return None
+        if not self.topics.authentic(msg.topic, src):
+            self.refusals.refuse("forged_sender", msg.topic, f"claims {src[:80]}")
+            return None
+        return birth
+
     def _on_child_heartbeat(self, msg: Message) -> None:
         child = self.topics.part_of(msg.topic)
-        got = self.trusted(msg, Heartbeat)
-        if got is not None and child is not None:
-            self.children_liveness.on_heartbeat(child, got[0])
+        birth = self.heartbeat_birth(msg)
+        if birth is not None and child is not None:
+            self.children_liveness.on_heartbeat(child, birth)
 
     def _child_gone(self, child: str) -> bool:
         """Only a Will (or a child already stopped) says a child is gone; missed heartbeats (a starved

@@ -124,20 +124,16 @@ class Primary(Part):
         got = self.trusted(msg, PartState)
         if got is None:
             return
-        self.liveness.on_state(part, got[0], got[1])
-        if part in self.children:
-            self._on_child_state(msg)
+        self.liveness.on_state(part, got[0], got[1])  # (its children's own subscriptions feed children_liveness)
 
     def _on_any_heartbeat(self, msg: Message) -> None:
         part = self.topics.part_of(msg.topic)
         if part is None or part == self.name or part not in self.liveness:
             return
-        got = self.trusted(msg, Heartbeat)
-        if got is None:
+        birth = self.heartbeat_birth(msg)
+        if birth is None:
             return
-        self.liveness.on_heartbeat(part, got[0])
-        if part in self.children:
-            self.children_liveness.on_heartbeat(part, got[0])
+        self.liveness.on_heartbeat(part, birth)
 
     async def _watch_loop(self) -> None:
         period = min([self.config.part(p).heartbeat_s for p in self.topology.parts] + [0.5]) / 2

@@ -22,11 +22,12 @@ log = logging.getLogger("orchestrator.watchdog")
 
 class LoopWatchdog:
     def __init__(self, part: str, actuators: Callable[[], list[tuple[str, Actuator]]], stall_s: float,
-                 period_s: float = 0.02) -> None:
+                 period_s: float | None = None) -> None:
         self.part = part
         self.actuators = actuators
         self.stall_s = stall_s
-        self.period_s = min(period_s, stall_s / 4)
+        # a stall is noticed within stall_s + period_s; a quarter of stall_s costs a few wake-ups a second
+        self.period_s = period_s if period_s is not None else max(0.01, stall_s / 4)
         self.fired = 0
         self.last_stopped: list[str] = []
         self._last = time.monotonic()

@@ -495,13 +495,25 @@ class MqttClient:
                 loop.call_soon_threadsafe(fn, *args)
 
     def _read(self) -> None:
+        """Read every packet already received, not one per wake-up of the loop (paho reads one packet per
+        ``loop_read``): a primary hearing 50 parts' heartbeats wakes up once per batch, not per message."""
         self._paho.loop_read()
-        # TLS: what the SSL layer already decrypted does not make the socket readable again
-        sock = self._paho.socket()
-        pending = getattr(sock, "pending", None)
-        for _ in range(1000):
-            if pending is None or not pending():
-                break
+        for _ in range(256):  # bounded: a flood of packets yields to the rest of the loop
+            sock = self._paho.socket()
+            if sock is None:
+                return
+            pending = getattr(sock, "pending", None)
+            if pending is not None:  # TLS: what the SSL layer already decrypted does not wake the loop
+                if not pending():
+                    return
+            else:
+                try:
+                    if not sock.recv(1, socket.MSG_PEEK | socket.MSG_DONTWAIT):  # type: ignore[call-arg]
+                        return  # end of stream: the next wake-up lets paho see it
+                except (BlockingIOError, InterruptedError):
+                    return
+                except OSError:
+                    return
             self._paho.loop_read()
 
     def _write(self) -> None:
