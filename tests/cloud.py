@@ -51,12 +51,12 @@ def cloud_robot(kind: str, tmp: Path, parts: list[dict[str, Any]] | None = None,
             assert alice.username is not None and alice.password is not None
             passwords = {robot: secret.read_text().strip(), alice.username: alice.password, FLEET_USER: FLEET_PASSWORD}
             with start_mosquitto(up_port, passwords=passwords):
-                up = Up(setup.cfg, tmp) if start else None
+                cloud = Cloud(setup, proxy, ("127.0.0.1", up_port), Up(setup.cfg, tmp) if start else None)
                 try:
-                    yield Cloud(setup, proxy, ("127.0.0.1", up_port), up)
-                finally:
-                    if up is not None:
-                        up.close()
+                    yield cloud
+                finally:  # whatever `up` the test ended with (it may start its own)
+                    if cloud.up is not None:
+                        cloud.up.close()
 
 
 class LinkWatch:

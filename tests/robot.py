@@ -224,9 +224,14 @@ class Up:
         return data
 
     def close(self) -> None:
+        """Stop `up` if the test did not: SIGTERM (the robot stops bottom-up), SIGKILL if it hangs."""
         if self.proc.poll() is None:
-            self.proc.kill()
-            self.proc.wait(5)
+            self.proc.terminate()
+            try:
+                self.proc.wait(15)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait(5)
         self._out.close()
 
 

@@ -137,9 +137,10 @@ async def test_a_part_restarts_from_the_cached_signed_configuration_while_the_up
             assert "right" in w.states["base"][1].resources
         cloud.up.terminate()
         assert await cloud.up.wait(30) == 0
+        cloud.up.close()
         # and the whole robot starts again without its upstream, from the cache
         (tmp_path / "again").mkdir()
-        again = Up(setup.cfg, tmp_path / "again")
+        again = cloud.up = Up(setup.cfg, tmp_path / "again")  # closed by cloud_robot, also on failure
         try:
             async with setup.watcher() as w:
                 await w.all_running(["main", "base"], timeout=30)

@@ -36,6 +36,20 @@ class Outgoing:
     data: bytes
     qos: int
     retain: bool = False
+    packet: bytes | None = None  # QoS 0: the PUBLISH already encoded (once, for every subscriber)
+
+
+def encode_qos0_publish(topic: str, data: bytes, retain: bool = False) -> bytes:
+    """A QoS 0 PUBLISH packet [MQTT-3.3]: fixed header, remaining length, topic, payload (no packet id)."""
+    t = topic.encode("utf-8")
+    remaining = 2 + len(t) + len(data)
+    header = bytearray([0x30 | (1 if retain else 0)])
+    while True:
+        byte, remaining = remaining % 128, remaining // 128
+        header.append(byte | (0x80 if remaining else 0))
+        if not remaining:
+            break
+    return bytes(header) + len(t).to_bytes(2, "big") + t + data
 
 
 class _Publisher(Protocol):
@@ -54,9 +68,12 @@ class Outbox:
         max_inflight: int,
         stats: dict[str, int],
         on_overflow: Callable[[], None],
+        write_raw: Callable[[bytes], bool] | None = None,
     ) -> None:
         self.client_id = client_id
         self._publish = publish
+        # writes an encoded packet now if nothing else is being written (ordering kept); False: use publish
+        self._write_raw = write_raw
         self._max_queued = max_queued
         self._stats = stats
         self._on_overflow = on_overflow
@@ -108,6 +125,8 @@ class Outbox:
             message = self._queue[0]
             if message.qos == 0:
                 self._queue.popleft()
+                if message.packet is not None and self._write_raw is not None and self._write_raw(message.packet):
+                    continue  # the fast path: no packet objects, no task, no lock (a heartbeat costs a write)
                 try:
                     await self._publish(message.topic, message.data, 0, message.retain)
                 except Exception as exc:  # the connection is going away; the client loop closes us

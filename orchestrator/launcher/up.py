@@ -404,7 +404,9 @@ class Launcher:
     async def _stop_robot(self) -> None:
         self._shutting_down = True
         started = time.time()
-        bound = min(self.config.shutdown_timeout_s, self.topology.shutdown_bound() + 2.0)
+        # the primary waits for live parts up to the robot's bound; `up` gives up early only on a primary
+        # that exits or goes silent
+        bound = max(self.config.shutdown_timeout_s, self.topology.shutdown_bound() + 2.0)
         primary = self.procs.get(self.topology.primary)
         fallback: list[TimelineEntry] = []
         if primary is not None and primary.alive:

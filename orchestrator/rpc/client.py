@@ -70,10 +70,14 @@ class RpcClient:
         self.session_activate: Callable[[], Awaitable[None]] | None = None
         self.on_state_change: list[Callable[[str, PartStateName], None]] = []
 
-    async def start(self) -> None:
+    async def start(self, *, follow_status: bool = True) -> None:
+        """``follow_status``: also read the primary's robot status (which parts missed their heartbeats,
+        which names exist) for calls that fail fast; a part that calls no other part skips it (a status
+        of N parts, published on every change, read by N parts, is N^2 work on a busy robot)."""
         await self.client.subscribe(self.topics.replies_to(self.sender), self._on_reply)
         await self.client.subscribe(self.topics.all_part_states(), self._on_state)
-        await self.client.subscribe(self.topics.robot_status(), self._on_status)
+        if follow_status:
+            await self.client.subscribe(self.topics.robot_status(), self._on_status)
         self.client.on_disconnect(self._on_disconnect)
 
     # -- what the robot knows ---------------------------------------------------------------------

@@ -19,6 +19,8 @@ from typing import Generic, TypeVar
 
 R = TypeVar("R")
 
+ALIVE_RECHECK_S = 0.1  # past its budget, how often a child's liveness is looked at again
+
 
 @dataclass
 class _Open(Generic[R]):
@@ -60,10 +62,15 @@ class Conversations(Generic[R]):
             if ev is not None:
                 ev.set()
 
-    async def wait(self, conversation: str, budget: Callable[[str], float],
-                   gone: Callable[[str], bool]) -> dict[str, tuple[float, R] | None]:
-        """Each child's (time received, report), or None for a child that did not report within its
-        budget (or is gone); waits for all children at once."""
+    async def wait(self, conversation: str, budget: Callable[[str], float], gone: Callable[[str], bool], *,
+                   alive: Callable[[str], bool] | None = None, cap: float | None = None) -> \
+            dict[str, tuple[float, R] | None]:
+        """Each child's (time received, report), or None for a child that did not report (or is gone);
+        waits for all children at once.
+
+        A child gets its ``budget``; past it, a child that is still ``alive`` (heard from: a busy machine,
+        not a hung part) is waited for up to ``cap`` (a ``time.monotonic()`` deadline: the overall bound
+        of the conversation).  A child that goes silent is given up at once."""
         conv = self._open.get(conversation)
         if conv is None:
             return {}
@@ -71,9 +78,17 @@ class Conversations(Generic[R]):
         async def one(child: str) -> None:
             if child in conv.reports or gone(child):
                 return
+            ev = conv.events[child]
             with contextlib.suppress(TimeoutError):
                 async with asyncio.timeout(budget(child)):
-                    await conv.events[child].wait()
+                    await ev.wait()
+            while not ev.is_set() and alive is not None and cap is not None and alive(child) and not gone(child):
+                left = cap - time.monotonic()
+                if left <= 0:
+                    return
+                with contextlib.suppress(TimeoutError):
+                    async with asyncio.timeout(min(left, ALIVE_RECHECK_S)):
+                        await ev.wait()
 
         await asyncio.gather(*(one(c) for c in conv.children))
         return {c: conv.reports.get(c) for c in conv.children}

@@ -31,6 +31,7 @@ from typing import Any, TypeVar
 from pydantic import BaseModel
 
 from orchestrator.config.loader import LoadedConfig
+from orchestrator.config.topology import MESSAGE_MARGIN_S
 from orchestrator.errors import ConfigError, PartOffline, ProtocolError
 from orchestrator.protocol.codec import Envelope, Sequencer, decode, decode_light, encode
 from orchestrator.protocol.messages import (
@@ -75,6 +76,7 @@ log = logging.getLogger("orchestrator.part")
 M = TypeVar("M", bound=BaseModel)
 
 COUNTERS_PERIOD_S = 5.0
+CAP_MARGIN_S = 2.0  # the primary leaves `up` this much of the robot's shutdown bound
 ALL_SESSIONS = "*"
 
 
@@ -111,6 +113,7 @@ class Part:
         self._stop_reason = ""
         self._shutdown_id = ""
         self._asked_at: float | None = None
+        self._stop_cap: float | None = None  # monotonic: when this subtree must have stopped, live or not
         self._tasks: list[asyncio.Task[Any]] = []
         self.last_reload: tuple[list[str], list[str]] | None = None
         self._reload_lock = asyncio.Lock()
@@ -272,7 +275,9 @@ class Part:
     async def start(self) -> None:
         await self._subscribe()
         await self.sessions.subscribe()
-        await self.rpc.start()
+        remote = any(dep.part != self.name for ref, deps in self.topology.deps_of.items() if ref.part == self.name
+                     for dep in deps)
+        await self.rpc.start(follow_status=remote)
         await self.server.start()
         await self.client.start()
         self.sessions.start()
@@ -487,6 +492,22 @@ class Part:
         if birth is not None and child is not None:
             self.children_liveness.on_heartbeat(child, birth)
 
+    def _subtree_cap(self) -> float:
+        """When this part's whole subtree must have stopped: the time its parent gave it, or (the primary,
+        or a part stopped by SIGTERM) the robot's shutdown bound."""
+        if self._stop_cap is None:
+            self._stop_cap = time.monotonic() + max(self.config.shutdown_timeout_s - CAP_MARGIN_S,
+                                                    self.topology.stop_budget(self.name))
+        return self._stop_cap
+
+    def _child_alive(self, child: str) -> bool:
+        """Heard from within its detection interval: working towards its report, however slowly."""
+        st = self.children_liveness.status(child)
+        if not st.online or st.last_heartbeat is None:
+            return False
+        c = self.config.part(child)
+        return time.time() - st.last_heartbeat <= c.heartbeat_s * c.heartbeat_misses
+
     def _child_gone(self, child: str) -> bool:
         """Only a Will (or a child already stopped) says a child is gone; missed heartbeats (a starved
         machine) are waited out."""
@@ -517,6 +538,8 @@ class Part:
             return
         if ctl.cmd == ControlCommand.STOP:
             self._shutdown_id = self._shutdown_id or ctl.shutdown_id
+            if self._stop_cap is None:  # the time our parent gives our whole subtree
+                self._stop_cap = time.monotonic() + ctl.deadline_s
             self.request_stop(f"asked by {self.parent}" + (f": {ctl.reason}" if ctl.reason else ""))
         elif ctl.cmd == ControlCommand.RELOAD:
             self.spawn(self.reload(ctl.reason or f"asked by {self.parent}"), "reload")
@@ -601,14 +624,20 @@ class Part:
         if not self.children:
             return []
         asked: dict[str, float] = {}
+        cap = self._subtree_cap()
         self.stop_talks.open(shutdown_id, self.children)
         try:
             for child in self.children:
+                # each child may take the time left to the whole subtree (minus our own stop and a margin),
+                # so that it too waits for its live children instead of forcing them on a busy machine
+                left = cap - time.monotonic() - self.part_config.stop_deadline_s - MESSAGE_MARGIN_S
                 ctl = Control(cmd=ControlCommand.STOP, reason=reason, shutdown_id=shutdown_id,
-                              deadline_s=self.topology.stop_budget(child))
+                              deadline_s=max(self.topology.stop_budget(child), left))
                 self.client.publish_nowait(self.topics.part_control(self.name, child), self.encode(ctl), qos=1)
                 asked[child] = time.time()  # when the request left (written to the socket), not when decided
-            got = await self.stop_talks.wait(shutdown_id, self.topology.stop_budget, self._child_gone)
+            got = await self.stop_talks.wait(shutdown_id, self.topology.stop_budget, self._child_gone,
+                                             alive=self._child_alive,
+                                             cap=cap - self.part_config.stop_deadline_s - MESSAGE_MARGIN_S)
         finally:
             self.stop_talks.close(shutdown_id)
         entries: list[TimelineEntry] = []

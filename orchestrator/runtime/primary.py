@@ -53,6 +53,8 @@ log = logging.getLogger("orchestrator.primary")
 
 R = TypeVar("R", bound=BaseModel)
 
+STATUS_MIN_INTERVAL_S = 0.05
+
 
 class Primary(Part):
     def __init__(self, *args: Any, **kwargs: Any) -> None:
@@ -172,8 +174,11 @@ class Primary(Part):
                            upstream=self.upstream, at=time.time())
 
     async def _status_loop(self) -> None:
+        """Publish the status after every change, at most every STATUS_MIN_INTERVAL_S: changes that come
+        together (50 parts stopping) make one publication, not fifty."""
         while True:
             await self._status_dirty.wait()
+            await asyncio.sleep(STATUS_MIN_INTERVAL_S)
             self._status_dirty.clear()
             await self.publish_status()
 
