@@ -38,7 +38,7 @@ from orchestrator.errors import (
 from orchestrator.protocol.codec import Envelope, check_value, decode, decode_body, encode
 from orchestrator.protocol.messages import CallReply, PartState, PartStateName, RobotStatus
 from orchestrator.protocol.refusals import Refusals
-from orchestrator.protocol.topics import Topics
+from orchestrator.protocol.topics import Topics, valid_level
 from orchestrator.sessions.context import current
 from orchestrator.transport.client import Message, MqttClient
 
@@ -101,6 +101,9 @@ class RpcClient:
     # -- calls ------------------------------------------------------------------------------------
     async def call(self, part: str, resource: str, method: str, args: dict[str, Any] | None = None, *,
                    timeout: float | None = None, session: Any = _DEFAULT) -> Any:
+        if not valid_level(part) or not valid_level(resource) or not valid_level(method):
+            raise InvalidArgument(f"{str(part)[:64]!r}/{str(resource)[:64]!r}.{str(method)[:64]}: not a part, resource "
+                                  "and method name (1-64 characters, none of '/', '+', '#')")
         if not self.client.is_connected:
             raise ConnectionLost(f"not connected to the broker: cannot call {part}/{resource}", part=part)
         gone = self.unavailable(part)
