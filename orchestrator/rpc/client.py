@@ -172,16 +172,17 @@ class RpcClient:
                 rid, ok = rep.id, rep.ok
         except (ProtocolError, ValidationError) as exc:
             reason = exc.details.get("reason", "malformed") if isinstance(exc, ProtocolError) else "bad_reply"
-            self.refusals.refuse(f"reply:{reason}", msg.topic)
+            self.refusals.refuse(f"reply:{reason}", msg.topic, message=msg)
             return
         if src != replier:
-            self.refusals.refuse("reply:forged_sender", msg.topic)
+            self.refusals.refuse("reply:forged_sender", msg.topic, message=msg)
             return
         got = self._pending.get(rid)
         if got is None or got[1].done():
             return
         if replier != f"part/{got[0]}":
-            self.refusals.refuse("reply:wrong_part", msg.topic)  # another part answering for the one called
+            # another part answering for the one called
+            self.refusals.refuse("reply:wrong_part", msg.topic, message=msg)
             return
         if ok:
             got[1].set_result(body.get("result"))
@@ -194,10 +195,10 @@ class RpcClient:
         try:
             env = decode(msg.payload)
         except ProtocolError as exc:
-            self.refusals.refuse(str(exc.details.get("reason", "malformed")), msg.topic)
+            self.refusals.refuse(str(exc.details.get("reason", "malformed")), msg.topic, message=msg)
             return None
         if not self.topics.authentic(msg.topic, env.src):
-            self.refusals.refuse("forged_sender", msg.topic)
+            self.refusals.refuse("forged_sender", msg.topic, message=msg)
             return None
         return env
 
@@ -209,7 +210,7 @@ class RpcClient:
         try:
             st = env.parse(PartState)
         except ProtocolError:
-            self.refusals.refuse("bad_state", msg.topic)
+            self.refusals.refuse("bad_state", msg.topic, message=msg)
             return
         prev = self.part_states.get(part)
         if prev is not None and env.birth < prev[0]:
@@ -228,7 +229,7 @@ class RpcClient:
         try:
             status = env.parse(RobotStatus)
         except ProtocolError:
-            self.refusals.refuse("bad_status", msg.topic)
+            self.refusals.refuse("bad_status", msg.topic, message=msg)
             return
         self.status = status
         if status.state == "offline":

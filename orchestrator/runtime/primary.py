@@ -209,7 +209,7 @@ class Primary(Part):
         roles = {c.name: c.role for c in self.config.clients}
         if not self.config.security.insecure and client != LAUNCHER_CLIENT and roles.get(client) != \
                 ClientRole.OPERATOR:
-            self.refusals.refuse("request:not_an_operator", msg.topic)
+            self.refusals.refuse("request:not_an_operator", msg.topic, message=msg)
             return None
         return client, got[1]
 
@@ -266,7 +266,7 @@ class Primary(Part):
         """``1``/``0`` from mosquitto's bridge notifications (or ours): raw, not an envelope."""
         raw = msg.payload.strip()
         if raw not in (b"0", b"1"):
-            self.refusals.refuse("bridge:bad_state", msg.topic)
+            self.refusals.refuse("bridge:bad_state", msg.topic, message=msg)
             return
         new = "up" if raw == b"1" else "down"
         if new == self.upstream:

@@ -278,16 +278,16 @@ class SessionGuard:
             hb = env.parse(SessionHeartbeat)
         except ProtocolError as exc:
             self.refusals.refuse(f"heartbeat:{exc.details.get('reason', 'malformed')}", msg.topic,
-                                 level=logging.INFO)
+                                 level=logging.INFO, message=msg)
             return
         t = self.tracked.get(hb.session)
         if t is None or t.owner != owner or env.src != owner:
             return  # not tracked here, or another owner's topic
         if hb.n <= t.last_n:
-            self.refusals.refuse("heartbeat:replayed", msg.topic, level=logging.INFO)
+            self.refusals.refuse("heartbeat:replayed", msg.topic, level=logging.INFO, message=msg)
             return
         if hb.tag != heartbeat_tag(self.key.heartbeat_secret(hb.session), hb.session, hb.n):
-            self.refusals.refuse("heartbeat:forged", msg.topic, f"session {short(hb.session)}")
+            self.refusals.refuse("heartbeat:forged", msg.topic, f"session {short(hb.session)}", message=msg)
             return
         t.last_n = hb.n
         t.last_heartbeat = time.time()
@@ -393,10 +393,10 @@ class SessionGuard:
         try:
             env = decode(msg.payload)
         except ProtocolError as exc:
-            self.refusals.refuse(f"session:{exc.details.get('reason', 'malformed')}", msg.topic)
+            self.refusals.refuse(f"session:{exc.details.get('reason', 'malformed')}", msg.topic, message=msg)
             return None
         if not self.topics.authentic(msg.topic, env.src) or not env.src.startswith("part/"):
-            self.refusals.refuse("session:forged_sender", msg.topic)
+            self.refusals.refuse("session:forged_sender", msg.topic, message=msg)
             return None
         return env
 
@@ -407,7 +407,7 @@ class SessionGuard:
         try:
             ev = env.parse(SessionEvent)
         except ProtocolError:
-            self.refusals.refuse("session:bad_event", msg.topic)
+            self.refusals.refuse("session:bad_event", msg.topic, message=msg)
             return
         if ev.kind in ENDING_KINDS:
             self._heard_end(ev.session, ev.owner, ev.reason or f"{ev.kind} at part {ev.part}", ev.kind)
@@ -419,7 +419,7 @@ class SessionGuard:
         try:
             st = env.parse(SessionsState)
         except ProtocolError:
-            self.refusals.refuse("session:bad_state", msg.topic)
+            self.refusals.refuse("session:bad_state", msg.topic, message=msg)
             return
         for e in st.ended:
             self._heard_end(e.session, e.owner, e.reason or "ended elsewhere", "ended")
