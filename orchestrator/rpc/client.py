@@ -115,8 +115,9 @@ class RpcClient:
             raise InvalidArgument(f"{part}/{resource}.{method}: {exc.message}", part=part, resource=resource,
                                   method=method) from None
         timeout = self.default_timeout if timeout is None else timeout
-        if not 0 < timeout <= MAX_TIMEOUT_S:
-            raise ValueError(f"timeout must be within (0, {MAX_TIMEOUT_S:g}] s, got {timeout}")
+        if not 0 < timeout <= MAX_TIMEOUT_S:  # NaN included: no comparison holds
+            raise InvalidArgument(f"{part}/{resource}.{method}: timeout must be within (0, {MAX_TIMEOUT_S:g}] s, "
+                                  f"got {timeout!r}"[:300], part=part, resource=resource, method=method)
         rid = self._prefix + str(next(self._ids))
         fut: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
         self._pending[rid] = (part, fut)
