@@ -29,7 +29,7 @@ from orchestrator.errors import (
 from orchestrator.protocol.codec import decode_body, encode, encode_checked, validation_summary
 from orchestrator.protocol.messages import CallReply, CallRequest
 from orchestrator.protocol.refusals import Refusals
-from orchestrator.protocol.topics import Topics
+from orchestrator.protocol.topics import Topics, valid_level
 from orchestrator.resources.base import Resource
 from orchestrator.rpc.methods import MethodSpec, api_methods
 from orchestrator.sessions.context import CallContext, current
@@ -47,17 +47,24 @@ MAX_INFLIGHT = 1000  # calls served at once by one part; past that a call is ans
 BeforeCall = Callable[[CallContext, bool, str, Resource, MethodSpec], Awaitable[None]]
 
 
-_FIELDS: dict[str, type] = {"id": str, "method": str}
-_OPTIONAL: dict[str, type | tuple[type, ...]] = {"deadline": (int, float), "session": str, "on_behalf": str}
+# the hot path's plain checks: (type, longest string) per field, the bounds of messages.CallRequest
+_FIELDS: dict[str, tuple[type, int]] = {"id": (str, 200), "method": (str, 64)}
+_OPTIONAL: dict[str, tuple[type | tuple[type, ...], int]] = {"deadline": ((int, float), 0), "session": (str, 200),
+                                                             "on_behalf": (str, 200)}
+
+
+def _fits(value: Any, kind: type | tuple[type, ...], longest: int) -> bool:
+    return isinstance(value, kind) and not isinstance(value, bool) and (not longest or len(str(value)) <= longest)
 
 
 def _call_request(body: dict[str, Any]) -> CallRequest:
-    """A CallRequest from a decoded body: plain type checks on the hot path, pydantic on anything else."""
+    """A CallRequest from a decoded body: plain type and length checks on the hot path, pydantic on anything
+    else (which gives the precise error)."""
     args = body.get("args", {})
     if (
-        all(isinstance(body.get(k), t) for k, t in _FIELDS.items())
+        all(_fits(body.get(k), *spec) for k, spec in _FIELDS.items())
         and isinstance(args, dict)
-        and all(body.get(k) is None or isinstance(body.get(k), t) for k, t in _OPTIONAL.items())
+        and all(body.get(k) is None or _fits(body.get(k), *spec) for k, spec in _OPTIONAL.items())
     ):
         return CallRequest.model_construct(
             id=body["id"], method=body["method"], args=args, deadline=body.get("deadline"),
@@ -66,7 +73,7 @@ def _call_request(body: dict[str, Any]) -> CallRequest:
     try:
         return CallRequest.model_validate(body)
     except ValidationError as exc:
-        raise ProtocolError(f"bad CallRequest: {exc.errors()[:3]}") from None
+        raise ProtocolError(f"bad CallRequest: {validation_summary(exc)}") from None
 
 
 def to_wire(value: Any) -> Any:
@@ -113,6 +120,9 @@ class RpcServer:
             self._refuse("bad_topic", msg.topic)
             return
         caller, _part, resource = where
+        if not valid_level(resource) or not valid_level(caller.partition("/")[2]):
+            self._refuse("bad_topic", msg.topic)  # names of 1-64 characters: nothing longer is echoed or tracked
+            return
         try:
             src, body = decode_body(msg.payload)
         except ProtocolError as exc:  # no id we could reply to: count it and go on
