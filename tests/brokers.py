@@ -455,15 +455,18 @@ def start_robot_broker(kind: str, loaded: LoadedConfig, *, port: int | None = No
     """A broker that serves exactly one robot as `orchestrator` would deploy it: every identity with its
     own password (from the robot's credentials, created here if missing), topic rights from the
     topology, no anonymous access (unless the robot runs ``security.insecure``)."""
+    from orchestrator.protocol.codec import MAX_PAYLOAD
+
     if loaded.config.security.insecure:
-        with (start_mosquitto(port) if kind == "mosquitto" else start_embedded_thread(port)) as info:
+        limit = f"message_size_limit {max_payload or MAX_PAYLOAD}"
+        with (start_mosquitto(port, limit) if kind == "mosquitto" else start_embedded_thread(port)) as info:
             yield info
         return
     store = make_credentials(loaded)
     if kind == "mosquitto":
-        extra = ["password_file ${dir}/passwd", "acl_file ${dir}/acl"]
-        if max_payload is not None:
-            extra.append(f"message_size_limit {max_payload}")
+        # the same payload limit as the embedded broker's default (and the codec's)
+        extra = ["password_file ${dir}/passwd", "acl_file ${dir}/acl",
+                 f"message_size_limit {max_payload or MAX_PAYLOAD}"]
         files = {"passwd": store.path("passwd").read_text(), "acl": store.path("acl").read_text()}
         with start_mosquitto(port, "\n".join(extra), files=files, anonymous=False) as info:
             yield info
