@@ -733,6 +733,38 @@ async def test_a_sessionless_actuating_call_on_a_resource_a_live_session_owns_is
     assert not await m.is_moving()
 
 
+@pytest.mark.timeout(40)
+async def test_a_flood_of_made_up_session_ends_from_a_part_costs_the_primary_a_bounded_effort(
+        robot: InprocRobot) -> None:
+    """A part may say a session ended (its events topic is its own); with a leaked part credential, a
+    flood of made-up session ids once had the primary open a robot-wide conversation for each (1,000
+    events: 529 conversations at once, the parts missed their heartbeats, the broker dropped the
+    primary as too slow).  The primary ends robot-wide only a few sessions it does not know at once,
+    and counts the rest."""
+    from orchestrator.protocol.messages import SessionEvent
+    from orchestrator.runtime.primary import MAX_UNKNOWN_ENDS
+
+    t = Topics(robot.loaded.config.robot)
+    main = robot.parts["main"]
+    connections = main.client.connections
+    async with raw(robot.loaded, "part", "cam") as cam, robot.client(sessions=False) as sdk:
+        most = 0
+        for i in range(1000):
+            ev = SessionEvent(kind="expired", session=uuid.uuid4().hex[:16], owner="client/operator", part="cam")
+            cam.mqtt.publish_nowait(t.session_events("cam"), encode("part/cam", ev), qos=0)
+            if i % 50 == 49:
+                most = max(most, len(main._unknown_ending))
+                await asyncio.sleep(0.05)
+        await cam.marker("main")
+        assert most <= MAX_UNKNOWN_ENDS
+        assert main.refusals.counts.get("session_end:too_many_unknown", 0) > 0
+        t0 = time.monotonic()
+        assert await sdk.call("base/left", "get_power") == 0.0
+        assert time.monotonic() - t0 < 2
+    assert main.client.connections == connections, "the broker dropped the primary"
+    assert all(main.liveness.status(p).online for p in ("base", "cam"))
+
+
 # ---------------------------------------------------------------------------------------------- 6. values
 
 NAN, INF = math.nan, math.inf
