@@ -11,6 +11,7 @@ import asyncio
 import dataclasses
 import logging
 import time
+import traceback
 from collections.abc import Awaitable, Callable
 from typing import Any
 
@@ -41,6 +42,7 @@ log = logging.getLogger("orchestrator.rpc")
 DEFAULT_TIMEOUT_S = 30.0
 MAX_CALL_S = 3600.0  # a deadline further ahead is refused (long moves return at once and run on)
 MAX_INFLIGHT = 1000  # calls served at once by one part; past that a call is answered "unavailable"
+FAILURE_LOG_S = 60.0  # a plugin's traceback is logged once per resource, method and exception type in this
 
 # before_call(context, direct, resource name, resource, spec): raise an OrchestratorError to refuse.
 # ``direct`` is False for a part calling on behalf of the session it was itself called in.
@@ -106,6 +108,8 @@ class RpcServer:
         self.served = 0
         self.malformed = 0
         self.refusals = refusals or Refusals(f"part {part}")
+        self._failures_logged: dict[tuple[str, str, str], float] = {}
+        self._failures_suppressed: dict[tuple[str, str, str], int] = {}
 
     async def start(self) -> None:
         await self.client.subscribe(self.topics.calls_to(self.part), self._on_call)
@@ -159,12 +163,30 @@ class RpcServer:
         except OrchestratorError as exc:
             reply = CallReply(id=req.id, ok=False, error=exc.to_wire())
         except Exception as exc:
-            log.exception("part %s: %s.%s raised", self.part, resource, req.method)
-            err = InternalError(f"{resource}.{req.method} raised {type(exc).__name__}: {exc}",
+            self._log_failure(resource, req.method, exc)
+            err = InternalError(f"{resource}.{req.method} raised {type(exc).__name__}: {str(exc)[:300]}",
                                 part=self.part, resource=resource)
             reply = CallReply(id=req.id, ok=False, error=err.to_wire())
         self.served += 1
         self._reply(caller, reply)
+
+    def _log_failure(self, resource: str, method: str, exc: Exception) -> None:
+        """A plugin raised: its traceback, bounded (a caller chooses what the exception says, and how often),
+        at most once per resource, method and exception type every FAILURE_LOG_S; the others are counted."""
+        key = (resource, method, type(exc).__name__)
+        now = time.monotonic()
+        if now - self._failures_logged.get(key, -FAILURE_LOG_S) < FAILURE_LOG_S:
+            self._failures_suppressed[key] = self._failures_suppressed.get(key, 0) + 1
+            return
+        self._failures_logged[key] = now
+        if len(self._failures_logged) > 1000:
+            self._failures_logged.pop(next(iter(self._failures_logged)))
+        more = self._failures_suppressed.pop(key, 0)
+        lines = [line[:300] for chunk in traceback.format_exception(exc) for line in chunk.rstrip().splitlines()]
+        if len(lines) > 40:
+            lines = [*lines[:20], f"... ({len(lines) - 40} lines)", *lines[-20:]]
+        log.error("part %s: %s.%s raised%s\n%s", self.part, resource, method,
+                  f" ({more} more times in the last {FAILURE_LOG_S:g} s)" if more else "", "\n".join(lines))
 
     def _reply(self, caller: str, reply: CallReply) -> None:
         body = {"id": reply.id, "ok": reply.ok, "result": reply.result, "error": reply.error}
