@@ -924,6 +924,32 @@ async def test_hostile_payloads_cost_a_counter_and_real_calls_keep_being_answere
     assert not [r for r in caplog.records if r.exc_info], [r.getMessage() for r in caplog.records if r.exc_info]
 
 
+@pytest.mark.timeout(30)
+@pytest.mark.parametrize("kind", KINDS)
+async def test_a_plugin_failure_a_caller_provokes_is_logged_bounded_and_once(
+        tmp_path: Path, kind: str, caplog: pytest.LogCaptureFixture) -> None:
+    """A plugin that raises with what the caller sent (here the sim's faulty resource) once logged a full
+    traceback, the caller's text included, on every call: a log flood anyone allowed to call could start."""
+    from orchestrator import InternalError, UnknownMethod
+
+    caplog.set_level(logging.INFO)
+    parts = [{"name": "main", "resources": [{"name": "faulty", "model": "orc:sim:faulty"},
+                                            {"name": "health", "model": "orc:sim:sensor"}]}]
+    async with running_robot(tmp_path, kind, parts) as robot, robot.client(sessions=False) as sdk:
+        for _ in range(50):
+            with pytest.raises(InternalError) as info:
+                await sdk.call("main/faulty", "do_command", {"command": {"raise": BIG}})
+            assert len(str(info.value)) < 500  # what the plugin said, bounded
+        for _ in range(20):  # a resource without free-form commands: the caller's mistake, no traceback
+            with pytest.raises(UnknownMethod):
+                await sdk.call("main/health", "do_command", {"command": {}})
+    failures = [r for r in caplog.records if "raised" in r.getMessage() and r.name == "orchestrator.rpc"]
+    assert len(failures) == 1, [r.getMessage()[:200] for r in failures]
+    assert all(len(line) <= 1000 for r in caplog.records for line in r.getMessage().splitlines())
+    # the plugin's message is quoted, bounded (never the caller's 64 KiB), and the traceback is ours, not exc_info
+    assert not [r for r in caplog.records if TOKEN * 60 in r.getMessage() or r.exc_info], "the input was logged"
+
+
 # ---------------------------------------------------------------------------------------------- 8. growth
 
 def broker_filters(robot: InprocRobot) -> set[str]:
