@@ -8,7 +8,7 @@ identity, the codec's limits, the models' bounds) — those are what is under te
 obeying them is not a bug): every message is undecodable, malformed, carries at least one field no
 model accepts, or claims a sender the topic is not reserved to.
 
-``ORCHESTRATOR_FUZZ_SECONDS`` (default 20) sets how long the embedded-broker run sends; the mosquitto
+``ORCHESTRATOR_FUZZ_SECONDS`` (default 15) sets how long the embedded-broker run sends; the mosquitto
 run sends a third of it.
 """
 
@@ -45,7 +45,7 @@ from orchestrator.protocol.codec import MAX_PAYLOAD, pack
 from orchestrator.protocol.messages import PartStateName
 from orchestrator.protocol.topics import Topics
 
-FUZZ_SECONDS = float(os.environ.get("ORCHESTRATOR_FUZZ_SECONDS", "20"))
+FUZZ_SECONDS = float(os.environ.get("ORCHESTRATOR_FUZZ_SECONDS", "15"))
 SEED = int(os.environ.get("ORCHESTRATOR_FUZZ_SEED", "61474"))
 MB = 1024 * 1024
 
@@ -537,7 +537,7 @@ def test_fuzz_the_config_loader(tmp_path: Path) -> None:
     tried = [0]
     slowest = [0.0]
 
-    @settings(max_examples=int(os.environ.get("ORCHESTRATOR_FUZZ_CONFIGS", "250")), deadline=None, database=None,
+    @settings(max_examples=int(os.environ.get("ORCHESTRATOR_FUZZ_CONFIGS", "150")), deadline=None, database=None,
               suppress_health_check=list(HealthCheck))
     @given(invalid_config())
     def one(text: bytes) -> None:

@@ -1011,6 +1011,8 @@ def connect_packet(client_id: str, keepalive: int, username: str | None, passwor
 @pytest.mark.timeout(40)
 @pytest.mark.parametrize("stall", ["in the payload", "in the remaining length"])
 async def test_a_connection_stalled_in_the_middle_of_a_packet_is_closed(robot: InprocRobot, stall: str) -> None:
+    if robot.broker.kind == "mosquitto" and stall != "in the payload":
+        pytest.skip("mosquitto's own keep-alive check treats both alike (about 5 s): measured once, in the payload")
     access = Access.of(robot.loaded.config, robot.loaded.path, Identity(robot.loaded.config.robot, "client",
                                                                          "operator"))
     stats = robot.broker.embedded.stats if robot.broker.embedded is not None else None
