@@ -1086,3 +1086,22 @@ async def test_up_believes_a_timeline_only_during_a_shutdown(tmp_path: Path) -> 
         await until(lambda: up.refusals.total > 0, 5, "the refusal")
         assert up.timeline is None and not up._timeline_event.is_set()
         assert up.refusals.counts == {"timeline:not_shutting_down": 1}
+
+
+@pytest.mark.timeout(30)
+async def test_the_sdk_believes_a_session_event_only_from_the_part_that_published_it(tmp_path: Path) -> None:
+    """Without topic rights (security.insecure) anyone can publish on a part's events topic: the SDK's
+    event queue takes an event only from the part the topic belongs to."""
+    from orchestrator.protocol.messages import SessionEvent
+
+    async with running_robot(tmp_path, "amqtt", PARTS, security={"insecure": True}) as robot, \
+            robot.client(sessions=False) as sdk, sdk.sessions.events(only_mine=False) as events:
+        t = Topics(robot.loaded.config.robot)
+        async with raw(robot.loaded, "client", "operator") as evil:
+            for src in ("part/main", "client/operator", "part/cam/x"):
+                ev = SessionEvent(kind="expired", session="forged", owner="client/operator", part="cam")
+                await evil.send(t.session_events("cam"), encode(src, ev))
+            async with robot.client() as other:  # a real session opens: the primary's real "opened" event
+                assert other.session is not None
+                got = await asyncio.wait_for(events.get(), 5)
+        assert got.session != "forged" and got.kind == "opened" and got.part == "main", got
