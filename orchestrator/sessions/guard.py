@@ -28,7 +28,7 @@ import contextlib
 import functools
 import logging
 import time
-from collections import OrderedDict
+from collections import OrderedDict, deque
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -57,6 +57,7 @@ log = logging.getLogger("orchestrator.sessions")
 MAX_SLEEP_S = 1.0  # the expiry task sleeps until the earliest deadline, at most this long
 EXPIRED_MESSAGE = "session expired or unknown"
 MAX_ENDED = 1000  # ended sessions remembered (and announced) per part
+MAX_LATENCIES = 10_000  # expiry latencies kept (bench)
 MAX_GRACE_S = 0.5
 STATE_DEBOUNCE_S = 0.1
 # expired (a timer ran out), closed (by its owner), ended (by the API, or the robot-wide end is complete),
@@ -110,7 +111,8 @@ class SessionGuard:
         self.end_robot_wide: Callable[[str, str, str], None] | None = None
         # a sub-part: is the primary reachable (then it orders the end of a session)?
         self.primary_reachable: Callable[[], bool] = lambda: False
-        self.stop_latencies: list[float] = []  # seconds from the deadline to stop() returning (bench)
+        # seconds from the deadline to stop() returning (bench): the last ones only, one per expiry
+        self.stop_latencies: deque[float] = deque(maxlen=MAX_LATENCIES)
         self._followed: dict[str, int] = {}  # owner -> tracked sessions (its heartbeat subscription)
         self._task: asyncio.Task[None] | None = None
         self._state_task: asyncio.Task[None] | None = None
