@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import math
 import os
 import sys
 from collections.abc import Coroutine
@@ -14,10 +15,11 @@ from typing import Annotated, Any, TypeVar
 import typer
 from rich.console import Console
 from rich.table import Table
+from rich.text import Text
 
 from orchestrator.config.loader import LoadedConfig, load_config
 from orchestrator.config.models import RobotConfig
-from orchestrator.errors import ConfigError, OrchestratorError
+from orchestrator.errors import ConfigError, OrchestratorError, ProtocolError
 
 app = typer.Typer(add_completion=False, no_args_is_help=True,
                   help="Run a robot made of several parts over a local MQTT broker.")
@@ -42,10 +44,11 @@ def _run(coro: Coroutine[Any, Any, T], *, show_code: bool = False) -> T:
     try:
         return asyncio.run(coro)
     except ConfigError as exc:  # includes missing credentials: fixed on disk, not by retrying
-        err_console.print(f"[red]{exc}[/]", highlight=False, markup=False)
+        err_console.print(str(exc), style="red", highlight=False, markup=False)
         raise typer.Exit(EXIT_CONFIG) from None
     except OrchestratorError as exc:
-        err_console.print(f"[red]{exc.code}[/]: {exc}" if show_code else f"[red]{exc}[/]", highlight=False)
+        text = f"{exc.code}: {exc}" if show_code else str(exc)
+        err_console.print(text, style="red", highlight=False, markup=False)
         raise typer.Exit(1) from None
 
 
@@ -100,7 +103,7 @@ def _access(loaded: LoadedConfig, identity: str | None, credentials: Path | None
     try:
         return Access.of(cfg, loaded.path, ClientId(cfg.robot, name), credentials)
     except ConfigError as exc:
-        err_console.print(f"[red]{exc}[/]", highlight=False, markup=False)
+        err_console.print(str(exc), style="red", highlight=False, markup=False)
         raise typer.Exit(EXIT_CONFIG) from None
 
 
@@ -122,7 +125,7 @@ def schema() -> None:
 @app.command()
 def broker(
     host: Annotated[str, typer.Option(help="address to bind")] = "127.0.0.1",
-    port: Annotated[int, typer.Option(help="port to bind (0: any free port)")] = 18830,
+    port: Annotated[int, typer.Option(help="port to bind (0: any free port)", min=0, max=65535)] = 18830,
     verbose: Verbose = False,
 ) -> None:
     """Run the embedded broker alone (until Ctrl-C)."""
@@ -360,6 +363,16 @@ async def _read_retained(urls: list[tuple[str, int]], cfg: RobotConfig, access: 
     return got
 
 
+def _authentic(topics: Any, topic: str, raw: bytes) -> Any:
+    """The envelope of a retained message, if it decodes and comes from the identity its topic is reserved to."""
+    from orchestrator.protocol.codec import decode
+
+    env = decode(raw)
+    if not topics.authentic(topic, env.src):
+        raise ProtocolError(f"published by {env.src[:80]!r}, not by its owner")
+    return env
+
+
 @app.command()
 def status(
     config: ConfigArg,
@@ -369,13 +382,12 @@ def status(
     credentials: CredentialsOpt = None,
 ) -> None:
     """Print every part's state from the retained topics."""
-    from orchestrator.protocol.codec import decode
-    from orchestrator.protocol.messages import PartState
+    from orchestrator.protocol.messages import PartState, RobotStatus
     from orchestrator.protocol.topics import Topics
 
     loaded = _load(config)
     cfg = loaded.config
-    t = Topics(cfg.robot)
+    t = Topics(cfg.robot, loaded.topology.primary)
     urls = parse_urls(broker_url) if broker_url else cfg.broker.client_urls()
     got = _run(_read_retained(urls, cfg, _access(loaded, identity, credentials), [t.all_part_states(),
                                                                                   t.robot_status()]))
@@ -385,23 +397,31 @@ def status(
         if raw is None:
             parts[name] = {"state": "unknown", "online": False}
             continue
-        env = decode(raw)
-        st = env.parse(PartState)
+        try:
+            env = _authentic(t, t.part_state(name), raw)
+            st = env.parse(PartState)
+        except ProtocolError as exc:  # a malformed or planted retained message: an error row, not a traceback
+            parts[name] = {"state": "invalid", "online": False, "reason": f"unreadable state: {exc.message[:200]}"}
+            continue
         parts[name] = {"state": st.state.value, "online": st.state.value not in ("offline", "stopped"),
                        "birth": env.birth, "pid": st.pid, "parent": st.parent, "reason": st.reason}
     robot_state = None
     if t.robot_status() in got:
-        robot_state = decode(got[t.robot_status()]).body.get("state")
+        try:
+            robot_state = _authentic(t, t.robot_status(), got[t.robot_status()]).parse(RobotStatus).state
+        except ProtocolError:
+            robot_state = "invalid (unreadable robot status)"
     if as_json:
         print(json.dumps({"robot": cfg.robot, "state": robot_state, "parts": parts}, indent=2))
         return
-    table = Table(title=f"robot {cfg.robot}: {robot_state or 'unknown'}")
+    table = Table(title=Text(f"robot {cfg.robot}: {robot_state or 'unknown'}"))
     for col in ("part", "parent", "state", "pid", "reason"):
         table.add_column(col)
     for name, p in parts.items():
-        colour = "green" if p["state"] == "running" else "red" if p["state"] in ("offline", "unknown") else "yellow"
-        table.add_row(name, str(p.get("parent") or "-"), f"[{colour}]{p['state']}[/]", str(p.get("pid") or "-"),
-                      str(p.get("reason") or ""))
+        colour = "green" if p["state"] == "running" else "red" if p["state"] in ("offline", "unknown", "invalid") \
+            else "yellow"
+        table.add_row(name, str(p.get("parent") or "-"), Text(p["state"], style=colour), str(p.get("pid") or "-"),
+                      Text(str(p.get("reason") or "")))
     console.print(table)
 
 
@@ -492,7 +512,8 @@ def resources(
     for part_name in loaded.topology.start_order():
         for r in listing.get(part_name, []):
             colour = "green" if r["status"] == "ready" else "red"
-            table.add_row(part_name, r["name"], r["model"], f"[{colour}]{r['status']}[/]", r.get("reason") or "")
+            table.add_row(part_name, Text(r["name"]), Text(r["model"]), Text(r["status"], style=colour),
+                          Text(r.get("reason") or ""))
     console.print(table)
 
 
@@ -512,14 +533,27 @@ def call(
 ) -> None:
     """Make one call and print the result as JSON (exit 1 with the error code on failure)."""
     from orchestrator.client import RobotClient
+    from orchestrator.protocol.codec import check_value
+    from orchestrator.protocol.topics import valid_level
 
     try:
         kwargs = json.loads(args)
         if not isinstance(kwargs, dict):
             raise ValueError("not an object")
-    except ValueError as exc:
-        err_console.print(f"[red]--args must be a JSON object: {exc}[/]")
+        check_value(kwargs, "--args")  # nesting, size, non-finite numbers: what the part would refuse
+    except (ValueError, RecursionError, ProtocolError) as exc:
+        why = "nested too deeply" if isinstance(exc, RecursionError) else str(exc)[:200]
+        err_console.print(f"--args must be a JSON object: {why}", style="red", highlight=False, markup=False)
         raise typer.Exit(EXIT_CONFIG) from None
+    part_name, _, resource = target.partition("/")
+    if not valid_level(part_name) or not valid_level(resource):
+        err_console.print(f"{target[:100]!r}: expected PART/RESOURCE (names without '/', '+', '#')", style="red",
+                          highlight=False, markup=False)
+        raise typer.Exit(EXIT_CONFIG)
+    if not (math.isfinite(timeout) and 0 < timeout <= 3600) or (hold is not None and not
+                                                                (math.isfinite(hold) and 0 <= hold <= 86400)):
+        err_console.print("--timeout must be within (0, 3600] s and --hold within [0, 86400] s", style="red")
+        raise typer.Exit(EXIT_CONFIG)
     loaded = _load(config)
     urls = parse_urls(broker_url) if broker_url else None
     access = _access(loaded, identity, credentials)

@@ -496,8 +496,11 @@ def start_robot_broker(kind: str, loaded: LoadedConfig, *, port: int | None = No
     """A broker that serves exactly one robot as `orchestrator` would deploy it: every identity with its
     own password (from the robot's credentials, created here if missing), topic rights from the
     topology, no anonymous access (unless the robot runs ``security.insecure``)."""
+    from orchestrator.protocol.codec import MAX_PAYLOAD
+
     if loaded.config.security.insecure:
-        with (start_mosquitto(port) if kind == "mosquitto" else start_embedded_thread(port)) as info:
+        limit = f"message_size_limit {max_payload or MAX_PAYLOAD}"
+        with (start_mosquitto(port, limit) if kind == "mosquitto" else start_embedded_thread(port)) as info:
             yield info
         return
     store = make_credentials(loaded)
@@ -508,12 +511,12 @@ def start_robot_broker(kind: str, loaded: LoadedConfig, *, port: int | None = No
         make_dev_certs(store.directory, ["127.0.0.1", "localhost"], robot=loaded.config.robot)
         tls_port, port = port or free_port(), None
     if kind == "mosquitto":
-        extra = ["password_file ${dir}/passwd", "acl_file ${dir}/acl"]
+        # the same payload limit as the embedded broker's default (and the codec's)
+        extra = ["password_file ${dir}/passwd", "acl_file ${dir}/acl",
+                 f"message_size_limit {max_payload or MAX_PAYLOAD}"]
         if tls_port is not None:
             extra += [f"listener {tls_port} 127.0.0.1", "cafile ${dir}/ca.crt", "certfile ${dir}/broker.crt",
                       "keyfile ${dir}/broker.key"]
-        if max_payload is not None:
-            extra.append(f"message_size_limit {max_payload}")
         files = {"passwd": store.path("passwd").read_text(), "acl": store.path("acl").read_text()}
         if tls_port is not None:  # mosquitto drops privileges: its own copies, readable by it
             files["ca.crt"] = store.path("ca.crt").read_text()

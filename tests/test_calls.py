@@ -135,6 +135,10 @@ async def test_call_to_an_unknown_part_fails_at_once_and_to_a_stopped_part_is_pa
 ) -> None:
     async with running_robot(tmp_path, "mosquitto", PARTS) as (loaded, parts), \
             client_for(loaded, timeout=0.5) as client:
+        deadline = time.monotonic() + 5
+        while client.rpc.status is None or client.rpc.status.state != "running":  # the robot's own view
+            assert time.monotonic() < deadline
+            await asyncio.sleep(0.01)
         t0 = time.monotonic()
         with pytest.raises(UnknownResource, match="no part 'ghost'"):
             await client.call("ghost/x", "stop")

@@ -138,3 +138,118 @@ def test_example_config_is_valid() -> None:
     topo = loaded.topology
     assert len(topo.parts) >= 4
     assert max(topo.depth(p) for p in topo.parts) >= 2
+
+
+# ---- hostile files: each is a ConfigError (exit 2) naming the file, never a traceback, in bounded time ----
+
+def _validate(path: Path) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-m", "orchestrator", "validate", str(path)], capture_output=True,
+                          text=True, timeout=30)
+
+
+def _assert_refused(path: Path, fragment: str) -> list[str]:
+    with pytest.raises(ConfigError) as info:
+        load_config(path)
+    joined = "\n".join(info.value.problems)
+    assert str(path) in joined and fragment in joined, joined
+    assert len(joined) < 5000, "the message echoes its input"
+    return info.value.problems
+
+
+def test_a_parent_chain_of_1000_levels_is_an_error_not_a_traceback(tmp_path: Path) -> None:
+    import yaml
+
+    parts = [{"name": "p0"}] + [{"name": f"p{i}", "parent": f"p{i - 1}"} for i in range(1, 1000)]
+    path = tmp_path / "chain.yaml"
+    path.write_text(yaml.safe_dump({"robot": "r", "parts": parts}))
+    _assert_refused(path, "levels below the primary")
+    # a cycle through a thousand parts is found once, and named briefly
+    parts[0]["parent"] = "p999"
+    path.write_text(yaml.safe_dump({"robot": "r", "parts": parts}))
+    found = _assert_refused(path, "parent cycle")
+    assert len(found) == 2 and "more)" in found[1]  # "no primary", and the cycle
+    res = _validate(path)
+    assert res.returncode == 2 and "Traceback" not in res.stderr, res.stderr
+
+
+def test_a_dependency_chain_of_2000_is_an_error_not_a_traceback(tmp_path: Path) -> None:
+    import yaml
+
+    resources = [{"name": f"r{i}", "model": "orc:sim:sensor", "depends_on": [f"r{i + 1}"]} for i in range(1999)]
+    resources.append({"name": "r1999", "model": "orc:sim:sensor"})
+    path = tmp_path / "deps.yaml"
+    path.write_text(yaml.safe_dump({"robot": "r", "parts": [{"name": "main", "resources": resources}]}))
+    _assert_refused(path, "dependency chain of 2000 resources")
+    resources[-1]["depends_on"] = ["r0"]  # and as a cycle
+    path.write_text(yaml.safe_dump({"robot": "r", "parts": [{"name": "main", "resources": resources}]}))
+    _assert_refused(path, "dependency cycle: main/r0 -> main/r1")
+    res = _validate(path)
+    assert res.returncode == 2 and "Traceback" not in res.stderr, res.stderr
+
+
+def test_20000_nested_brackets_is_an_error(tmp_path: Path) -> None:
+    for name, text in (("brackets", "robot: " + "[" * 20000 + "]" * 20000 + "\n"),
+                       ("braces", "robot: " + "{a: " * 20000 + "1" + "}" * 20000 + "\n"),
+                       ("blocks", "robot:\n" + "".join(" " * i + "- \n" for i in range(300)))):
+        path = tmp_path / f"{name}.yaml"
+        path.write_text(text)
+        _assert_refused(path, "nested deeper than")
+    res = _validate(tmp_path / "brackets.yaml")
+    assert res.returncode == 2 and "Traceback" not in res.stderr, res.stderr
+
+
+def test_yaml_anchors_cannot_blow_up_the_message(tmp_path: Path) -> None:
+    import time
+
+    bomb = "a: &a [lol, lol, lol, lol, lol, lol, lol, lol, lol]\n"
+    for i in range(1, 9):
+        bomb += f"{chr(97 + i)}: &{chr(97 + i)} [" + ", ".join([f"*{chr(96 + i)}"] * 9) + "]\n"
+    path = tmp_path / "bomb.yaml"
+    path.write_text(bomb + "robot: *i\nparts: [{name: main, resources: *i}]\n")
+    t0 = time.monotonic()
+    _assert_refused(path, "once its aliases are expanded")
+    assert time.monotonic() - t0 < 5
+    # an alias inside the node it names
+    path.write_text("robot: r\nparts: &p [{name: main, resources: *p}]\n")
+    _assert_refused(path, "alias refers to the node that contains it")
+    # a few aliases that stay small are fine, and an invalid value they carry is quoted briefly
+    path.write_text("robot: &n " + "x" * 5000 + "\nparts: [{name: *n}]\n")
+    found = _assert_refused(path, "robot")
+    assert all(len(line) <= 500 for line in found)
+
+
+def test_duplicate_keys_are_refused(tmp_path: Path) -> None:
+    path = tmp_path / "dup.yaml"
+    path.write_text("robot: a\nparts: [{name: main}]\nrobot: b\n")
+    found = _assert_refused(path, "duplicate key 'robot' (first at line 1)")
+    assert found[0].startswith(f"{path}:3: ")
+    path.write_text("robot: a\nparts:\n  - name: main\n    heartbeat_s: 1\n    heartbeat_s: 0.1\n")
+    _assert_refused(path, "duplicate key 'heartbeat_s'")
+    # a merge key is not a duplicate
+    path.write_text("robot: a\nbase: &b {heartbeat_s: 1}\nparts: [{<<: *b, name: main}]\n")
+    _assert_refused(path, "base: unknown key")
+
+
+def test_validate_reads_a_bounded_amount_of_dev_urandom(tmp_path: Path) -> None:
+    import resource
+    import time
+
+    t0 = time.monotonic()
+    _assert_refused(Path("/dev/urandom"), "larger than a robot configuration may be")
+    _assert_refused(Path("/dev/zero"), "larger than a robot configuration may be")
+    big = tmp_path / "big.yaml"
+    big.write_text("robot: r\n# " + "x" * (1024 * 1024) + "\n")
+    _assert_refused(big, "larger than a robot configuration may be")
+    garbage = tmp_path / "garbage.yaml"
+    garbage.write_bytes(bytes(range(256)) * 8)
+    _assert_refused(garbage, "not UTF-8")
+    assert time.monotonic() - t0 < 5
+    res = subprocess.run([sys.executable, "-c", "import resource, subprocess, sys; "
+                          "r = subprocess.run([sys.executable, '-m', 'orchestrator', 'validate', '/dev/urandom'], "
+                          "capture_output=True, text=True, timeout=30); "
+                          "print(r.returncode, resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss); "
+                          "print(r.stderr, file=sys.stderr)"], capture_output=True, text=True, timeout=60)
+    code, rss_kb = res.stdout.split()
+    assert code == "2" and "/dev/urandom" in res.stderr and "Traceback" not in res.stderr, res.stderr
+    assert int(rss_kb) < 200_000, f"validate /dev/urandom used {rss_kb} KB"
+    assert resource  # the module is used in the child

@@ -104,7 +104,7 @@ def test_heartbeat_timeout_and_recovery() -> None:
     assert lv.check_timeouts(now=0.25) == []
     assert lv.check_timeouts(now=0.31) == ["a"]
     assert not lv.status("a").online and lv.status("a").reason == "heartbeat timeout"
-    lv.on_heartbeat("a", Envelope(src="part/a", birth=5), now=0.5)  # it thawed
+    lv.on_heartbeat("a", 5, now=0.5)  # it thawed
     assert lv.status("a").online
-    lv.on_heartbeat("a", Envelope(src="part/a", birth=4), now=0.6)  # stale birth: ignored
+    lv.on_heartbeat("a", 4, now=0.6)  # stale birth: ignored
     assert lv.ignored_stale == 1

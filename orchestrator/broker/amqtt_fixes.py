@@ -17,6 +17,9 @@ Overridden amqtt methods (all on ``amqtt.broker.Broker`` unless noted):
   bounded queue per client, bounded offline queues.
 - ``_publish_retained_messages_for_subscription``: receive ACL, QoS of the retained message.
 - ``add_subscription``, ``_topic_filtering``: MQTT filter syntax and our ACL callback.
+- ``_del_subscription``, ``_del_all_subscriptions``: a filter nobody subscribes to any more is forgotten.
+- ``StreamReaderAdapter.read`` (our ``_Reader``): packet size limit, and a deadline on the rest of a
+  packet once it has begun (a client stalled mid-packet held its connection forever).
 """
 
 from __future__ import annotations
@@ -60,11 +63,13 @@ STAT_KEYS = (
     "dropped_offline",
     "oversize",
     "acl_denied",
+    "stalled_packets",
 )
 
-CONNECT_TIMEOUT = 10.0
+CONNECT_TIMEOUT = 10.0  # a TCP connection that sends no CONNECT is closed after this
+PACKET_TIMEOUT = 10.0  # a packet begun by a client without keep-alive must be complete within this
 RAW_WRITE_HIGH_WATER = 256 * 1024  # bytes buffered for a client past which QoS 0 waits for the socket
-ACL_CACHE_SIZE = 50_000  # a TCP connection that sends no CONNECT is closed after this
+ACL_CACHE_SIZE = 50_000
 TAKEOVER_TIMEOUT = 5.0
 CLOSE_TIMEOUT = 2.0
 SUBACK_FAILURE = 0x80
@@ -123,23 +128,86 @@ class _Writer(StreamWriterAdapter):  # type: ignore[misc]  # amqtt ships no type
             self._stream.transport.abort()
 
 
+def packet_deadline(keep_alive: int) -> float:
+    """Seconds a client has to finish a packet once its first byte arrived: its keep-alive deadline (no
+    complete control packet within 1.5 x keep-alive is silence [MQTT-3.1.2-24], a half-sent one too), or
+    :data:`PACKET_TIMEOUT` for a client without keep-alive."""
+    return keepalive_deadline(keep_alive) if keep_alive > 0 else PACKET_TIMEOUT
+
+
 class _Reader(StreamReaderAdapter):  # type: ignore[misc]  # amqtt ships no type information
-    """Refuses to read a packet larger than ``max_packet`` (closes the connection instead)."""
+    """Refuses to read a packet larger than ``max_packet`` (closes the connection instead), and closes a
+    connection that stalls in the middle of a packet.
+
+    amqtt waits for a packet's fixed header under the keep-alive deadline, then reads the rest with no
+    deadline at all: a client that announced 100 KB and sent nothing more held its connection (and
+    its Will, and its session) forever.  This reader follows the packet boundaries (fixed header, then
+    ``remaining length`` bytes) and, once a packet has begun, bounds every read by the packet's deadline
+    (:func:`packet_deadline`, set by the broker once CONNECT is parsed; :data:`CONNECT_TIMEOUT` until
+    then).  Between packets it waits as amqtt tells it (the keep-alive).
+    """
 
     def __init__(self, reader: asyncio.StreamReader, writer: _Writer, max_packet: int, stats: dict[str, int]) -> None:
         super().__init__(reader)
         self._writer = writer
         self._max_packet = max_packet
         self._stats = stats
+        self.packet_timeout = CONNECT_TIMEOUT
+        self._phase = 0  # 0: between packets, 1: in the remaining-length bytes, 2: in the rest of the packet
+        self._left = 0
+        self._multiplier = 1
+        self._deadline = 0.0
+        self._dead = False
 
     async def read(self, n: int = -1) -> bytes:
+        if self._dead:
+            raise asyncio.IncompleteReadError(b"", n)
         if n > self._max_packet:
             self._stats["oversize"] += 1
             log.warning("closing a connection that sent a %d-byte packet (limit %d)", n, self._max_packet)
-            self._writer.abort()
+            self._close()
             raise asyncio.IncompleteReadError(b"", n)
-        data: bytes = await super().read(n)
+        loop = asyncio.get_running_loop()
+        if self._phase == 0:
+            data: bytes = await super().read(n)  # the start of a packet: waited for under amqtt's keep-alive
+            self._deadline = loop.time() + self.packet_timeout
+        else:
+            try:
+                async with asyncio.timeout_at(self._deadline):
+                    data = await super().read(n)
+            except TimeoutError:
+                self._stats["stalled_packets"] += 1
+                log.warning("closing a connection that stalled in the middle of a packet for %.1f s",
+                            self.packet_timeout)
+                self._close()
+                raise asyncio.IncompleteReadError(b"", n) from None
+        self._account(data)
         return data
+
+    def _close(self) -> None:
+        self._dead = True
+        self._writer.abort()
+
+    def _account(self, data: bytes) -> None:
+        """Follow the packet boundaries through the bytes amqtt has read."""
+        i = 0
+        while i < len(data):
+            if self._phase == 0:  # the first byte of a packet (type and flags)
+                self._phase, self._left, self._multiplier = 1, 0, 1
+                i += 1
+            elif self._phase == 1:  # remaining length, 7 bits a byte, least significant first
+                byte = data[i]
+                i += 1
+                self._left += (byte & 0x7F) * self._multiplier
+                self._multiplier *= 128
+                if not byte & 0x80:
+                    self._phase = 2 if self._left else 0
+            else:
+                take = min(self._left, len(data) - i)
+                self._left -= take
+                i += take
+                if self._left == 0:
+                    self._phase = 0
 
 
 class _Handler(BrokerProtocolHandler):  # type: ignore[misc]  # amqtt ships no type information
@@ -278,6 +346,8 @@ class FixedBroker(Broker):  # type: ignore[misc]  # amqtt ships no type informat
         # amqtt's reader loop waits session.keep_alive seconds for each packet, then calls
         # handle_read_timeout: make that the MQTT deadline, not 1 x keep-alive.
         session.keep_alive = keepalive_deadline(raw) if raw > 0 else 0
+        if isinstance(reader, _Reader):
+            reader.packet_timeout = packet_deadline(raw)
         handler.stats = self._stats
         return handler, session
 
@@ -624,6 +694,18 @@ class FixedBroker(Broker):  # type: ignore[misc]  # amqtt ships no type informat
         else:
             subscriptions.append((session, qos))
         return qos
+
+    def _del_subscription(self, a_filter: str, session: Session) -> int:
+        # amqtt left the filter's (empty) list behind on UNSUBSCRIBE: one entry per filter ever used
+        deleted: int = super()._del_subscription(a_filter, session)
+        if deleted and not self._subscriptions.get(a_filter, True):
+            del self._subscriptions[a_filter]
+            self._wildcard_filters.discard(a_filter)
+        return deleted
+
+    async def _del_all_subscriptions(self, session: Session) -> None:
+        for topic_filter in list(self._subscriptions):  # _del_subscription may delete the entry
+            self._del_subscription(topic_filter, session)
 
     async def _topic_filtering(self, session: Session, topic: str, action: Any) -> bool:
         return self._allowed(session, str(action), topic)

@@ -22,7 +22,7 @@ from typing import Any, TypeVar
 from orchestrator.config.loader import LoadedConfig, load_config
 from orchestrator.errors import ConfigError, ConnectionLost, ProtocolError
 from orchestrator.protocol.codec import decode, encode
-from orchestrator.protocol.messages import Notice, ShutdownRequest
+from orchestrator.protocol.messages import Notice, PartResources, RobotStatus, ShutdownRequest
 from orchestrator.protocol.topics import ClientId, Topics
 from orchestrator.resources.base import Resource
 from orchestrator.rpc.client import RpcClient
@@ -137,7 +137,10 @@ class RobotClient:
         if self._primary is None:
             async with self.mqtt.messages(self.topics.robot_status()) as stream:
                 msg = await stream.get(timeout=timeout)
-            self._primary = str(decode(msg.payload).body["primary"])
+            env = decode(msg.payload)
+            if not env.src.startswith("part/") or not self.topics.authentic(msg.topic, env.src):
+                raise ProtocolError("the retained robot status was not published by a part")
+            self._primary = env.parse(RobotStatus).primary
         return self._primary
 
     def _on_notice(self, msg: Message) -> None:
@@ -164,18 +167,31 @@ class RobotClient:
         return await self.rpc.call(part, name, method, args or {}, timeout=timeout)
 
     async def resources(self, settle_s: float = 0.3) -> dict[str, list[dict[str, Any]]]:
-        """What every part hosts, from the retained ``part/+/resources`` topics."""
+        """What every part hosts, from the retained ``part/+/resources`` topics.
+
+        A listing that cannot be read (malformed, or not published by the part itself) is one row of
+        status ``invalid`` saying why: a hostile retained message costs a row, never the whole listing."""
         out: dict[str, list[dict[str, Any]]] = {}
         async with self.mqtt.messages(self.topics.all_part_resources()) as stream:
-            while True:
+            while len(out) < 10_000:
                 try:
                     m = await stream.get(timeout=settle_s)
                 except TimeoutError:
                     break
                 part = self.topics.part_of(m.topic)
                 if part is not None:
-                    out[part] = decode(m.payload).body.get("resources", [])
+                    out[part] = self._listing(m)
         return out
+
+    def _listing(self, msg: Message) -> list[dict[str, Any]]:
+        try:
+            env = decode(msg.payload)
+            if not self.topics.authentic(msg.topic, env.src):
+                raise ProtocolError(f"published by {env.src[:80]!r}, not by the part")
+            return [r.model_dump(mode="json") for r in env.parse(PartResources).resources]
+        except ProtocolError as exc:
+            return [{"name": "-", "model": "-", "status": "invalid",
+                     "reason": f"unreadable resource listing: {exc.message[:200]}"}]
 
     async def shutdown_robot(self, reason: str = "requested by a client") -> None:
         await self.mqtt.publish(self.topics.client_shutdown(self.id.name),

@@ -158,14 +158,18 @@ class ClientSessions:
         return [row for rs in rows for row in rs]
 
     @contextlib.asynccontextmanager
-    async def events(self, only_mine: bool = True) -> AsyncIterator[asyncio.Queue[SessionEvent]]:
-        """A queue of session events (opened, owned, expired, closed) published by the parts."""
-        q: asyncio.Queue[SessionEvent] = asyncio.Queue()
+    async def events(self, only_mine: bool = True, maxsize: int = 10_000) -> AsyncIterator[asyncio.Queue[SessionEvent]]:
+        """A queue of session events (opened, owned, expired, closed) published by the parts: only from the
+        part whose topic it is, at most ``maxsize`` unread (newer ones are dropped while it is full)."""
+        q: asyncio.Queue[SessionEvent] = asyncio.Queue(maxsize)
         mine = {s.short_id for s in self._open}
 
         def on(msg: Any) -> None:
-            with contextlib.suppress(ProtocolError):
-                ev = decode(msg.payload).parse(SessionEvent)
+            with contextlib.suppress(ProtocolError, asyncio.QueueFull):
+                env = decode(msg.payload)
+                if not self.robot.topics.authentic(msg.topic, env.src) or not env.src.startswith("part/"):
+                    return
+                ev = env.parse(SessionEvent)
                 if not only_mine or ev.owner == self.robot.id.sender or ev.session in mine:
                     q.put_nowait(ev)
 

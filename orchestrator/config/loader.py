@@ -2,10 +2,16 @@
 
 Every problem is reported as ``FILE:LINE: PATH: what was expected`` and collected into one
 :class:`~orchestrator.errors.ConfigError`, so a user fixes the whole file in one pass.
+
+A configuration file is input like any other: it is read up to :data:`MAX_CONFIG_BYTES`, its YAML
+nesting, the expansion of its aliases and its keys are checked before anything is built from it
+(duplicate keys are refused, not silently overwritten), and messages quote at most a short
+excerpt of what was found, never the input itself.
 """
 
 from __future__ import annotations
 
+import reprlib
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -20,6 +26,96 @@ from orchestrator.errors import ConfigError
 
 ModelCheck = Callable[[RobotConfig], list[Problem]]
 Enrich = Callable[[RobotConfig], RobotConfig]
+
+MAX_CONFIG_BYTES = 256 * 1024  # a robot's configuration is a few kilobytes
+MAX_YAML_DEPTH = 64  # nested mappings and sequences
+MAX_YAML_NODES = 100_000  # nodes once every alias is expanded (a "billion laughs" file is refused)
+MAX_PROBLEMS = 50  # problems listed; the rest are counted
+MAX_LINE = 500  # characters of one problem line
+
+_short = reprlib.Repr()
+_short.maxlevel, _short.maxdict, _short.maxlist, _short.maxtuple, _short.maxset = 2, 4, 4, 4, 4
+_short.maxstring, _short.maxother, _short.maxlong = 60, 60, 40
+
+
+def excerpt(value: Any) -> str:
+    """What a message may quote of an input: a bounded ``repr``."""
+    return _short.repr(value)
+
+
+class _YamlError(yaml.MarkedYAMLError):
+    pass
+
+
+class _Loader(yaml.SafeLoader):
+    """PyYAML's safe loader, composing no deeper than :data:`MAX_YAML_DEPTH` (its composer recurses)."""
+
+    def __init__(self, stream: str) -> None:
+        super().__init__(stream)
+        self._depth = 0
+
+    def compose_node(self, parent: yaml.Node | None, index: Any) -> yaml.Node | None:
+        self._depth += 1
+        try:
+            if self._depth > MAX_YAML_DEPTH:
+                raise _YamlError(problem=f"nested deeper than {MAX_YAML_DEPTH} levels",
+                                 problem_mark=self.peek_event().start_mark)  # type: ignore[no-untyped-call]
+            return super().compose_node(parent, index)
+        finally:
+            self._depth -= 1
+
+
+def _check_nodes(root: yaml.Node) -> None:
+    """Refuse aliases that expand past :data:`MAX_YAML_NODES` (or into themselves) and duplicate keys.
+
+    Iterative; each distinct node is visited once, however many aliases point at it."""
+    size: dict[int, int] = {}
+    state: dict[int, int] = {}  # 1: being expanded (on the current path), 2: done
+    stack: list[tuple[yaml.Node, bool]] = [(root, False)]
+    while stack:
+        node, finished = stack.pop()
+        key = id(node)
+        children: list[yaml.Node] = []
+        if isinstance(node, yaml.MappingNode):
+            children = [n for pair in node.value for n in pair]
+        elif isinstance(node, yaml.SequenceNode):
+            children = list(node.value)
+        if finished:
+            total = 1 + sum(size[id(c)] for c in children)
+            if total > MAX_YAML_NODES:
+                raise _YamlError(problem=f"more than {MAX_YAML_NODES} values once its aliases are expanded",
+                                 problem_mark=node.start_mark)
+            size[key], state[key] = total, 2
+            continue
+        seen = state.get(key)
+        if seen == 2:
+            continue
+        if seen == 1:
+            raise _YamlError(problem="an alias refers to the node that contains it", problem_mark=node.start_mark)
+        state[key] = 1
+        if isinstance(node, yaml.MappingNode):
+            first: dict[str, int] = {}
+            for k, _ in node.value:
+                if isinstance(k, yaml.ScalarNode) and k.tag != "tag:yaml.org,2002:merge":
+                    if k.value in first:
+                        raise _YamlError(problem=f"duplicate key {excerpt(k.value)} (first at line {first[k.value]})",
+                                         problem_mark=k.start_mark)
+                    first[k.value] = k.start_mark.line + 1
+        stack.append((node, True))
+        stack.extend((c, False) for c in children)
+
+
+def load_yaml(text: str) -> tuple[yaml.Node | None, Any]:
+    """(composed tree, data) of one YAML document, within the bounds above; raises ``yaml.YAMLError``."""
+    loader = _Loader(text)
+    try:
+        root = loader.get_single_node()
+        if root is None:
+            return None, None
+        _check_nodes(root)
+        return root, loader.construct_document(root)
+    finally:
+        loader.dispose()
 
 
 @dataclass(frozen=True)
@@ -71,7 +167,7 @@ def _pydantic_problems(exc: ValidationError) -> list[Problem]:
         elif err["type"] == "missing":
             msg = "required key is missing"
         elif "input" in err and err["type"] not in ("model_type",):
-            msg = f"{msg} (got {err['input']!r})"
+            msg = f"{msg[:300]} (got {excerpt(err['input'])})"
         out.append(Problem(tuple(loc), msg))
     return out
 
@@ -79,14 +175,18 @@ def _pydantic_problems(exc: ValidationError) -> list[Problem]:
 def parse_config(
     text: str, source: str = "<string>", *, model_check: ModelCheck | None = None, enrich: Enrich | None = None
 ) -> LoadedConfig:
+    if len(text) > MAX_CONFIG_BYTES:
+        raise ConfigError(f"{source}: {len(text)} characters: larger than a robot configuration may be "
+                          f"({MAX_CONFIG_BYTES} bytes)", source=source)
     try:
-        root = yaml.compose(text)
-        data: Any = yaml.safe_load(text)
+        root, data = load_yaml(text)
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         where = f"{source}:{mark.line + 1}" if mark is not None else source
         problem = getattr(exc, "problem", None) or str(exc)
-        raise ConfigError(f"{where}: invalid YAML: {problem}", source=source) from None
+        raise ConfigError(f"{where}: invalid YAML: {str(problem)[:300]}", source=source) from None
+    except RecursionError:  # not reachable through the bounds above; never a traceback if it were
+        raise ConfigError(f"{source}: invalid YAML: nested too deeply", source=source) from None
     if not isinstance(data, dict):
         raise ConfigError(
             f"{source}: expected a mapping with 'robot', 'broker' and 'parts' at the top level, "
@@ -96,10 +196,13 @@ def parse_config(
 
     def fail(problems: list[Problem]) -> ConfigError:
         lines = []
-        for p in problems:
+        for p in problems[:MAX_PROBLEMS]:
             line = _line_of(root, p.path)
             where = f"{source}:{line}" if line else source
-            lines.append(f"{where}: {format_path(p.path)}: {p.message}")
+            text = f"{where}: {format_path(p.path)[:200]}: {p.message}"
+            lines.append(text if len(text) <= MAX_LINE else text[: MAX_LINE - 3] + "...")
+        if len(problems) > MAX_PROBLEMS:
+            lines.append(f"{source}: ... and {len(problems) - MAX_PROBLEMS} more problem(s)")
         return ConfigError(lines[0], lines, source=source)
 
     try:
@@ -121,11 +224,19 @@ def load_config(path: str | Path, *, check_models: bool = True) -> LoadedConfig:
     """Read, parse and validate ``path``; raise :class:`ConfigError` naming the file and path."""
     p = Path(path)
     try:
-        text = p.read_text(encoding="utf-8")
+        with p.open("rb") as f:  # bounded: a device or a huge file is never read whole
+            raw = f.read(MAX_CONFIG_BYTES + 1)
+        if len(raw) > MAX_CONFIG_BYTES:
+            raise ConfigError(f"{p}: larger than a robot configuration may be ({MAX_CONFIG_BYTES} bytes)",
+                              source=str(p))
+        text = raw.decode("utf-8")
     except FileNotFoundError:
         raise ConfigError(f"{p}: no such configuration file", source=str(p)) from None
-    except (OSError, UnicodeDecodeError) as exc:
-        raise ConfigError(f"{p}: cannot read: {exc}", source=str(p)) from None
+    except UnicodeDecodeError as exc:
+        raise ConfigError(f"{p}: not UTF-8 text (byte {exc.start}): not a robot configuration",
+                          source=str(p)) from None
+    except OSError as exc:
+        raise ConfigError(f"{p}: cannot read: {type(exc).__name__}: {exc.strerror or exc}", source=str(p)) from None
     model_check: ModelCheck | None = None
     enrich: Enrich | None = None
     if check_models:

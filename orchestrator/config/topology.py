@@ -6,13 +6,20 @@ this subtree take to stop"); it never re-derives the answer itself.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+from collections.abc import Hashable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
+from typing import TypeVar
 
 from orchestrator.config.models import RobotConfig
 
 # Extra time a parent allows per level for the stop/stopped messages to cross the broker.
 MESSAGE_MARGIN_S = 0.25
+
+# Bounds on the graphs a configuration may describe: a robot is a few levels deep, and every algorithm
+# below is iterative, so a hostile file costs a clear problem, never a recursion or quadratic time.
+MAX_TREE_DEPTH = 32  # levels of parts below the primary
+MAX_DEPENDENCY_DEPTH = 64  # resources in one dependency chain
+SHOWN = 8  # names quoted in one message (cycles, expected values)
 
 Path = tuple[str | int, ...]
 
@@ -51,6 +58,7 @@ class Topology:
     deps_of: dict[ResourceRef, list[ResourceRef]]
     stop_deadline_of: dict[str, float]
     _start_parts: list[str] = field(default_factory=list)
+    _budgets: dict[str, float] = field(default_factory=dict)
 
     # -- construction ---------------------------------------------------------------------------
     @classmethod
@@ -132,9 +140,12 @@ class Topology:
 
         The part's own ``stop_deadline_s`` plus the slowest child's budget plus a message margin.
         """
-        kids = self.children_of[part]
-        below = max((self.stop_budget(c) for c in kids), default=0.0)
-        return self.stop_deadline_of[part] + below + (MESSAGE_MARGIN_S if kids else 0.0)
+        if not self._budgets:  # every part's, children before parents (no recursion)
+            for p in reversed(self._start_parts):
+                kids = self.children_of[p]
+                below = max((self._budgets[c] for c in kids), default=0.0)
+                self._budgets[p] = self.stop_deadline_of[p] + below + (MESSAGE_MARGIN_S if kids else 0.0)
+        return self._budgets[part]
 
     def shutdown_bound(self) -> float:
         """Upper bound on the whole bottom-up shutdown of the robot."""
@@ -178,22 +189,43 @@ class TopologyError(Exception):
         self.problems = list(problems)
 
 
-def _toposort(names: Sequence[str], deps: dict[str, list[str]]) -> list[str]:
+N = TypeVar("N", bound=Hashable)
+
+
+def _toposort(names: Sequence[N], deps: Mapping[N, Sequence[N]]) -> list[N]:
     """Stable topological sort (config order among independent nodes). Assumes no cycle."""
-    done: set[str] = set()
-    out: list[str] = []
-
-    def visit(n: str) -> None:
-        if n in done:
-            return
-        done.add(n)
-        for d in deps.get(n, []):
-            visit(d)
-        out.append(n)
-
-    for n in names:
-        visit(n)
+    done: set[N] = set()
+    out: list[N] = []
+    for root in names:
+        if root in done:
+            continue
+        done.add(root)
+        stack = [(root, iter(deps.get(root, [])))]  # depth first, explicitly: no recursion limit
+        while stack:
+            node, pending = stack[-1]
+            nxt = next((d for d in pending if d not in done), None)
+            if nxt is None:
+                stack.pop()
+                out.append(node)
+            else:
+                done.add(nxt)
+                stack.append((nxt, iter(deps.get(nxt, []))))
     return out
+
+
+def shown(names: Sequence[object], limit: int = SHOWN) -> str:
+    """``'a', 'b', 'c'`` for a message: at most ``limit`` names, each bounded, and how many were left out."""
+    bits = [repr(str(n)[:64]) for n in names[:limit]]
+    more = len(names) - limit
+    return ", ".join(bits) + (f", ... ({more} more)" if more > 0 else "")
+
+
+def _chain(nodes: Sequence[object]) -> str:
+    """``a -> b -> a`` for a cycle, bounded: the first and last few names of a long one."""
+    names = [str(n)[:64] for n in nodes]
+    if len(names) > 2 * SHOWN:
+        names = [*names[:SHOWN], f"... ({len(names) - 2 * SHOWN} more)", *names[-SHOWN:]]
+    return " -> ".join(names)
 
 
 def check(config: RobotConfig) -> list[Problem]:
@@ -220,28 +252,44 @@ def check(config: RobotConfig) -> list[Problem]:
         )
     for i, p in enumerate(config.parts):
         if p.parent is not None and p.parent not in index:
-            problems.append(
-                Problem(("parts", i, "parent"), f"unknown parent {p.parent!r}: expected one of {sorted(index)}")
-            )
+            problems.append(Problem(("parts", i, "parent"),
+                                    f"unknown parent {p.parent[:64]!r}: expected one of [{shown(sorted(index))}]"))
         if p.parent == p.name:
             problems.append(Problem(("parts", i, "parent"), f"part {p.name!r} is its own parent"))
-    # cycles in the parent relation (only meaningful once parents are known)
+    # cycles in the parent relation (only meaningful once parents are known): each part is walked up once
     parent = {p.name: p.parent for p in config.parts}
-    reported: set[str] = set()
+    state: dict[str, int] = {}  # 1: on the walk being made, 2: leads to the primary or to a known cycle
+    first_at = {p.name: i for i, p in reversed(list(enumerate(config.parts)))}
     for i, p in enumerate(config.parts):
-        seen: list[str] = []
+        walk: list[str] = []
         cur: str | None = p.name
-        while cur is not None and cur in parent and cur not in seen:
-            seen.append(cur)
+        while cur is not None and cur in parent and state.get(cur) is None:
+            state[cur] = 1
+            walk.append(cur)
             cur = parent[cur]
-        if cur is not None and cur in seen:
-            cycle = seen[seen.index(cur) :]
-            key = min(cycle)
-            if key not in reported and len(cycle) > 1:
-                reported.add(key)
-                problems.append(
-                    Problem(("parts", i, "parent"), "parent cycle: " + " -> ".join([*cycle, cur]))
-                )
+        if cur is not None and state.get(cur) == 1:
+            cycle = walk[walk.index(cur):]
+            if len(cycle) > 1:
+                problems.append(Problem(("parts", i, "parent"), "parent cycle: " + _chain([*cycle, cur])))
+        for w in walk:
+            state[w] = 2
+    if not problems:  # a tree: how deep is it
+        depth: dict[str, int] = {}
+        for p in config.parts:
+            walk = []
+            cur = p.name
+            while cur is not None and cur not in depth:
+                walk.append(cur)
+                cur = parent[cur]
+            level = depth[cur] if cur is not None else -1
+            for w in reversed(walk):
+                level += 1
+                depth[w] = level
+        deepest = max(depth, key=lambda n: depth[n])
+        if depth[deepest] > MAX_TREE_DEPTH:
+            problems.append(Problem(("parts", first_at[deepest], "parent"),
+                                    f"part {deepest!r} is {depth[deepest]} levels below the primary: a robot "
+                                    f"may be at most {MAX_TREE_DEPTH} levels deep"))
     # resources: duplicates, dependencies, cycles
     all_refs: set[ResourceRef] = set()
     for i, p in enumerate(config.parts):
@@ -280,32 +328,46 @@ def check(config: RobotConfig) -> list[Problem]:
                     graph[ref].append(dep)
     dep_cycle = _find_cycle(graph)
     if dep_cycle:
-        problems.append(Problem(where[dep_cycle[0]], "dependency cycle: " + " -> ".join(str(c) for c in dep_cycle)))
+        problems.append(Problem(where[dep_cycle[0]], "dependency cycle: " + _chain(dep_cycle)))
+    else:
+        longest = _longest_chain(graph)
+        if longest is not None and longest[1] > MAX_DEPENDENCY_DEPTH:
+            ref, n = longest
+            problems.append(Problem(where[ref], f"resource {ref} starts a dependency chain of {n} resources: at "
+                                                f"most {MAX_DEPENDENCY_DEPTH}"))
     return problems
 
 
+def _longest_chain(graph: dict[ResourceRef, list[ResourceRef]]) -> tuple[ResourceRef, int] | None:
+    """The resource that starts the longest dependency chain, and its length (the graph has no cycle)."""
+    length: dict[ResourceRef, int] = {}
+    for n in _toposort(list(graph), graph):  # dependencies come first
+        length[n] = 1 + max((length[d] for d in graph[n]), default=0)
+    if not length:
+        return None
+    top = max(length, key=lambda n: length[n])
+    return top, length[top]
+
+
 def _find_cycle(graph: dict[ResourceRef, list[ResourceRef]]) -> list[ResourceRef] | None:
+    """A dependency cycle (its nodes, the first repeated at the end), or None.  Iterative depth-first."""
     white, grey, black = 0, 1, 2
     color = dict.fromkeys(graph, white)
-    stack: list[ResourceRef] = []
-
-    def dfs(n: ResourceRef) -> list[ResourceRef] | None:
-        color[n] = grey
-        stack.append(n)
-        for d in graph.get(n, []):
-            if color.get(d, black) == grey:
-                return [*stack[stack.index(d) :], d]
-            if color.get(d) == white:
-                found = dfs(d)
-                if found:
-                    return found
-        stack.pop()
-        color[n] = black
-        return None
-
-    for n in graph:
-        if color[n] == white:
-            found = dfs(n)
-            if found:
-                return found
+    for root in graph:
+        if color[root] != white:
+            continue
+        color[root] = grey
+        path = [root]
+        stack = [iter(graph.get(root, []))]
+        while stack:
+            d = next(stack[-1], None)
+            if d is None:
+                stack.pop()
+                color[path.pop()] = black
+            elif color.get(d, black) == grey:
+                return [*path[path.index(d):], d]
+            elif color.get(d) == white:
+                color[d] = grey
+                path.append(d)
+                stack.append(iter(graph.get(d, [])))
     return None

@@ -386,6 +386,11 @@ class Launcher:
     def _on_timeline(self, msg: Message) -> None:
         if msg.retain:
             return  # the timeline of an earlier run, kept by the broker: never acted on
+        if not self._shutting_down:
+            # a timeline while nothing is shutting down answers nothing; kept, it would end the next real
+            # shutdown at once (and have `up` kill every part it records as forced)
+            self.refusals.refuse("timeline:not_shutting_down", msg.topic, message=msg)
+            return
         env = self._trusted(msg)
         if env is None:
             return

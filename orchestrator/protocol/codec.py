@@ -40,7 +40,8 @@ def validation_summary(exc: ValidationError, limit: int = 3) -> str:
 
 
 def check_value(value: Any, what: str = "message") -> None:
-    """Refuse non-finite numbers, nesting deeper than MAX_DEPTH and more than MAX_ITEMS items.
+    """Refuse non-finite numbers, strings longer than MAX_STR, nesting deeper than MAX_DEPTH and more than
+    MAX_ITEMS items: what :func:`unpack` refuses, so what passes here can be read on the other side.
 
     Iterative: a hostile depth never reaches Python's recursion limit."""
     stack: list[tuple[Any, int]] = [(value, 0)]
@@ -50,12 +51,16 @@ def check_value(value: Any, what: str = "message") -> None:
         if isinstance(v, float):
             if not math.isfinite(v):
                 raise ProtocolError(f"{what} contains a non-finite number", reason="non_finite")
+        elif isinstance(v, str | bytes | bytearray):
+            if len(v) > MAX_STR:
+                raise ProtocolError(f"{what} contains a string of {len(v)} characters (at most {MAX_STR})",
+                                    reason="too_large")
         elif isinstance(v, dict):
             if depth >= MAX_DEPTH:
                 raise ProtocolError(f"{what} is nested deeper than {MAX_DEPTH} levels", reason="too_deep")
             items += len(v)
             stack.extend((x, depth + 1) for x in v.values())
-            stack.extend((k, depth + 1) for k in v if not isinstance(k, str))
+            stack.extend((k, depth + 1) for k in v)
         elif isinstance(v, list | tuple):
             if depth >= MAX_DEPTH:
                 raise ProtocolError(f"{what} is nested deeper than {MAX_DEPTH} levels", reason="too_deep")

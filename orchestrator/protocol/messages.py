@@ -159,6 +159,19 @@ class ReloadRequest(_Body):
     reason: Text = "requested over MQTT"
 
 
+class ResourceInfo(_Body):
+    name: Name
+    model: Text
+    status: Name  # ready | degraded | ...
+    reason: Text | None = None
+
+
+class PartResources(_Body):
+    """Retained on ``part/<p>/resources``: what the part hosts."""
+
+    resources: list[ResourceInfo] = Field(default_factory=list, max_length=10_000)
+
+
 class TelemetryReading(_Body):
     resource: Name
     readings: dict[str, Any]

@@ -26,13 +26,22 @@ class Refusals:
         self.version = 0  # rises with every refusal (cheap "did anything change" for publishers)
         self._logged_at: dict[str, float] = {}
         self._suppressed: dict[str, int] = {}
+        self._last: tuple[object, str] | None = None  # the message refused last, and why
 
     @property
     def total(self) -> int:
         return sum(self.counts.values())
 
-    def refuse(self, reason: str, topic: str = "", detail: str = "", level: int = logging.WARNING) -> None:
+    def refuse(self, reason: str, topic: str = "", detail: str = "", level: int = logging.WARNING, *,
+               message: object = None) -> None:
+        """Count (and perhaps log) one refusal.  ``message``: the message refused; several handlers of one
+        process that refuse the same message for the same reason count it once."""
         reason = reason[:48]
+        if message is not None:
+            previous = self._last
+            if previous is not None and previous[0] is message and previous[1] == reason:
+                return
+            self._last = (message, reason)
         if reason not in self.counts and len(self.counts) >= MAX_REASONS:
             reason = "other"
         self.counts[reason] = self.counts.get(reason, 0) + 1

@@ -41,6 +41,7 @@ __all__ = [
     "Topics",
     "check_name",
     "topic_matches",
+    "valid_level",
 ]
 
 PROTOCOL_VERSION: Final = 1
@@ -58,6 +59,13 @@ def check_name(kind: str, name: str) -> str:
             "starting with a letter or digit"
         )
     return name
+
+
+def valid_level(name: str) -> bool:
+    """Can ``name`` be one level of a topic we publish to (a part or resource named by a caller): 1 to 64
+    characters, none of them ``/``, ``+``, ``#`` or NUL.  Looser than :func:`check_name` (it admits the
+    reserved ``_sessions``), strict enough that a caller can never address a wildcard or another level."""
+    return isinstance(name, str) and 0 < len(name) <= 64 and not any(c in name for c in "/+#\0")
 
 
 IDENTITY_KINDS: Final = ("part", "client", "bridge")

@@ -47,8 +47,12 @@ class Resource(abc.ABC):  # noqa: B024 - abstract by intent; every hook is optio
         """Release what the resource holds.  Called in reverse dependency order, bounded in time."""
 
     async def do_command(self, command: dict[str, Any]) -> dict[str, Any]:
-        """Free-form command; the generic resource's only method."""
-        raise NotImplementedError(f"{type(self).__name__} has no free-form commands")
+        """Free-form command; the generic resource's only method.  A resource without any answers
+        :class:`~orchestrator.errors.UnknownMethod` (a caller's mistake, not a plugin's failure)."""
+        from orchestrator.errors import UnknownMethod
+
+        raise UnknownMethod(f"{type(self).__name__} has no free-form commands", resource=self.name,
+                            method="do_command")
 
     @property
     def is_actuator(self) -> bool:

@@ -38,7 +38,7 @@ from orchestrator.errors import (
 from orchestrator.protocol.codec import Envelope, check_value, decode, decode_body, encode
 from orchestrator.protocol.messages import CallReply, PartState, PartStateName, RobotStatus
 from orchestrator.protocol.refusals import Refusals
-from orchestrator.protocol.topics import Topics
+from orchestrator.protocol.topics import Topics, valid_level
 from orchestrator.sessions.context import current
 from orchestrator.transport.client import Message, MqttClient
 
@@ -105,6 +105,9 @@ class RpcClient:
     # -- calls ------------------------------------------------------------------------------------
     async def call(self, part: str, resource: str, method: str, args: dict[str, Any] | None = None, *,
                    timeout: float | None = None, session: Any = _DEFAULT) -> Any:
+        if not valid_level(part) or not valid_level(resource) or not valid_level(method):
+            raise InvalidArgument(f"{str(part)[:64]!r}/{str(resource)[:64]!r}.{str(method)[:64]}: not a part, resource "
+                                  "and method name (1-64 characters, none of '/', '+', '#')")
         if session is _DEFAULT and self.session is not None and self.session_ended is not None and \
                 current.get() is None:
             raise SessionExpired(f"the robot ended this client's session: {self.session_ended}")
@@ -119,8 +122,9 @@ class RpcClient:
             raise InvalidArgument(f"{part}/{resource}.{method}: {exc.message}", part=part, resource=resource,
                                   method=method) from None
         timeout = self.default_timeout if timeout is None else timeout
-        if not 0 < timeout <= MAX_TIMEOUT_S:
-            raise ValueError(f"timeout must be within (0, {MAX_TIMEOUT_S:g}] s, got {timeout}")
+        if not 0 < timeout <= MAX_TIMEOUT_S:  # NaN included: no comparison holds
+            raise InvalidArgument(f"{part}/{resource}.{method}: timeout must be within (0, {MAX_TIMEOUT_S:g}] s, "
+                                  f"got {timeout!r}"[:300], part=part, resource=resource, method=method)
         rid = self._prefix + str(next(self._ids))
         fut: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
         self._pending[rid] = (part, fut)
@@ -173,16 +177,17 @@ class RpcClient:
                 rid, ok = rep.id, rep.ok
         except (ProtocolError, ValidationError) as exc:
             reason = exc.details.get("reason", "malformed") if isinstance(exc, ProtocolError) else "bad_reply"
-            self.refusals.refuse(f"reply:{reason}", msg.topic)
+            self.refusals.refuse(f"reply:{reason}", msg.topic, message=msg)
             return
         if src != replier:
-            self.refusals.refuse("reply:forged_sender", msg.topic)
+            self.refusals.refuse("reply:forged_sender", msg.topic, message=msg)
             return
         got = self._pending.get(rid)
         if got is None or got[1].done():
             return
         if replier != f"part/{got[0]}":
-            self.refusals.refuse("reply:wrong_part", msg.topic)  # another part answering for the one called
+            # another part answering for the one called
+            self.refusals.refuse("reply:wrong_part", msg.topic, message=msg)
             return
         if ok:
             got[1].set_result(body.get("result"))
@@ -195,10 +200,10 @@ class RpcClient:
         try:
             env = decode(msg.payload)
         except ProtocolError as exc:
-            self.refusals.refuse(str(exc.details.get("reason", "malformed")), msg.topic)
+            self.refusals.refuse(str(exc.details.get("reason", "malformed")), msg.topic, message=msg)
             return None
         if not self.topics.authentic(msg.topic, env.src):
-            self.refusals.refuse("forged_sender", msg.topic)
+            self.refusals.refuse("forged_sender", msg.topic, message=msg)
             return None
         return env
 
@@ -210,7 +215,7 @@ class RpcClient:
         try:
             st = env.parse(PartState)
         except ProtocolError:
-            self.refusals.refuse("bad_state", msg.topic)
+            self.refusals.refuse("bad_state", msg.topic, message=msg)
             return
         prev = self.part_states.get(part)
         if prev is not None and env.birth < prev[0]:
@@ -229,7 +234,7 @@ class RpcClient:
         try:
             status = env.parse(RobotStatus)
         except ProtocolError:
-            self.refusals.refuse("bad_status", msg.topic)
+            self.refusals.refuse("bad_status", msg.topic, message=msg)
             return
         self.status = status
         if status.state == "offline":

@@ -11,6 +11,7 @@ import asyncio
 import dataclasses
 import logging
 import time
+import traceback
 from collections.abc import Awaitable, Callable
 from typing import Any
 
@@ -29,7 +30,7 @@ from orchestrator.errors import (
 from orchestrator.protocol.codec import decode_body, encode, encode_checked, validation_summary
 from orchestrator.protocol.messages import CallReply, CallRequest
 from orchestrator.protocol.refusals import Refusals
-from orchestrator.protocol.topics import Topics
+from orchestrator.protocol.topics import Topics, valid_level
 from orchestrator.resources.base import Resource
 from orchestrator.rpc.methods import MethodSpec, api_methods
 from orchestrator.sessions.context import CallContext, current
@@ -41,23 +42,31 @@ log = logging.getLogger("orchestrator.rpc")
 DEFAULT_TIMEOUT_S = 30.0
 MAX_CALL_S = 3600.0  # a deadline further ahead is refused (long moves return at once and run on)
 MAX_INFLIGHT = 1000  # calls served at once by one part; past that a call is answered "unavailable"
+FAILURE_LOG_S = 60.0  # a plugin's traceback is logged once per resource, method and exception type in this
 
 # before_call(context, direct, resource name, resource, spec): raise an OrchestratorError to refuse.
 # ``direct`` is False for a part calling on behalf of the session it was itself called in.
 BeforeCall = Callable[[CallContext, bool, str, Resource, MethodSpec], Awaitable[None]]
 
 
-_FIELDS: dict[str, type] = {"id": str, "method": str}
-_OPTIONAL: dict[str, type | tuple[type, ...]] = {"deadline": (int, float), "session": str, "on_behalf": str}
+# the hot path's plain checks: (type, longest string) per field, the bounds of messages.CallRequest
+_FIELDS: dict[str, tuple[type, int]] = {"id": (str, 200), "method": (str, 64)}
+_OPTIONAL: dict[str, tuple[type | tuple[type, ...], int]] = {"deadline": ((int, float), 0), "session": (str, 200),
+                                                             "on_behalf": (str, 200)}
+
+
+def _fits(value: Any, kind: type | tuple[type, ...], longest: int) -> bool:
+    return isinstance(value, kind) and not isinstance(value, bool) and (not longest or len(str(value)) <= longest)
 
 
 def _call_request(body: dict[str, Any]) -> CallRequest:
-    """A CallRequest from a decoded body: plain type checks on the hot path, pydantic on anything else."""
+    """A CallRequest from a decoded body: plain type and length checks on the hot path, pydantic on anything
+    else (which gives the precise error)."""
     args = body.get("args", {})
     if (
-        all(isinstance(body.get(k), t) for k, t in _FIELDS.items())
+        all(_fits(body.get(k), *spec) for k, spec in _FIELDS.items())
         and isinstance(args, dict)
-        and all(body.get(k) is None or isinstance(body.get(k), t) for k, t in _OPTIONAL.items())
+        and all(body.get(k) is None or _fits(body.get(k), *spec) for k, spec in _OPTIONAL.items())
     ):
         return CallRequest.model_construct(
             id=body["id"], method=body["method"], args=args, deadline=body.get("deadline"),
@@ -66,7 +75,7 @@ def _call_request(body: dict[str, Any]) -> CallRequest:
     try:
         return CallRequest.model_validate(body)
     except ValidationError as exc:
-        raise ProtocolError(f"bad CallRequest: {exc.errors()[:3]}") from None
+        raise ProtocolError(f"bad CallRequest: {validation_summary(exc)}") from None
 
 
 def to_wire(value: Any) -> Any:
@@ -99,6 +108,8 @@ class RpcServer:
         self.served = 0
         self.malformed = 0
         self.refusals = refusals or Refusals(f"part {part}")
+        self._failures_logged: dict[tuple[str, str, str], float] = {}
+        self._failures_suppressed: dict[tuple[str, str, str], int] = {}
 
     async def start(self) -> None:
         await self.client.subscribe(self.topics.calls_to(self.part), self._on_call)
@@ -113,6 +124,9 @@ class RpcServer:
             self._refuse("bad_topic", msg.topic)
             return
         caller, _part, resource = where
+        if not valid_level(resource) or not valid_level(caller.partition("/")[2]):
+            self._refuse("bad_topic", msg.topic)  # names of 1-64 characters: nothing longer is echoed or tracked
+            return
         try:
             src, body = decode_body(msg.payload)
         except ProtocolError as exc:  # no id we could reply to: count it and go on
@@ -149,12 +163,30 @@ class RpcServer:
         except OrchestratorError as exc:
             reply = CallReply(id=req.id, ok=False, error=exc.to_wire())
         except Exception as exc:
-            log.exception("part %s: %s.%s raised", self.part, resource, req.method)
-            err = InternalError(f"{resource}.{req.method} raised {type(exc).__name__}: {exc}",
+            self._log_failure(resource, req.method, exc)
+            err = InternalError(f"{resource}.{req.method} raised {type(exc).__name__}: {str(exc)[:300]}",
                                 part=self.part, resource=resource)
             reply = CallReply(id=req.id, ok=False, error=err.to_wire())
         self.served += 1
         self._reply(caller, reply)
+
+    def _log_failure(self, resource: str, method: str, exc: Exception) -> None:
+        """A plugin raised: its traceback, bounded (a caller chooses what the exception says, and how often),
+        at most once per resource, method and exception type every FAILURE_LOG_S; the others are counted."""
+        key = (resource, method, type(exc).__name__)
+        now = time.monotonic()
+        if now - self._failures_logged.get(key, -FAILURE_LOG_S) < FAILURE_LOG_S:
+            self._failures_suppressed[key] = self._failures_suppressed.get(key, 0) + 1
+            return
+        self._failures_logged[key] = now
+        if len(self._failures_logged) > 1000:
+            self._failures_logged.pop(next(iter(self._failures_logged)))
+        more = self._failures_suppressed.pop(key, 0)
+        lines = [line[:300] for chunk in traceback.format_exception(exc) for line in chunk.rstrip().splitlines()]
+        if len(lines) > 40:
+            lines = [*lines[:20], f"... ({len(lines) - 40} lines)", *lines[-20:]]
+        log.error("part %s: %s.%s raised%s\n%s", self.part, resource, method,
+                  f" ({more} more times in the last {FAILURE_LOG_S:g} s)" if more else "", "\n".join(lines))
 
     def _reply(self, caller: str, reply: CallReply) -> None:
         body = {"id": reply.id, "ok": reply.ok, "result": reply.result, "error": reply.error}

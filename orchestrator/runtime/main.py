@@ -39,14 +39,16 @@ EXIT_CONFIG = 2
 
 
 def parse_urls(text: str) -> list[tuple[str, int]]:
-    """``mqtt://h:p,mqtt://h2:p2`` (scheme optional) to (host, port) pairs."""
+    """``mqtt://h:p,mqtt://h2:p2`` (scheme optional) to (host, port) pairs; checked like the URLs of a
+    configuration (a port within 1..65535)."""
+    from orchestrator.config.models import check_broker_url
+
     out = []
-    for u in text.split(","):
+    for u in text.split(",")[:16]:
         u = u.strip()
-        p = urlsplit(u if "://" in u else f"mqtt://{u}")
-        if not p.hostname:
-            raise ValueError(f"{u!r} is not a broker URL (mqtt://HOST:PORT)")
-        out.append((p.hostname, p.port or (8883 if p.scheme in ("mqtts", "ssl") else 1883)))
+        url = check_broker_url(u if "://" in u else f"mqtt://{u}")
+        p = urlsplit(url)
+        out.append((p.hostname or "127.0.0.1", p.port or (8883 if p.scheme in ("mqtts", "ssl") else 1883)))
     return out
 
 

@@ -236,15 +236,15 @@ class Part:
         try:
             env = decode(msg.payload)
         except ProtocolError as exc:
-            self.refusals.refuse(str(exc.details.get("reason", "malformed")), msg.topic)
+            self.refusals.refuse(str(exc.details.get("reason", "malformed")), msg.topic, message=msg)
             return None
         if not self.topics.authentic(msg.topic, env.src):
-            self.refusals.refuse("forged_sender", msg.topic, f"claims {env.src[:80]}")
+            self.refusals.refuse("forged_sender", msg.topic, f"claims {env.src[:80]}", message=msg)
             return None
         try:
             return env, env.parse(model)
         except ProtocolError:
-            self.refusals.refuse(f"bad_{model.__name__}", msg.topic)
+            self.refusals.refuse(f"bad_{model.__name__}", msg.topic, message=msg)
             return None
 
     # -- lifecycle --------------------------------------------------------------------------------
@@ -534,7 +534,7 @@ class Part:
             return
         env, ctl = got
         if env.src != f"part/{self.parent}":  # the subscription is exact: this cannot happen on a secured broker
-            self.refusals.refuse("control:not_my_parent", msg.topic)
+            self.refusals.refuse("control:not_my_parent", msg.topic, message=msg)
             return
         if ctl.cmd == ControlCommand.STOP:
             self._shutdown_id = self._shutdown_id or ctl.shutdown_id
@@ -569,7 +569,7 @@ class Part:
         if child is None or got is None:
             return
         if not self.end_talks.offer(got[1].end_id, child, got[1]):
-            self.refusals.refuse("session_report:unexpected", msg.topic)
+            self.refusals.refuse("session_report:unexpected", msg.topic, message=msg)
 
     # -- session ends and halts, bottom-up ---------------------------------------------------------
     async def _ask_children(self, ctl: Control) -> tuple[list[str], list[str], list[str]]:

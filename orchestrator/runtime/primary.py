@@ -54,6 +54,7 @@ log = logging.getLogger("orchestrator.primary")
 R = TypeVar("R", bound=BaseModel)
 
 STATUS_MIN_INTERVAL_S = 0.05
+MAX_UNKNOWN_ENDS = 16  # robot-wide ends of sessions the primary does not know, under way at once
 
 
 class Primary(Part):
@@ -70,6 +71,7 @@ class Primary(Part):
         self.timeline: Timeline | None = None
         self._shutdown_started_at: float | None = None
         self._ending: dict[str, asyncio.Task[None]] = {}
+        self._unknown_ending: set[str] = set()  # robot-wide ends under way of sessions this primary did not know
         self.sessions.end_robot_wide = self.end_robot_wide
         self.session_service.on_open = self._remember_connections
         self._connections: dict[str, tuple[str, list[str]]] = {}  # session public id -> (owner, MQTT client ids)
@@ -220,7 +222,7 @@ class Primary(Part):
         roles = {c.name: c.role for c in self.config.clients}
         if not self.config.security.insecure and client != LAUNCHER_CLIENT and roles.get(client) != \
                 ClientRole.OPERATOR:
-            self.refusals.refuse("request:not_an_operator", msg.topic)
+            self.refusals.refuse("request:not_an_operator", msg.topic, message=msg)
             return None
         return client, got[1]
 
@@ -243,21 +245,35 @@ class Primary(Part):
 
     def end_robot_wide(self, public: str, reason: str, kind: str) -> None:
         """End session ``public`` everywhere, bottom-up (idempotent): sub-parts stop what it owned and
-        report; then the primary stops its own, says ``ended``, and closes the owner's connections."""
+        report; then the primary stops its own, says ``ended``, and closes the owner's connections.
+
+        A session the primary knows (it opened it, or tracks it) is always ended.  One it does not know
+        (opened before a restart of the primary) is ended robot-wide only while fewer than
+        :data:`MAX_UNKNOWN_ENDS` such ends are under way: each costs a conversation with every part, and a
+        flood of made-up session ids (a part's leaked credential) must not cost the robot its primary.
+        The parts that track such a session end it themselves anyway, at the end of their grace."""
         if public in self._ending or public == ALL_SESSIONS:
             return
+        if self.sessions.find(public) is None and public not in self._connections:
+            if len(self._unknown_ending) >= MAX_UNKNOWN_ENDS:
+                self.refusals.refuse("session_end:too_many_unknown", detail=f"session {public[:8]}")
+                return
+            self._unknown_ending.add(public)
         self._ending[public] = self.spawn(self._end_robot_wide(public, reason, kind), f"end-session[{short(public)}]")
 
     async def _end_robot_wide(self, public: str, reason: str, kind: str) -> None:
-        t = self.sessions.find(public)
-        owner = t.owner if t else self._connections.get(public, ("", []))[0]
-        why = f"{kind}: {reason}" if kind not in reason else reason
-        # the decision first (expired, closed, ended by hand), then each part's "stopped", then "ended"
-        self.sessions._event(kind, t, [], reason=why, public=public, owner=owner)
-        rep = await self.end_session(public, why, uuid.uuid4().hex[:12], kind)
-        self.sessions._event("ended", t, rep.stopped, detail="; ".join(rep.errors)[:2000], reason=why,
-                             public=public, owner=owner)
-        await self._disconnect_owner(public, why)
+        try:
+            t = self.sessions.find(public)
+            owner = t.owner if t else self._connections.get(public, ("", []))[0]
+            why = f"{kind}: {reason}" if kind not in reason else reason
+            # the decision first (expired, closed, ended by hand), then each part's "stopped", then "ended"
+            self.sessions._event(kind, t, [], reason=why, public=public, owner=owner)
+            rep = await self.end_session(public, why, uuid.uuid4().hex[:12], kind)
+            self.sessions._event("ended", t, rep.stopped, detail="; ".join(rep.errors)[:2000], reason=why,
+                                 public=public, owner=owner)
+            await self._disconnect_owner(public, why)
+        finally:
+            self._unknown_ending.discard(public)
         await asyncio.sleep(60)  # remember it a while: late reports of the same end start nothing new
         self._ending.pop(public, None)
 
@@ -278,7 +294,7 @@ class Primary(Part):
         bridge's connection failed) is believed at once; ``1`` waits for the probe's echo."""
         raw = msg.payload.strip()
         if raw not in (b"0", b"1"):
-            self.refusals.refuse("bridge:bad_state", msg.topic)
+            self.refusals.refuse("bridge:bad_state", msg.topic, message=msg)
             return
         self._bridge_connected = raw == b"1"
         if not self._bridge_connected:

@@ -28,7 +28,7 @@ import contextlib
 import functools
 import logging
 import time
-from collections import OrderedDict
+from collections import OrderedDict, deque
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -57,6 +57,7 @@ log = logging.getLogger("orchestrator.sessions")
 MAX_SLEEP_S = 1.0  # the expiry task sleeps until the earliest deadline, at most this long
 EXPIRED_MESSAGE = "session expired or unknown"
 MAX_ENDED = 1000  # ended sessions remembered (and announced) per part
+MAX_LATENCIES = 10_000  # expiry latencies kept (bench)
 MAX_GRACE_S = 0.5
 STATE_DEBOUNCE_S = 0.1
 # expired (a timer ran out), closed (by its owner), ended (by the API, or the robot-wide end is complete),
@@ -110,7 +111,8 @@ class SessionGuard:
         self.end_robot_wide: Callable[[str, str, str], None] | None = None
         # a sub-part: is the primary reachable (then it orders the end of a session)?
         self.primary_reachable: Callable[[], bool] = lambda: False
-        self.stop_latencies: list[float] = []  # seconds from the deadline to stop() returning (bench)
+        # seconds from the deadline to stop() returning (bench): the last ones only, one per expiry
+        self.stop_latencies: deque[float] = deque(maxlen=MAX_LATENCIES)
         self._followed: dict[str, int] = {}  # owner -> tracked sessions (its heartbeat subscription)
         self._task: asyncio.Task[None] | None = None
         self._state_task: asyncio.Task[None] | None = None
@@ -278,16 +280,16 @@ class SessionGuard:
             hb = env.parse(SessionHeartbeat)
         except ProtocolError as exc:
             self.refusals.refuse(f"heartbeat:{exc.details.get('reason', 'malformed')}", msg.topic,
-                                 level=logging.INFO)
+                                 level=logging.INFO, message=msg)
             return
         t = self.tracked.get(hb.session)
         if t is None or t.owner != owner or env.src != owner:
             return  # not tracked here, or another owner's topic
         if hb.n <= t.last_n:
-            self.refusals.refuse("heartbeat:replayed", msg.topic, level=logging.INFO)
+            self.refusals.refuse("heartbeat:replayed", msg.topic, level=logging.INFO, message=msg)
             return
         if hb.tag != heartbeat_tag(self.key.heartbeat_secret(hb.session), hb.session, hb.n):
-            self.refusals.refuse("heartbeat:forged", msg.topic, f"session {short(hb.session)}")
+            self.refusals.refuse("heartbeat:forged", msg.topic, f"session {short(hb.session)}", message=msg)
             return
         t.last_n = hb.n
         t.last_heartbeat = time.time()
@@ -393,10 +395,10 @@ class SessionGuard:
         try:
             env = decode(msg.payload)
         except ProtocolError as exc:
-            self.refusals.refuse(f"session:{exc.details.get('reason', 'malformed')}", msg.topic)
+            self.refusals.refuse(f"session:{exc.details.get('reason', 'malformed')}", msg.topic, message=msg)
             return None
         if not self.topics.authentic(msg.topic, env.src) or not env.src.startswith("part/"):
-            self.refusals.refuse("session:forged_sender", msg.topic)
+            self.refusals.refuse("session:forged_sender", msg.topic, message=msg)
             return None
         return env
 
@@ -407,7 +409,7 @@ class SessionGuard:
         try:
             ev = env.parse(SessionEvent)
         except ProtocolError:
-            self.refusals.refuse("session:bad_event", msg.topic)
+            self.refusals.refuse("session:bad_event", msg.topic, message=msg)
             return
         if ev.kind in ENDING_KINDS:
             self._heard_end(ev.session, ev.owner, ev.reason or f"{ev.kind} at part {ev.part}", ev.kind)
@@ -419,7 +421,7 @@ class SessionGuard:
         try:
             st = env.parse(SessionsState)
         except ProtocolError:
-            self.refusals.refuse("session:bad_state", msg.topic)
+            self.refusals.refuse("session:bad_state", msg.topic, message=msg)
             return
         for e in st.ended:
             self._heard_end(e.session, e.owner, e.reason or "ended elsewhere", "ended")
