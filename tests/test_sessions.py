@@ -115,6 +115,10 @@ async def _not(aw: Any) -> bool:
     return not await aw
 
 
+async def _has_expiries(lamp: Any) -> bool:
+    return bool((await lamp.do_command({}))["expiries"])
+
+
 @pytest.mark.timeout(60)
 async def test_the_last_session_that_actuated_owns_the_motor(robot: Robot) -> None:
     m = robot.motor("m1")
@@ -284,6 +288,8 @@ async def test_the_session_api_from_inside_a_plugin(tmp_path: Path) -> None:
             assert await lamp.is_moving()
             proc.send_signal(signal.SIGKILL)
             await until(lambda: _not(lamp.is_moving()), 5, "the lamp to go off on expiry")
+            # the lamp is switched off first, then the guard hands it the "stopped" event
+            await until(lambda: _has_expiries(lamp), 5, "the lamp to be told of the expiry")
             seen = await lamp.do_command({})
             assert seen["switched_by"].startswith("client/")
             assert [e["kind"] for e in seen["expiries"]] == ["stopped"]
