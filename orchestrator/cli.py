@@ -29,10 +29,10 @@ err_console = Console(stderr=True)
 EXIT_CONFIG = 2
 
 
-def _setup_logging(verbose: bool) -> None:
-    from orchestrator.runtime.main import setup_logging
+def _setup_logging(verbose: bool, who: str = "cli") -> None:
+    from orchestrator.logs import setup_logging
 
-    setup_logging(verbose)
+    setup_logging(who, verbose)
 
 
 T = TypeVar("T")
@@ -129,7 +129,7 @@ def broker(
     verbose: Verbose = False,
 ) -> None:
     """Run the embedded broker alone (until Ctrl-C)."""
-    _setup_logging(verbose)
+    _setup_logging(verbose, "broker")
     from orchestrator.broker import run_broker
 
     with contextlib.suppress(KeyboardInterrupt):
@@ -158,7 +158,7 @@ def up(
     verbose: Verbose = False,
 ) -> None:
     """Start the robot: the embedded broker, then every part; Ctrl-C stops it bottom-up."""
-    _setup_logging(verbose)
+    _setup_logging(verbose, "up")
     loaded = _load(config, effective=True, credentials=credentials)
     if loaded.origin != "file":
         console.print(f"configuration: the fleet's signed configuration ({loaded.origin}), cached beside {config}")

@@ -7,11 +7,12 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import logging
+import os
 import signal
 import sys
 
 from ..errors import OrchestratorError, PortInUse
+from ..logs import setup_logging
 from .embedded import DEFAULT_PORT, run_broker
 
 
@@ -35,7 +36,8 @@ async def _serve(args: argparse.Namespace) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
-    logging.basicConfig(level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    os.environ.setdefault("ORCHESTRATOR_LOG", args.log_level.upper())
+    setup_logging("broker")
     try:
         asyncio.run(_serve(args))
     except PortInUse as exc:

@@ -233,6 +233,25 @@ class UpstreamConfig(_Strict):
         return check_broker_url(url)
 
 
+class MetricsEndpoint(_Strict):
+    host: str = Field(default="127.0.0.1", max_length=253)
+    port: int = Field(default=9102, ge=0, le=65535, description="0 picks a free port")
+
+
+class MonitoringConfig(_Strict):
+    """What the robot publishes for people and tools watching it (see docs/operating.md)."""
+
+    json_mirror: bool = Field(default=True, description="a JSON copy of states, status, resources, telemetry and "
+                              "events under .../json/..., retained where the original is")
+    home_assistant: bool = Field(default=False, description="Home Assistant MQTT discovery for sensors and the "
+                                 "robot's availability")
+    home_assistant_prefix: str = Field(default="homeassistant", pattern=r"^[A-Za-z0-9_-]{1,64}$")
+    metrics: MetricsEndpoint | None = Field(default=None, description="Prometheus metrics served by the primary")
+    log_level: str | None = Field(default="WARNING", pattern=r"^(DEBUG|INFO|WARNING|ERROR|CRITICAL)$",
+                                  description="part logs at this level and above go to part/<p>/log (rate "
+                                  "limited); null: none")
+
+
 class RobotConfig(_Strict):
     robot: str = Name
     broker: BrokerConfig = Field(default_factory=BrokerConfig)
@@ -243,6 +262,7 @@ class RobotConfig(_Strict):
     )
     sessions: SessionsConfig = Field(default_factory=SessionsConfig)
     upstream: UpstreamConfig | None = Field(default=None, description="the upstream (cloud) broker, if any")
+    monitoring: MonitoringConfig = Field(default_factory=MonitoringConfig)
     shutdown_timeout_s: float = Field(
         default=30.0, gt=0, le=600, description="upper bound on the whole bottom-up shutdown"
     )

@@ -266,6 +266,29 @@ class Counters(_Body):
     counts: dict[Name, int] = Field(default_factory=dict, max_length=1000)
 
 
+class CallSeries(_Body):
+    """Calls to one method of one resource: count, latency (cumulative histogram), errors by code."""
+
+    resource: Name
+    method: Name
+    count: int = Field(default=0, ge=0)
+    sum: float = Field(default=0.0, ge=0)
+    buckets: list[int] = Field(default_factory=list, max_length=64)
+    errors: dict[Name, int] = Field(default_factory=dict, max_length=100)
+
+
+class PartMetrics(_Body):
+    """Retained on ``part/<p>/metrics``: what the primary's Prometheus endpoint serves for this part."""
+
+    buckets: list[float] = Field(default_factory=list, max_length=64)  # the histograms' upper bounds, seconds
+    calls: list[CallSeries] = Field(default_factory=list, max_length=1000)
+    uptime_s: float = Field(default=0.0, ge=0)
+    reconnects: int = Field(default=0, ge=0)
+    link_drops: int = Field(default=0, ge=0)
+    session_stops: dict[Name, int] = Field(default_factory=dict, max_length=100)
+    refused: int = Field(default=0, ge=0)
+
+
 class CallReply(_Body):
     id: Ident
     ok: bool

@@ -178,6 +178,33 @@ class Topics:
     def part_resources(self, part: str) -> str:
         return f"{self.root}/part/{part}/resources"
 
+    def part_metrics(self, part: str) -> str:
+        """Retained: the part's call counts and latency histograms (for the primary's Prometheus endpoint)."""
+        return f"{self.root}/part/{part}/metrics"
+
+    def all_part_metrics(self) -> str:
+        return f"{self.root}/part/+/metrics"
+
+    def all_part_counters(self) -> str:
+        return f"{self.root}/part/+/counters"
+
+    def part_events(self, part: str) -> str:
+        """What happened to a part that an operator wants to see: reloads, link lost, watchdog, ..."""
+        return f"{self.root}/part/{part}/events"
+
+    def part_log(self, part: str) -> str:
+        """The part's log records at or above its configured level, rate limited."""
+        return f"{self.root}/part/{part}/log"
+
+    def json(self, topic: str) -> str:
+        """The JSON mirror of a topic (readable by mosquitto_sub, Node-RED, Home Assistant):
+        ``.../part/<p>/state`` -> ``.../part/<p>/json/state``, ``.../robot/status`` -> ``.../robot/json/status``."""
+        rest = topic[len(self.root) + 1:]
+        bits = rest.split("/")
+        if bits[0] == "part" and len(bits) > 2:
+            return "/".join([self.root, "part", bits[1], "json", *bits[2:]])
+        return "/".join([self.root, bits[0], "json", *bits[1:]])
+
     def part_counters(self, part: str) -> str:
         """Retained: what the part refused or dropped, per reason."""
         return f"{self.root}/part/{part}/counters"

@@ -33,6 +33,7 @@ from orchestrator.protocol.refusals import Refusals
 from orchestrator.protocol.topics import Topics, valid_level
 from orchestrator.resources.base import Resource
 from orchestrator.rpc.methods import MethodSpec, api_methods
+from orchestrator.rpc.stats import CallStats
 from orchestrator.sessions.context import CallContext, current
 from orchestrator.tasks import cancel_and_wait
 from orchestrator.transport.client import Message, MqttClient
@@ -96,8 +97,10 @@ class RpcServer:
         lookup: Callable[[str], Resource | None],
         describe_missing: Callable[[str], str | None] | None = None,
         refusals: Refusals | None = None,
+        stats: CallStats | None = None,
     ) -> None:
         self.client = client
+        self.stats = stats
         self.topics = topics
         self.part = part
         self.sender = sender
@@ -157,6 +160,7 @@ class RpcServer:
         task.add_done_callback(self.inflight.discard)
 
     async def _serve(self, caller: str, resource: str, req: CallRequest) -> None:
+        t0 = time.monotonic()
         try:
             result = await self.invoke(caller, resource, req)
             reply = CallReply(id=req.id, ok=True, result=to_wire(result))
@@ -169,6 +173,9 @@ class RpcServer:
             reply = CallReply(id=req.id, ok=False, error=err.to_wire())
         self.served += 1
         self._reply(caller, reply)
+        if self.stats is not None:
+            code = str(reply.error.get("code", "error")) if isinstance(reply.error, dict) else None
+            self.stats.record(resource, req.method, time.monotonic() - t0, None if reply.ok else code)
 
     def _log_failure(self, resource: str, method: str, exc: Exception) -> None:
         """A plugin raised: its traceback, bounded (a caller chooses what the exception says, and how often),

@@ -5,13 +5,14 @@ from __future__ import annotations
 import argparse
 import asyncio
 import logging
-import os
 import signal
 import sys
 from urllib.parse import urlsplit
 
 from orchestrator.config.loader import LoadedConfig
 from orchestrator.errors import BrokerUnavailable, ConfigError
+from orchestrator.logs import setup_logging
+from orchestrator.runtime.monitoring import TopicLogHandler
 from orchestrator.runtime.part import Part
 from orchestrator.runtime.primary import Primary
 from orchestrator.security.credentials import CredentialsMissing
@@ -29,6 +30,12 @@ def make_part(loaded: LoadedConfig, name: str, urls: list[tuple[str, int]] | Non
 async def run_part(loaded: LoadedConfig, name: str, urls: list[tuple[str, int]] | None = None,
                    credentials: str | None = None) -> int:
     part = make_part(loaded, name, urls, credentials)
+    level = loaded.config.monitoring.log_level
+    if level is not None:  # what this part logs at that level and above also goes to part/<p>/log
+        handler = TopicLogHandler(part, getattr(logging, level))
+        root = logging.getLogger()
+        root.addHandler(handler)
+        root.setLevel(min(root.level, handler.level))  # stderr keeps its own level
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, part.request_stop, f"{signal.Signals(sig).name}")
@@ -52,16 +59,9 @@ def parse_urls(text: str) -> list[tuple[str, int]]:
     return out
 
 
-def setup_logging(verbose: bool) -> None:
-    level = os.environ.get("ORCHESTRATOR_LOG", "DEBUG" if verbose else "WARNING").upper()
-    logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s", stream=sys.stderr)
-    for noisy in ("amqtt", "transitions"):
-        logging.getLogger(noisy).setLevel(max(logging.WARNING, logging.getLogger().level))
-
-
 def part_main(config: str, name: str, broker: str | None, verbose: bool, credentials: str | None = None) -> int:
     """Run one part as this process; the exit code (2: invalid configuration or credentials, 1: no broker)."""
-    setup_logging(verbose)
+    setup_logging(f"part {name}", verbose)
     try:
         loaded = load_effective(config, credentials)
     except ConfigError as exc:

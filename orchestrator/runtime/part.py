@@ -39,6 +39,7 @@ from orchestrator.protocol.messages import (
     ControlCommand,
     Counters,
     Heartbeat,
+    PartMetrics,
     PartState,
     PartStateName,
     PartStatus,
@@ -53,8 +54,10 @@ from orchestrator.resources.registry import Registry
 from orchestrator.rpc.client import RpcClient
 from orchestrator.rpc.methods import MethodSpec
 from orchestrator.rpc.server import RpcServer
+from orchestrator.rpc.stats import CallStats
 from orchestrator.runtime.conversation import Conversations
 from orchestrator.runtime.liveness import Liveness
+from orchestrator.runtime.monitoring import JsonMirror
 from orchestrator.runtime.reload import changed_resources
 from orchestrator.runtime.resource_host import ResourceHost
 from orchestrator.runtime.telemetry import Telemetry
@@ -145,16 +148,19 @@ class Part:
         )
         self.client.on_connect(self._on_connect)
         self.client.on_disconnect(self._on_disconnect)
+        # for the people and tools watching: a JSON copy of what is published, call statistics, events
+        self.mirror = JsonMirror(self.client, self.topics, self.config.monitoring.json_mirror)
+        self.call_stats = CallStats()
         # calls this part makes (remote dependencies) and serves (its resources)
         self.rpc = RpcClient(self.client, self.topics, self.sender, refusals=self.refusals)
         self.host = ResourceHost(self.part_config, self.topology, registry, robot=self.config, rpc=self.rpc)
         self.server = RpcServer(self.client, self.topics, name, self.sender, self._lookup, self._describe_missing,
-                                refusals=self.refusals)
+                                refusals=self.refusals, stats=self.call_stats)
         # sessions: expiry checked here, where the actuators live
         self.session_key = session_key or SessionKey(robot_session_key(self.config, loaded.path, credentials))
         self.sessions = SessionGuard(name, self.sender, self.client, self.topics, self.session_key,
                                      self.config.sessions, self.host.resources, is_primary=self.parent is None,
-                                     refusals=self.refusals)
+                                     refusals=self.refusals, mirror=self.mirror)
         self.sessions.primary_reachable = self._primary_reachable
         self.session_service = SessionService(self.sessions, can_open=self.parent is None,
                                               window_s=self.config.sessions.heartbeat_window_s)
@@ -200,26 +206,28 @@ class Part:
     async def publish_state(self, state: PartStateName, reason: str | None = None) -> None:
         self.state = state
         self._state_reason = reason
+        body = self._state_body(reason)
         with contextlib.suppress(Exception):
-            await self.client.publish(
-                self.topics.part_state(self.name), self.encode(self._state_body(reason)), qos=1, retain=True,
-                timeout=2.0,
-            )
+            await self.client.publish(self.topics.part_state(self.name), self.encode(body), qos=1, retain=True,
+                                      timeout=2.0)
+        self.mirror(self.topics.part_state(self.name), body, retain=True)
 
     async def publish_resources(self) -> None:
+        body = {"resources": self.host.describe()}
         with contextlib.suppress(Exception):
             await self.client.publish(
                 self.topics.part_resources(self.name),
-                encode(self.sender, {"resources": self.host.describe()}, birth=self.client.birth,
-                       seq=self._seq.next()),
+                encode(self.sender, body, birth=self.client.birth, seq=self._seq.next()),
                 qos=1, retain=True, timeout=2.0,
             )
+        self.mirror(self.topics.part_resources(self.name), body, retain=True)
 
     async def publish_counters(self) -> None:
         body = Counters(since=self.refusals.since, counts=dict(self.refusals.counts))
         with contextlib.suppress(Exception):
             await self.client.publish(self.topics.part_counters(self.name), self.encode(body), qos=1, retain=True,
                                       timeout=2.0)
+        self.mirror(self.topics.part_counters(self.name), body, retain=True)
 
     async def announce(self, reason: str | None) -> None:
         """Everything this part keeps retained, again: after a reconnect the broker may have lost it all
@@ -413,11 +421,38 @@ class Part:
 
     async def _counters_loop(self) -> None:
         published = 0
+        stats_published = -1
         while True:
             await asyncio.sleep(COUNTERS_PERIOD_S)
             if self.refusals.version != published and self.client.is_connected:
                 published = self.refusals.version
                 await self.publish_counters()
+            version = self.call_stats.version + self.link_drops + max(0, self.client.connections - 1)
+            if version != stats_published and self.client.is_connected:
+                stats_published = version
+                await self.publish_metrics()
+
+    def metrics_body(self) -> PartMetrics:
+        """What the primary's Prometheus endpoint serves for this part (retained on ``part/<p>/metrics``)."""
+        return PartMetrics(**self.call_stats.body(), uptime_s=round(time.monotonic() - self._started_mono, 3),
+                           reconnects=max(0, self.client.connections - 1), link_drops=self.link_drops,
+                           session_stops=dict(self.sessions.stops), refused=self.refusals.total)
+
+    async def publish_metrics(self) -> None:
+        body = self.metrics_body()
+        with contextlib.suppress(Exception):
+            await self.client.publish(self.topics.part_metrics(self.name), self.encode(body), qos=1, retain=True,
+                                      timeout=2.0)
+        self.mirror(self.topics.part_metrics(self.name), body, retain=True)
+
+    def event(self, kind: str, text: str, level: str = "info") -> None:
+        """Tell the people watching (``monitor``, ``logs``) what happened to this part; not retained."""
+        body = {"kind": kind, "text": text[:500], "level": level, "ts": time.time()}
+        with contextlib.suppress(Exception):
+            self.client.publish_nowait(self.topics.part_events(self.name),
+                                       encode(self.sender, body, birth=self.client.birth, seq=self._seq.next()),
+                                       qos=1)
+        self.mirror(self.topics.part_events(self.name), body)
 
     # -- reload ---------------------------------------------------------------------------------
     async def reload(self, reason: str = "reload") -> tuple[list[str], list[str]] | None:

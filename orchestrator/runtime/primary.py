@@ -45,6 +45,8 @@ from orchestrator.protocol.messages import (
 )
 from orchestrator.protocol.topics import ClientId
 from orchestrator.runtime.liveness import Liveness
+from orchestrator.runtime.metrics import MetricsEndpoint
+from orchestrator.runtime.monitoring import home_assistant_discovery
 from orchestrator.runtime.part import ALL_SESSIONS, Part
 from orchestrator.sessions.tokens import short
 from orchestrator.transport.client import Message, MqttClient, Will
@@ -81,6 +83,7 @@ class Primary(Part):
         self._bridge_connected: bool | None = None
         self._probes: dict[int, int] = {}
         self._probe_echoed = time.monotonic()
+        self.metrics: MetricsEndpoint | None = None
         # the robot status travels on a connection of its own, whose Will covers it
         self.status_link = MqttClient(
             f"{self.config.robot}.part.{self.name}.status", self.urls, keepalive=self.config.broker.keepalive_s,
@@ -110,6 +113,13 @@ class Primary(Part):
     async def start(self) -> None:
         await self.status_link.start()
         await super().start()
+        mon = self.config.monitoring
+        if mon.metrics is not None:
+            self.metrics = MetricsEndpoint(self, mon.metrics.host, mon.metrics.port)
+            await self.metrics.start()
+        if mon.home_assistant:
+            for topic, payload in home_assistant_discovery(self):
+                self.client.publish_nowait(topic, payload, qos=1, retain=True)
         self.spawn(self._status_loop(), "status")
         self.spawn(self._watch_loop(), "liveness")
         if self.config.upstream is not None:
@@ -117,6 +127,8 @@ class Primary(Part):
         self._status_dirty.set()
 
     async def close(self) -> None:
+        if self.metrics is not None:
+            self.metrics.close()
         await super().close()
         await self.status_link.close()
 
@@ -187,9 +199,11 @@ class Primary(Part):
     async def publish_status(self) -> None:
         if not self.client.is_connected:
             return  # published again on reconnect; a view from while we were cut off would be stale
+        body = self.robot_status()
         with contextlib.suppress(Exception):
-            await self.status_link.publish(self.topics.robot_status(), self.encode(self.robot_status()), qos=1,
+            await self.status_link.publish(self.topics.robot_status(), self.encode(body), qos=1,
                                            retain=True, timeout=2.0)
+        self.mirror(self.topics.robot_status(), body, retain=True)
 
     async def publish_state(self, state: PartStateName, reason: str | None = None) -> None:
         await super().publish_state(state, reason)
@@ -358,6 +372,7 @@ class Primary(Part):
         with contextlib.suppress(Exception):
             await self.client.publish(self.topics.robot_upstream(), self.encode(body), qos=1, retain=True,
                                       timeout=2.0)
+        self.mirror(self.topics.robot_upstream(), body, retain=True)
 
     async def halt_robot(self, reason: str) -> None:
         """End every session and stop every actuator of the robot, bottom-up; every part keeps running."""
@@ -439,4 +454,5 @@ class Primary(Part):
         with contextlib.suppress(Exception):
             await self.client.publish(self.topics.robot_timeline(), self.encode(self.timeline), qos=1, retain=True,
                                       timeout=2.0)
+        self.mirror(self.topics.robot_timeline(), self.timeline, retain=True)
         await self.publish_status()

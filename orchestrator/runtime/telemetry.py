@@ -52,6 +52,7 @@ class Telemetry:
                         last = readings
                         body = TelemetryReading(resource=name, readings=readings)
                         p.client.publish_nowait(topic, encode_checked(p.sender, body, birth=p.client.birth), qos=0)
+                        p.mirror(topic, body)
                 except Exception as exc:  # a plugin's readings: anything can go wrong, telemetry goes on
                     log.warning("part %s: telemetry of %s: %s: %s", p.name, name, type(exc).__name__, exc)
             await asyncio.sleep(cfg.telemetry.period_s)

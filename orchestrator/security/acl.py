@@ -49,6 +49,11 @@ def _public_reads(t: Topics) -> list[str]:
         t.all_session_events(),
         t.all_session_states(),
         f"{t.root}/part/+/counters",
+        f"{t.root}/part/+/metrics",
+        f"{t.root}/part/+/events",
+        f"{t.root}/part/+/log",
+        f"{t.root}/part/+/json/#",
+        f"{t.root}/robot/json/#",
         t.robot_status(),
         t.robot_timeline(),
         t.robot_notice(),
@@ -80,6 +85,8 @@ def rights(config: RobotConfig, topology: Topology) -> dict[str, Rights]:
             r.add_read(t.part_report(child), t.session_report(child))
         if parent is None:  # the primary
             r.add_write(f"{t.root}/robot/#")
+            if config.monitoring.home_assistant:  # MQTT discovery, under the robot's own node id
+                r.add_write(f"{config.monitoring.home_assistant_prefix}/+/{robot}/#")
             r.add_read(t.all_client_shutdowns(), t.all_client_reloads(), t.bridge_state(), t.upstream_config(),
                        t.robot_probe())
     for c in config.clients:

@@ -93,7 +93,8 @@ class Tracked:
 class SessionGuard:
     def __init__(self, part: str, sender: str, mqtt: MqttClient, topics: Topics, key: SessionKey,
                  config: SessionsConfig, resources: dict[str, Resource], *, is_primary: bool = False,
-                 refusals: Refusals | None = None) -> None:
+                 refusals: Refusals | None = None,
+                 mirror: Callable[[str, Any, bool], None] | None = None) -> None:
         self.part = part
         self.sender = sender
         self.mqtt = mqtt
@@ -113,6 +114,8 @@ class SessionGuard:
         self.primary_reachable: Callable[[], bool] = lambda: False
         # seconds from the deadline to stop() returning (bench): the last ones only, one per expiry
         self.stop_latencies: deque[float] = deque(maxlen=MAX_LATENCIES)
+        self.stops: dict[str, int] = {}  # session ends that stopped actuators here, by kind (metrics)
+        self.mirror = mirror
         self._followed: dict[str, int] = {}  # owner -> tracked sessions (its heartbeat subscription)
         self._task: asyncio.Task[None] | None = None
         self._state_task: asyncio.Task[None] | None = None
@@ -366,6 +369,8 @@ class SessionGuard:
                 stopped.append(name)
             except Exception as exc:  # a stop that fails or hangs is recorded; the others still stop
                 errors.append(f"{name}: {type(exc).__name__}: {exc}"[:300])
+        if stopped:
+            self.stops[kind] = self.stops.get(kind, 0) + 1
         if kind == "expired" or cause == "expired":  # from the end of its window to its actuators stopped here
             self.stop_latencies.append(max(0.0, time.monotonic() - t.expires_at))
         level = logging.INFO if kind in ("closed", "ended", "stopped") else logging.WARNING
@@ -388,6 +393,8 @@ class SessionGuard:
                           part=self.part, resources=resources, at=time.time(), detail=detail[:2000],
                           reason=reason[:2000])
         self.mqtt.publish_nowait(self.topics.session_events(self.part), encode(self.sender, ev), qos=1)
+        if self.mirror is not None:
+            self.mirror(self.topics.session_events(self.part), ev, False)
         return ev
 
     # -- what the other parts say ------------------------------------------------------------------
@@ -452,9 +459,12 @@ class SessionGuard:
         )
 
     async def publish_state(self) -> None:
+        body = self.state()
         with contextlib.suppress(Exception):
-            await self.mqtt.publish(self.topics.session_state(self.part), encode(self.sender, self.state()), qos=1,
+            await self.mqtt.publish(self.topics.session_state(self.part), encode(self.sender, body), qos=1,
                                     retain=True, timeout=2.0)
+        if self.mirror is not None:
+            self.mirror(self.topics.session_state(self.part), body, True)
 
     async def _state_loop(self) -> None:
         while True:
