@@ -607,6 +607,9 @@ def sessions(
     console.print(table)
 
 
+from orchestrator import cli_watch  # noqa: E402,F401  (echo, logs, monitor register themselves)
+
+
 def main() -> None:
     app()
 

@@ -24,6 +24,8 @@ from orchestrator.errors import ProtocolError
 from orchestrator.protocol.codec import Envelope, decode
 from orchestrator.protocol.messages import (
     Counters,
+    LivenessReport,
+    PartPulse,
     PartState,
     RobotStatus,
     SessionEvent,
@@ -39,6 +41,7 @@ from orchestrator.transport.client import Message, MqttClient
 __all__ = ["Event", "PartView", "RobotView"]
 
 MAX_EVENTS = 500
+STALE_PULSE_S = 2.5  # the primary reports every second: past this, its reports stopped
 MAX_SAMPLES = 600  # telemetry samples kept per reading (a minute at 10 Hz)
 
 
@@ -65,10 +68,21 @@ class PartView:
     metrics: dict[str, Any] = field(default_factory=dict)
     telemetry: dict[str, TelemetryReading] = field(default_factory=dict)
     samples: dict[str, deque[tuple[float, float]]] = field(default_factory=dict)  # "res.key" -> (t, value)
+    state_at: float = 0.0  # when the part published its current state (its clock)
+    pulse: PartPulse | None = None  # heartbeat age and jitter, as the primary last reported them
+    pulse_at: float = 0.0
+
+    def heartbeat_age(self, now: float) -> float | None:
+        if self.pulse is None or self.pulse.age_s is None:
+            return None
+        late = now - self.pulse_at
+        # as of the last report (once a second); once reports stop coming, an upper bound that keeps growing
+        return round(self.pulse.age_s + (late if late > STALE_PULSE_S else 0.0), 3)
 
     def to_json(self, status: RobotStatus | None) -> dict[str, Any]:
         st = status.parts.get(self.name) if status is not None else None
         now = time.time()
+        running_since = self.state_at if self.state is not None and self.state.state.value == "running" else None
         owners = {r: t.owner for t in (self.sessions.tracked if self.sessions else []) for r in t.resources}
         return {
             "state": self.state.state.value if self.state else "unknown",
@@ -77,8 +91,10 @@ class PartView:
             "birth": self.birth, "pid": self.state.pid if self.state else None,
             "parent": self.state.parent if self.state else None,
             "reason": (st.reason if st else None) or (self.state.reason if self.state else None),
-            "heartbeat_age_s": round(now - st.last_heartbeat, 3) if st and st.last_heartbeat else None,
+            "heartbeat_age_s": self.heartbeat_age(now),
+            "heartbeat_jitter_s": self.pulse.jitter_s if self.pulse else None,
             "since": st.since if st else None,
+            "uptime_s": round(max(0.0, now - running_since), 1) if running_since else None,
             "restarts": st.restarts if st else 0,
             "resources": [{**r, "owner": owners.get(r.get("name", ""))} for r in self.resources],
             "sessions": [t.model_dump() for t in self.sessions.tracked] if self.sessions else [],
@@ -126,6 +142,7 @@ class RobotView:
             (t.all_session_events(), self._on_session_event), (f"{t.root}/part/+/counters", self._on_counters),
             (f"{t.root}/part/+/metrics", self._on_metrics), (t.robot_upstream(), self._on_upstream),
             (t.robot_timeline(), self._on_timeline), (f"{t.root}/part/+/events", self._on_part_event),
+            (t.robot_liveness(), self._on_liveness),
         ]
         if self._telemetry:
             subs.append((t.all_telemetry(), self._on_telemetry))
@@ -243,6 +260,8 @@ class RobotView:
             return  # a late Will of an older connection
         old = pv.state.state.value if pv.state else None
         pv.state, pv.birth = st, env.birth
+        if old != st.state.value or not pv.state_at:
+            pv.state_at = env.ts or time.time()
         if old != st.state.value and not msg.retain:
             level = "warning" if st.state.value == "offline" else "info"
             self._emit("state", name, f"{st.state.value}" + (f" ({st.reason})" if st.reason else ""), level)
@@ -267,6 +286,15 @@ class RobotView:
                     self._emit("restart", name, f"restarted (restart {p.restarts})", "warning")
             if old.state != status.state:
                 self._emit("robot", status.primary, f"robot {status.state}", "info")
+
+    def _on_liveness(self, msg: Message) -> None:
+        got = self._parse(msg, LivenessReport)
+        if got is None:
+            return
+        now = time.time()
+        for name, pulse in list(got[1].parts.items())[:10_000]:
+            pv = self.part(name)
+            pv.pulse, pv.pulse_at = pulse, now
 
     def _on_resources(self, msg: Message) -> None:
         name = self.topics.part_of(msg.topic)

@@ -122,6 +122,20 @@ class PartStatus(_Body):
     restarts: int = Field(default=0, ge=0)
 
 
+class PartPulse(_Body):
+    online: bool
+    age_s: float | None = Field(default=None, ge=0)  # since the last heartbeat the primary heard
+    jitter_s: float = Field(default=0.0, ge=0)  # smoothed deviation of the heartbeat intervals from heartbeat_s
+    heartbeat_s: float = Field(default=0.0, ge=0)
+
+
+class LivenessReport(_Body):
+    """On ``robot/liveness`` every second (not retained) by the primary: how recently it heard each part."""
+
+    at: Time
+    parts: dict[Name, PartPulse] = Field(default_factory=dict, max_length=10_000)
+
+
 class RobotStatus(_Body):
     """Retained on ``robot/status`` by the primary; its Will (a connection of the primary's own) says
     ``offline``, so a reader can tell a robot whose primary is unreachable."""

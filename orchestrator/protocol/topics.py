@@ -210,6 +210,10 @@ class Topics:
         return f"{self.root}/part/{part}/counters"
 
     # -- robot (published by the primary) -------------------------------------------------------
+    def robot_liveness(self) -> str:
+        """Every second, by the primary: each part's heartbeat age and jitter (for ``monitor``)."""
+        return f"{self.root}/robot/liveness"
+
     def robot_status(self) -> str:
         return f"{self.root}/robot/status"
 

@@ -12,7 +12,7 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 
 from orchestrator.protocol.codec import Envelope
-from orchestrator.protocol.messages import PartState, PartStateName, PartStatus
+from orchestrator.protocol.messages import PartPulse, PartState, PartStateName, PartStatus
 
 
 @dataclass
@@ -20,6 +20,7 @@ class _Entry:
     status: PartStatus
     heartbeat_s: float
     misses: int
+    jitter_s: float = 0.0  # smoothed |interval - heartbeat_s| of the heartbeats heard (RFC 3550 style, 1/16)
 
 
 Listener = Callable[[str, PartStatus, PartStatus | None], None]
@@ -41,6 +42,15 @@ class Liveness:
 
     def status(self, part: str) -> PartStatus:
         return self._e[part].status
+
+    def pulse(self, now: float | None = None) -> dict[str, PartPulse]:
+        """Every part's heartbeat age and jitter (the primary publishes it on ``robot/liveness``)."""
+        now = time.time() if now is None else now
+        return {k: PartPulse(online=e.status.online,
+                             age_s=None if e.status.last_heartbeat is None else
+                             round(max(0.0, now - e.status.last_heartbeat), 4),
+                             jitter_s=round(e.jitter_s, 4), heartbeat_s=e.heartbeat_s)
+                for k, e in self._e.items()}
 
     def snapshot(self) -> dict[str, PartStatus]:
         return {k: v.status.model_copy() for k, v in self._e.items()}
@@ -93,6 +103,9 @@ class Liveness:
             self.ignored_stale += 1
             return
         if birth == cur.birth and cur.online:
+            e = self._e[part]
+            if cur.last_heartbeat is not None:
+                e.jitter_s += (abs((now - cur.last_heartbeat) - e.heartbeat_s) - e.jitter_s) / 16
             cur.last_heartbeat = now
             return
         if birth > cur.birth or (not cur.online and cur.reason == "heartbeat timeout"):

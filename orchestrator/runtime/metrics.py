@@ -19,7 +19,7 @@ from prometheus_client import CollectorRegistry, start_http_server
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily, Metric
 from prometheus_client.registry import Collector
 
-from orchestrator.protocol.messages import Counters, PartMetrics
+from orchestrator.protocol.messages import Counters, PartMetrics, PartStateName
 from orchestrator.transport.client import Message
 
 if TYPE_CHECKING:
@@ -104,26 +104,30 @@ class MetricsEndpoint(Collector):
         robot = GaugeMetricFamily("orchestrator_robot_state", "1 for the robot's current state", labels=["state"])
         robot.add_metric([status.state], 1)
         out.append(robot)
-        up = GaugeMetricFamily("orchestrator_part_up", "1 while the part is online (as the primary sees it)",
+        up = GaugeMetricFamily("orchestrator_part_up", "1 while the part runs and is heard (as the primary sees it)",
                                labels=["part"])
         restarts = CounterMetricFamily("orchestrator_part_restarts", "restarts of the part seen by the primary",
                                        labels=["part"])
         age = GaugeMetricFamily("orchestrator_part_heartbeat_age_seconds", "seconds since the part's last heartbeat",
                                 labels=["part"])
         states = {n: s for n, s in status.parts.items()}
+        n_online = 0
         for name in p.topology.parts:
             st = states.get(name)
             if name == p.name:
                 up.add_metric([name], 1)
                 restarts.add_metric([name], 0)
+                n_online += 1
                 continue
-            up.add_metric([name], 1 if st is not None and st.online else 0)
+            live = st is not None and st.online and st.state != PartStateName.STOPPED
+            n_online += 1 if live else 0
+            up.add_metric([name], 1 if live else 0)
             restarts.add_metric([name], st.restarts if st is not None else 0)
             if st is not None and st.last_heartbeat:
                 age.add_metric([name], max(0.0, now - st.last_heartbeat))
         out += [up, restarts, age]
         online = GaugeMetricFamily("orchestrator_parts_online", "parts online")
-        online.add_metric([], sum(1 for s in states.values() if s.online) + 1)
+        online.add_metric([], n_online)
         out.append(online)
         opened = GaugeMetricFamily("orchestrator_sessions_open", "sessions open at the primary")
         opened.add_metric([], len(p.sessions.tracked))

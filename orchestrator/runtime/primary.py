@@ -32,6 +32,7 @@ from orchestrator.protocol.codec import encode
 from orchestrator.protocol.messages import (
     AdminDisconnect,
     Heartbeat,
+    LivenessReport,
     Notice,
     PartState,
     PartStateName,
@@ -56,6 +57,7 @@ log = logging.getLogger("orchestrator.primary")
 R = TypeVar("R", bound=BaseModel)
 
 STATUS_MIN_INTERVAL_S = 0.05
+PULSE_S = 1.0
 MAX_UNKNOWN_ENDS = 16  # robot-wide ends of sessions the primary does not know, under way at once
 
 
@@ -121,6 +123,7 @@ class Primary(Part):
             for topic, payload in home_assistant_discovery(self):
                 self.client.publish_nowait(topic, payload, qos=1, retain=True)
         self.spawn(self._status_loop(), "status")
+        self.spawn(self._pulse_loop(), "liveness-report")
         self.spawn(self._watch_loop(), "liveness")
         if self.config.upstream is not None:
             self.spawn(self._probe_loop(), "upstream-probe")
@@ -186,6 +189,16 @@ class Primary(Part):
             self._robot_state = state
         return RobotStatus(robot=self.config.robot, primary=self.name, state=state, parts=parts,
                            upstream=self.upstream, at=time.time())
+
+    async def _pulse_loop(self) -> None:
+        """``robot/liveness`` every PULSE_S: the heartbeat age and jitter of every part, for the people watching
+        (the retained status changes only when a part comes or goes)."""
+        while True:
+            await asyncio.sleep(PULSE_S)
+            if self.client.is_connected:
+                body = LivenessReport(at=time.time(), parts=self.liveness.pulse())
+                self.client.publish_nowait(self.topics.robot_liveness(), self.encode(body), qos=0)
+                self.mirror(self.topics.robot_liveness(), body)
 
     async def _status_loop(self) -> None:
         """Publish the status after every change, at most every STATUS_MIN_INTERVAL_S: changes that come

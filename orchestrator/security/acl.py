@@ -55,6 +55,7 @@ def _public_reads(t: Topics) -> list[str]:
         f"{t.root}/part/+/json/#",
         f"{t.root}/robot/json/#",
         t.robot_status(),
+        t.robot_liveness(),
         t.robot_timeline(),
         t.robot_notice(),
         t.robot_upstream(),
