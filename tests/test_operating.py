@@ -339,3 +339,22 @@ def test_monitor_without_a_terminal_says_to_use_json(tmp_path: Path) -> None:
     out = _cli("monitor", "--robot", "nobody", "--broker", f"mqtt://127.0.0.1:{free_port()}")
     assert out.returncode == 2
     assert "--json" in out.stderr
+
+
+def test_the_grafana_dashboard_plots_only_metrics_the_primary_serves() -> None:
+    import re
+
+    import orchestrator.runtime.metrics as metrics
+
+    root = Path(__file__).resolve().parent.parent
+    dash = json.loads((root / "docs" / "grafana-dashboard.json").read_text())
+    served = set(re.findall(r'"(orchestrator_[a-z_]+)"', Path(metrics.__file__).read_text()))
+    suffixes = ("_total", "_bucket", "_count", "_sum")
+    used = {m for p in dash["panels"] for t in p["targets"] for m in re.findall(r"orchestrator_[a-z_]+", t["expr"])}
+    assert used
+    for m in sorted(used):
+        base = next((m[: -len(s)] for s in suffixes if m.endswith(s) and m[: -len(s)] in served), m)
+        assert base in served, f"{m}: the dashboard plots a metric the primary does not serve"
+    documented = (root / "docs" / "operating.md").read_text()
+    for m in sorted(served):
+        assert m in documented, f"{m} is served but not in docs/operating.md"

@@ -391,6 +391,7 @@ class Part:
         if not self._link_ok:
             self._link_ok = True
             log.warning("part %s: the broker carries our heartbeats again (nothing restarts by itself)", self.name)
+            self.event("link", "the link carries our heartbeats again (nothing restarts by itself)")
 
     def _check_link(self) -> None:
         """Our heartbeats go unechoed for ``link_timeout_s``: the connection looks up but carries nothing."""
@@ -405,6 +406,7 @@ class Part:
         log.warning("part %s: no echo of our heartbeats for %.2f s: the link carries nothing; stopping our "
                     "actuators", self.name, silent)
         self.spawn(self._stop_actuators("the link to the broker carries nothing"), "link-lost")
+        self.event("link", f"no echo of our heartbeats for {silent:.2f} s: actuators stopped", "warning")
 
     async def _stop_actuators(self, why: str) -> None:
         result = await self.host.stop_actuators(bound_s=max(0.05, self.part_config.stop_deadline_s / 2))
@@ -470,6 +472,8 @@ class Part:
             new = load_effective(self.loaded.path, self.credentials)
         except ConfigError as exc:
             log.error("part %s: reload refused, the configuration is invalid:\n%s", self.name, exc)
+            self.event("reload", f"reload refused: the configuration is invalid ({len(exc.problems)} problem(s))",
+                       "error")
             return None
         if new.config.robot != self.config.robot or self.name not in new.topology.parts:
             log.error("part %s: reload refused: the new configuration has no part %s in robot %s",
@@ -485,6 +489,8 @@ class Part:
         self.telemetry.restart()
         await self.publish_resources()
         log.info("part %s reloaded (%s): rebuilt %s, removed %s", self.name, reason, rebuilt, removed)
+        self.event("reload", f"reloaded ({reason}): rebuilt {', '.join(rebuilt) or 'nothing'}"
+                   + (f", removed {', '.join(removed)}" if removed else ""))
         for child in self.children:
             ctl = Control(cmd=ControlCommand.RELOAD, reason=reason)
             self.client.publish_nowait(self.topics.part_control(self.name, child), self.encode(ctl), qos=1)
@@ -554,6 +560,8 @@ class Part:
         self._unechoed_since = None
         if self.client.connections > 1:  # a reconnect: announce the new birth and everything retained, at once
             await self.announce("reconnected")
+            self.event("reconnect", f"reconnected (connection {self.client.connections}); what moved was stopped "
+                       "when the broker was lost", "warning")
 
     async def _on_disconnect(self, reason: str) -> None:
         """Safety: a part that loses the broker stops its own actuators."""
