@@ -64,8 +64,14 @@ def _broker() -> dict[str, Any]:
     return broker.run()
 
 
+def _operating() -> dict[str, Any]:
+    from bench import operating
+
+    return operating.run()
+
+
 BENCHMARKS: dict[str, Callable[[], dict[str, Any]]] = {"core": _core, "calls": _calls, "sessions": _sessions,
-                                                       "broker": _broker}
+                                                       "broker": _broker, "operating": _operating}
 
 
 def main(argv: list[str]) -> int:
