@@ -13,6 +13,7 @@ import asyncio
 import contextlib
 import time
 from pathlib import Path
+from typing import Any
 
 import pytest
 from netrobot import NetRobot, net_robot
@@ -233,3 +234,33 @@ async def test_broker_killed_and_restarted(tmp_path: Path, kind: str, outage: st
                 assert robot.power("m1") == 0.0
             print(f"broker {kind} {outage}: motor stopped {stopped - t0:.3f} s after the kill, back "
                   f"{back:.3f} s after the restart")
+
+
+# -- regression: a primary cut off from the broker blamed its sub-parts for its own silence ------------------
+
+@pytest.mark.timeout(60)
+async def test_an_isolated_primary_does_not_mark_its_sub_parts_offline(tmp_path: Path) -> None:
+    """The primary's heartbeat check of the others (heartbeat_s x misses, 0.6 s) ran before its own link
+    check (link_timeout_s, 1 s) noticed the isolation: cut off, it marked every sub-part offline, and that
+    status (QoS 1, queued on its status link) was published when it came back."""
+    with net_robot(tmp_path, "mosquitto") as robot:
+        await running(robot)
+        statuses: list[tuple[str, bool]] = []
+        w = robot.watcher()
+        on_status = w._on_status
+
+        def record(msg: Any) -> None:
+            on_status(msg)
+            assert w.status is not None
+            drive = w.status.parts.get("drive")  # the Will's status lists no parts
+            statuses.append((w.status.state, drive is None or drive.online))
+
+        w._on_status = record  # type: ignore[method-assign]
+        async with w:
+            await w.until(lambda: w.status is not None and w.status.state == "running", 10, "running")
+            robot.host("primary").cut()
+            await w.until(lambda: w.status is not None and w.status.state == "offline", 15, "the status' Will")
+            robot.host("primary").restore()
+            await w.until(lambda: w.status is not None and w.status.state == "running", 20, "the primary back")
+        assert ("degraded", False) not in statuses, statuses
+        assert "drive missed its heartbeats" not in (tmp_path / "main.log").read_text()
