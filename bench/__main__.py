@@ -64,8 +64,14 @@ def _broker() -> dict[str, Any]:
     return broker.run()
 
 
+def _disconnection() -> dict[str, Any]:
+    from bench import disconnection
+
+    return disconnection.run()
+
+
 BENCHMARKS: dict[str, Callable[[], dict[str, Any]]] = {"core": _core, "calls": _calls, "sessions": _sessions,
-                                                       "broker": _broker}
+                                                       "broker": _broker, "disconnection": _disconnection}
 
 
 def main(argv: list[str]) -> int:
