@@ -113,6 +113,27 @@ async def test_a_sub_part_losing_its_link_stops_its_motor_is_marked_offline_and_
         print(f"{fault}: stopped {stopped - t0:.3f} s, offline {offline:.3f} s, back {back:.3f} s")
 
 
+# -- a client's link is cut while it drives ------------------------------------------------------------
+
+@pytest.mark.timeout(60)
+async def test_a_client_link_cut_stops_what_its_session_drove_within_the_window(tmp_path: Path) -> None:
+    with net_robot(tmp_path, "mosquitto") as robot:
+        await running(robot)
+        window = robot.loaded.config.sessions.heartbeat_window_s
+        bound = window + grace_of(window)  # the primary ends it at the window; drive's own timer after the grace
+        robot.client_process("drive/m2", "set_power", '{"power": -0.5}')
+        assert robot.power("m2") == -0.5
+        t0 = time.time()
+        robot.host("client").cut()
+        stopped = await until_motor(robot, "m2", t0, bound + 5)
+        assert stopped - t0 < bound + SLACK_S, f"stopped {stopped - t0:.2f} s after the client's link was cut"
+        assert stopped - t0 > window - 2 * window / 5 - 0.05  # by the session's expiry, not by anything else
+        robot.host("client").restore()
+        async with robot.checker() as checker:
+            assert not await checker.resource("drive/m2", Motor).is_moving()
+        print(f"client cut: stopped {stopped - t0:.3f} s")
+
+
 # -- a lossy, slow link: no false stop, no false offline ----------------------------------------------------
 
 LOSSY_S = 30.0
