@@ -70,8 +70,15 @@ def _operating() -> dict[str, Any]:
     return operating.run()
 
 
+def _disconnection() -> dict[str, Any]:
+    from bench import disconnection
+
+    return disconnection.run()
+
+
 BENCHMARKS: dict[str, Callable[[], dict[str, Any]]] = {"core": _core, "calls": _calls, "sessions": _sessions,
-                                                       "broker": _broker, "operating": _operating}
+                                                       "broker": _broker, "operating": _operating,
+                                                       "disconnection": _disconnection}
 
 
 def main(argv: list[str]) -> int:

@@ -7,9 +7,12 @@ import time
 from pathlib import Path
 
 import pytest
+from faultproxy import FaultProxy
 from inproc import running_robot
 
+from orchestrator import Motor
 from orchestrator.resources.base import Actuator
+from orchestrator.runtime.main import make_part
 
 
 @pytest.mark.timeout(30)
@@ -56,3 +59,46 @@ async def test_a_stalled_event_loop_gets_its_actuators_emergency_stopped(tmp_pat
         assert part.watchdog.last_stopped == ["m"]
         assert getattr(m, "emergency_stops") == 1  # noqa: B009
         assert not await m.is_moving()
+
+
+@pytest.mark.timeout(40)
+async def test_a_link_lost_again_right_after_a_reconnect_still_stops_the_actuators(tmp_path: Path) -> None:
+    """After its link check fired, a part believed its link again only at the first heartbeat echo of a
+    new connection: a link that failed again before that echo (within a heartbeat period of the
+    reconnect) went unnoticed until the keep-alive (here 5 s) or a session window."""
+    parts = [{"name": "main", "resources": [{"name": "m", "model": "orc:sim:motor"}]}]
+    async with running_robot(tmp_path, "mosquitto", parts, start=False, broker_keepalive_s=5) as robot:
+        with FaultProxy((robot.broker.host, robot.broker.port)) as proxy:
+            part = make_part(robot.loaded, "main", urls=[proxy.address])
+            await part.start()
+            try:
+                m = part.host.resources["m"]
+                assert isinstance(m, Motor)
+                bound = part.link_timeout_s + 2 * part.part_config.heartbeat_s + 1.0
+                await m.set_power(0.5)
+                proxy.stall()  # the link carries nothing: the link check stops the motor
+                await _until_stopped(m, bound)
+                reconnected = asyncio.Event()
+
+                async def fail_again(birth: int) -> None:  # runs right after the CONNACK, before any echo
+                    proxy.stall()
+                    reconnected.set()
+
+                part.client.on_connect(fail_again)
+                proxy.reset()  # RST to both ends (what the stall held is gone): the part reconnects at once
+                proxy.resume()
+                await asyncio.wait_for(reconnected.wait(), 10)
+                await m.set_power(0.5)
+                t0 = time.monotonic()
+                await _until_stopped(m, bound)
+                assert time.monotonic() - t0 < bound
+            finally:
+                proxy.resume()
+                await part.close()
+
+
+async def _until_stopped(m: Motor, timeout: float) -> None:
+    deadline = time.monotonic() + timeout
+    while await m.is_moving():
+        assert time.monotonic() < deadline, f"the motor still moves {timeout:.1f} s after the link failed"
+        await asyncio.sleep(0.01)

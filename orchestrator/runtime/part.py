@@ -134,6 +134,8 @@ class Part:
         self.link_timeout_s = self.config.link_timeout(name)
         self._unechoed_since: float | None = None  # when the oldest heartbeat not echoed yet was sent
         self._link_ok = True
+        # wall clock: what we sent up to then came back, so we would have heard others' messages up to then
+        self._link_proven_at = time.time()
         self.link_drops = 0
         # this part's own broker identity (username = identity) and the robot's session key
         self.access = Access.of(self.config, loaded.path, self.id, credentials)
@@ -387,6 +389,10 @@ class Part:
             await asyncio.sleep(delay)
 
     def _on_own_heartbeat(self, msg: Message) -> None:
+        since = self._unechoed_since
+        now = time.time()
+        self._link_proven_at = now if since is None else max(self._link_proven_at,
+                                                                 now - (time.monotonic() - since))
         self._unechoed_since = None
         if not self._link_ok:
             self._link_ok = True
@@ -412,6 +418,16 @@ class Part:
         result = await self.host.stop_actuators(bound_s=max(0.05, self.part_config.stop_deadline_s / 2))
         if result.errors:
             log.error("part %s: stopping actuators (%s): %s", self.name, why, result.errors)
+
+    def heard_until(self) -> float:
+        """The wall-clock time up to which another part's silence is its own, not our link's.
+
+        Our own heartbeats come back through the broker on the connection that brings us the others':
+        the echo of one sent at time S means anything published before S reached us too.  Between echoes
+        (one a heartbeat period apart) the link is believed for a period and a half past the last proof,
+        then no longer: cut off, we would otherwise blame every part we hear nothing from for our own
+        silence, before our link check (``link_timeout_s``) has noticed it."""
+        return min(time.time(), self._link_proven_at + 1.5 * self.part_config.heartbeat_s)
 
     def _primary_reachable(self) -> bool:
         """Whether the primary can order the end of a session (we hear from it through the broker)."""
@@ -502,7 +518,7 @@ class Part:
         while True:
             await asyncio.sleep(period)
             if self.client.is_connected and self._link_ok:  # our own isolation is not the children's silence
-                self.children_liveness.check_timeouts()
+                self.children_liveness.check_timeouts(self.heard_until())
 
     def _on_child_state(self, msg: Message) -> None:
         child = self.topics.part_of(msg.topic)
@@ -558,6 +574,12 @@ class Part:
     # -- the connection ------------------------------------------------------------------------------
     async def _on_connect(self, birth: int) -> None:
         self._unechoed_since = None
+        self._link_proven_at = time.time()
+        if not self._link_ok:
+            # the broker acknowledged a new connection: the link carries again, and its next failure must be
+            # noticed again (waiting for the first echo left a loss right after the reconnect unnoticed)
+            self._link_ok = True
+            log.warning("part %s: reconnected to the broker (nothing restarts by itself)", self.name)
         if self.client.connections > 1:  # a reconnect: announce the new birth and everything retained, at once
             await self.announce("reconnected")
             self.event("reconnect", f"reconnected (connection {self.client.connections}); what moved was stopped "

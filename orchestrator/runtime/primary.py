@@ -160,9 +160,10 @@ class Primary(Part):
             await asyncio.sleep(period)
             if not (self.client.is_connected and self._link_ok):
                 continue  # we hear nobody while we are cut off: that says nothing about them
-            for part in self.liveness.check_timeouts():
+            heard = self.heard_until()  # silence after that may be our own link's
+            for part in self.liveness.check_timeouts(heard):
                 log.warning("primary: %s missed its heartbeats: offline", part)
-            self.children_liveness.check_timeouts()
+            self.children_liveness.check_timeouts(heard)
             if self._resync_until and time.monotonic() >= self._resync_until:
                 self._resync_until = 0.0
                 self._status_dirty.set()

@@ -17,6 +17,9 @@ class SimMotorAttributes(BaseModel):
     max_rpm: float = Field(default=100.0, gt=0, le=100000)
     # Fault injection for tests and demos: a stop() that blocks the part's event loop this long.
     hang_on_stop_s: float = Field(default=0.0, ge=0, le=3600)
+    # A probe on the motor's terminals, for tests across processes and networks: every change of power
+    # is appended to this file as "<unix time> <power>" (what the motor did, whatever the network says).
+    trace_file: str | None = Field(default=None, max_length=4096)
 
 
 class SimMotor(Motor):
@@ -29,6 +32,14 @@ class SimMotor(Motor):
         self._target: float | None = None
         self.stops = 0
         self.emergency_stops = 0
+        self._traced: float | None = None
+
+    def _trace(self) -> None:
+        if self.attributes.trace_file is None or self._power == self._traced:
+            return
+        self._traced = self._power
+        with open(self.attributes.trace_file, "a") as f:  # one short line, like a register write
+            f.write(f"{time.time():.6f} {self._power:g}\n")
 
     def _integrate(self) -> None:
         now = time.monotonic()
@@ -38,6 +49,7 @@ class SimMotor(Motor):
             (self._power > 0 and self._position >= self._target) or (self._power < 0 and self._position <= self._target)
         ):
             self._position, self._power, self._target = self._target, 0.0, None
+            self._trace()
 
     @actuating
     async def set_power(self, power: float) -> None:
@@ -46,6 +58,7 @@ class SimMotor(Motor):
         self._integrate()
         self._power = power
         self._target = None
+        self._trace()
 
     @actuating
     async def go_for(self, rpm: float, revolutions: float) -> None:
@@ -54,6 +67,7 @@ class SimMotor(Motor):
         direction = 1.0 if (rpm >= 0) == (revolutions >= 0) else -1.0
         self._power = direction * abs(rpm) / self.attributes.max_rpm
         self._target = self._position + direction * abs(revolutions)
+        self._trace()
 
     async def get_position(self) -> float:
         self._integrate()
@@ -73,6 +87,7 @@ class SimMotor(Motor):
         self._power = 0.0
         self._target = None
         self.emergency_stops += 1
+        self._trace()
 
     async def stop(self) -> None:
         if self.attributes.hang_on_stop_s:
@@ -81,4 +96,5 @@ class SimMotor(Motor):
         self._power = 0.0
         self._target = None
         self.stops += 1
+        self._trace()
         await asyncio.sleep(0)
