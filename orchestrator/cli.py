@@ -468,6 +468,58 @@ ConfigOpt = Annotated[Path, typer.Option("--config", "-c", envvar="ORCHESTRATOR_
 
 
 @app.command()
+def health(
+    config: Annotated[Path | None, typer.Argument(help="robot configuration (YAML); or --config, "
+                                                  "$ORCHESTRATOR_CONFIG")] = None,
+    config_opt: Annotated[Path | None, typer.Option("--config", "-c", envvar="ORCHESTRATOR_CONFIG",
+                                                    help="the same, as an option")] = None,
+    part_name: Annotated[str | None, typer.Option("--part", "--name", envvar="ORCHESTRATOR_PART",
+                                                  help="which part; or $ORCHESTRATOR_PART")] = None,
+    broker_url: Annotated[str | None, typer.Option("--broker", envvar="ORCHESTRATOR_BROKER",
+                                                   help="broker URL(s) as for `part --broker`; default: from "
+                                                        "the config")] = None,
+    timeout: Annotated[float, typer.Option(min=0.2, max=60, help="seconds to decide within")] = 3.0,
+    identity: Annotated[str | None, typer.Option("--identity", "-i", help="check as this client identity "
+                                                 "(retained state only) instead of as the part")] = None,
+    credentials: CredentialsOpt = None,
+) -> None:
+    """Exit 0 when PART is running and connected to its broker, 1 (with one line saying why) when not,
+    2 on wrong arguments.  Read-only; for container health checks."""
+    from orchestrator.launcher.health import check_health
+    from orchestrator.protocol.topics import ClientId, PartId
+    from orchestrator.security.access import Access
+
+    def refuse(why: str) -> typer.Exit:
+        print(f"unhealthy: {why}"[:300].replace("\n", " "), file=sys.stderr)  # one line, never wrapped
+        return typer.Exit(EXIT_CONFIG)
+
+    path = config or config_opt
+    if path is None or not part_name:
+        raise refuse("give the configuration (CONFIG or --config) and --part")
+    try:
+        from orchestrator.security.signed import load_effective
+
+        loaded = load_effective(path, credentials)
+    except ConfigError as exc:
+        first = exc.problems[0] if exc.problems else str(exc)
+        raise refuse(f"invalid configuration {path}: {first}") from None
+    cfg = loaded.config
+    if part_name not in loaded.topology.parts:
+        raise refuse(f"{path}: no part named {part_name[:64]!r}")
+    try:
+        urls = parse_urls(broker_url) if broker_url else cfg.broker.client_urls()
+        ident = ClientId(cfg.robot, identity or "") if identity is not None else PartId(cfg.robot, part_name)
+        if identity is not None and not cfg.security.insecure and identity not in {c.name for c in cfg.clients}:
+            raise refuse(f"{path}: no client identity {identity[:64]!r}")
+        access = Access.of(cfg, loaded.path, ident, credentials)
+    except (ConfigError, ValueError, typer.BadParameter) as exc:
+        raise refuse(str(exc)) from None
+    result = asyncio.run(check_health(loaded, part_name, urls, access, timeout))
+    print(result.line())
+    raise typer.Exit(0 if result.ok else 1)
+
+
+@app.command()
 def reload(
     config: ConfigArg,
     broker_url: BrokerOpt = None,
