@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import json
 import math
 import os
@@ -242,6 +243,60 @@ def broker_config(
         d.mkdir(mode=0o700, exist_ok=True)
         _write_private(d / "bridge.conf", bridge_conf(cfg, password))
         console.print(f"wrote {d / 'bridge.conf'} (owner-only: it holds the upstream password)", highlight=False)
+
+
+@app.command()
+def compose(
+    config: ConfigArg,
+    out: Annotated[Path, typer.Option("--output", "-o", help="the compose file to write")] = Path("docker-compose.yml"),
+    image: Annotated[str | None, typer.Option(help="the parts' image (default: $ORCHESTRATOR_IMAGE, else "
+                                              "orchestrator:latest, when compose runs)")] = None,
+    mosquitto_image: Annotated[str | None, typer.Option(help="the broker's image (default: "
+                                                        "$ORCHESTRATOR_MOSQUITTO_IMAGE, else eclipse-mosquitto:2)")]
+    = None,
+    chown_secrets: Annotated[bool, typer.Option(help="give each secret file to the uid of the container that reads "
+                                                "it (compose mounts file secrets with the host's owner; root only)")]
+    = False,
+    credentials: CredentialsOpt = None,
+) -> None:
+    """Write the docker-compose file of this robot (one service per part, mosquitto, secrets, health checks,
+    bottom-up stop order) and the broker's mosquitto.conf beside it (broker_config/<robot>/)."""
+    from orchestrator.launcher.compose import ComposeOptions, compose_header, generate, secret_owners
+    from orchestrator.security.access import store_for
+
+    loaded = _load(config)
+    opts = ComposeOptions(out_dir=out.parent)
+    if image:
+        opts = dataclasses.replace(opts, image=image)
+    if mosquitto_image:
+        opts = dataclasses.replace(opts, mosquitto_image=mosquitto_image)
+    try:
+        gen = generate(loaded, opts)
+    except ConfigError as exc:
+        err_console.print(str(exc), style="red", highlight=False, markup=False)
+        raise typer.Exit(EXIT_CONFIG) from None
+    gen.mosquitto_conf_path.parent.mkdir(parents=True, exist_ok=True)
+    gen.mosquitto_conf_path.write_text(gen.mosquitto_conf)
+    out.write_text(gen.compose_text(compose_header(loaded.config.robot, _display(config))))
+    console.print(f"wrote {out} and {gen.mosquitto_conf_path}", highlight=False)
+    if chown_secrets and not loaded.config.security.insecure:
+        store = store_for(loaded.config, loaded.path, credentials)
+        try:
+            for name, uid in secret_owners(loaded).items():
+                os.chown(store.path(name), uid, uid)
+        except OSError as exc:
+            err_console.print(f"cannot give the secrets to the containers' users: {exc} (run as root, after "
+                              "`orchestrator credentials CONFIG`)", style="red", highlight=False, markup=False)
+            raise typer.Exit(1) from None
+        console.print(f"secrets in {store.directory} now belong to the containers' users", highlight=False)
+
+
+def _display(path: Path) -> str:
+    """A path as a user typed it, relative to the working directory when it is inside it."""
+    try:
+        return str(path.resolve().relative_to(Path.cwd().resolve()))
+    except ValueError:
+        return str(path)
 
 
 @app.command()
