@@ -19,7 +19,7 @@ from dockerlab import ROOT, ComposeProject, docker
 
 from orchestrator.config import load_config
 from orchestrator.protocol.codec import decode
-from orchestrator.protocol.messages import PartState, StopReport
+from orchestrator.protocol.messages import PartState, RobotStatus, StopReport
 from orchestrator.protocol.topics import ClientId, Topics
 from orchestrator.security.access import Access
 from orchestrator.transport.client import Message, MqttClient
@@ -59,6 +59,8 @@ class WireObserver:
     def _on(self, msg: Message) -> None:
         part = self.topics.part_of(msg.topic)
         env = decode(msg.payload)
+        if msg.topic == self.topics.robot_status():
+            self.events.append(("status", "", env.parse(RobotStatus)))
         if part is None:
             return
         if msg.topic == self.topics.part_report(part):
@@ -69,6 +71,7 @@ class WireObserver:
     async def __aenter__(self) -> WireObserver:
         await self.client.subscribe(self.topics.all_part_states(), self._on)
         await self.client.subscribe(self.topics.all_part_reports(), self._on)
+        await self.client.subscribe(self.topics.robot_status(), self._on)
         await self.client.start()
         return self
 
@@ -129,3 +132,49 @@ async def test_compose_stack_comes_up_healthy_drives_motors_and_stops_bottom_up(
         state = json.loads(docker("inspect", p["Name"]).stdout)[0]["State"]
         assert state["Status"] == "exited" and state["ExitCode"] == 0, (p["Name"], state)
     assert up_s < 150
+
+
+@pytest.mark.timeout(240)
+async def test_network_disconnect_of_a_sub_part_stops_its_motor_and_marks_it_offline(compose: ComposeProject,
+                                                                                     tmp_path: Path) -> None:
+    cfg = rover_project(tmp_path)
+    port = free_port()
+    compose.extra_env["ORCHESTRATOR_BROKER_PORT"] = str(port)
+    await asyncio.to_thread(compose, tmp_path, "up", "--detach", "--wait", "--wait-timeout", "150", timeout=200)
+    broker = f"mqtt://127.0.0.1:{port}"
+    base = compose(tmp_path, "ps", "--quiet", "base").stdout.strip()
+    network = f"{compose.name}_default"
+
+    async def call(method: str, args: str = "{}") -> subprocess.CompletedProcess[str]:
+        return await asyncio.to_thread(cli, "call", "base/left", method, "--config", str(cfg), "--broker", broker,
+                                       "--args", args)
+
+    async with WireObserver(cfg, port) as wire:
+        res = await call("set_power", '{"power": 0.5}')
+        assert res.returncode == 0, res.stdout + res.stderr
+        assert (await call("is_moving")).stdout.strip() == "true"
+        mark = len(wire.events)
+        docker("network", "disconnect", network, base)
+        cut = time.monotonic()
+        # the broker drops the silent connection and publishes base's Last Will: offline
+        while wire.first("state", "base", "offline", mark) is None:
+            assert time.monotonic() - cut < 30, wire.events[mark:]
+            await asyncio.sleep(0.1)  # polling the observer's list: the events come from its own callbacks
+        offline_s = time.monotonic() - cut
+
+        def primary_says_offline() -> bool:
+            return any(k == "status" and "base" in b.parts and not b.parts["base"].online
+                       for k, _, b in wire.events[mark:])
+
+        while not primary_says_offline():  # the primary's robot status, not only the broker's Will
+            assert time.monotonic() - cut < 30, [e for e in wire.events[mark:] if e[0] == "status"]
+            await asyncio.sleep(0.1)
+        docker("network", "connect", network, base)
+        back = len(wire.events)
+        while wire.first("state", "base", "running", back) is None:
+            assert time.monotonic() - cut < 60, wire.events[back:]
+            await asyncio.sleep(0.1)
+        # the part stopped its motor while cut off (nothing drove it since): still stopped on its return
+        res = await call("is_moving")
+        assert res.returncode == 0 and res.stdout.strip() == "false", res.stdout + res.stderr
+    assert offline_s < 15
