@@ -6,7 +6,9 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
 import shutil
+import signal
 import subprocess
 import sys
 import time
@@ -178,3 +180,33 @@ async def test_network_disconnect_of_a_sub_part_stops_its_motor_and_marks_it_off
         res = await call("is_moving")
         assert res.returncode == 0 and res.stdout.strip() == "false", res.stdout + res.stderr
     assert offline_s < 15
+
+
+@pytest.mark.timeout(240)
+async def test_a_crashed_part_is_restarted_by_its_policy(compose: ComposeProject, tmp_path: Path) -> None:
+    # `docker kill` is a manual stop for docker (no restart); a crash is the process dying under it: SIGKILL
+    # from the host to the container's main process, exit 137
+    cfg = rover_project(tmp_path)
+    port = free_port()
+    compose.extra_env["ORCHESTRATOR_BROKER_PORT"] = str(port)
+    await asyncio.to_thread(compose, tmp_path, "up", "--detach", "--wait", "--wait-timeout", "150", timeout=200)
+    camera = compose(tmp_path, "ps", "--quiet", "camera").stdout.strip()
+
+    def inspect() -> dict[str, Any]:
+        info: dict[str, Any] = json.loads(docker("inspect", camera).stdout)[0]
+        return info
+
+    assert inspect()["HostConfig"]["RestartPolicy"] == {"Name": "on-failure", "MaximumRetryCount": 3}
+    async with WireObserver(cfg, port) as wire:
+        mark = len(wire.events)
+        pid = inspect()["State"]["Pid"]
+        assert pid > 0
+        os.kill(pid, signal.SIGKILL)
+        crashed = time.monotonic()
+        while wire.first("state", "camera", "running", (wire.first("state", "camera", "offline", mark) or
+                                                         len(wire.events))) is None:
+            assert time.monotonic() - crashed < 60, wire.events[mark:]
+            await asyncio.sleep(0.1)  # polling the observer's list: the events come from its own callbacks
+    info = inspect()
+    assert info["RestartCount"] == 1 and info["State"]["Status"] == "running", info["State"]
+    assert info["State"]["Pid"] != pid
