@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import json
 import math
 import os
@@ -245,6 +246,60 @@ def broker_config(
 
 
 @app.command()
+def compose(
+    config: ConfigArg,
+    out: Annotated[Path, typer.Option("--output", "-o", help="the compose file to write")] = Path("docker-compose.yml"),
+    image: Annotated[str | None, typer.Option(help="the parts' image (default: $ORCHESTRATOR_IMAGE, else "
+                                              "orchestrator:latest, when compose runs)")] = None,
+    mosquitto_image: Annotated[str | None, typer.Option(help="the broker's image (default: "
+                                                        "$ORCHESTRATOR_MOSQUITTO_IMAGE, else eclipse-mosquitto:2)")]
+    = None,
+    chown_secrets: Annotated[bool, typer.Option(help="give each secret file to the uid of the container that reads "
+                                                "it (compose mounts file secrets with the host's owner; root only)")]
+    = False,
+    credentials: CredentialsOpt = None,
+) -> None:
+    """Write the docker-compose file of this robot (one service per part, mosquitto, secrets, health checks,
+    bottom-up stop order) and the broker's mosquitto.conf beside it (broker_config/<robot>/)."""
+    from orchestrator.launcher.compose import ComposeOptions, compose_header, generate, secret_owners
+    from orchestrator.security.access import store_for
+
+    loaded = _load(config)
+    opts = ComposeOptions(out_dir=out.parent)
+    if image:
+        opts = dataclasses.replace(opts, image=image)
+    if mosquitto_image:
+        opts = dataclasses.replace(opts, mosquitto_image=mosquitto_image)
+    try:
+        gen = generate(loaded, opts)
+    except ConfigError as exc:
+        err_console.print(str(exc), style="red", highlight=False, markup=False)
+        raise typer.Exit(EXIT_CONFIG) from None
+    gen.mosquitto_conf_path.parent.mkdir(parents=True, exist_ok=True)
+    gen.mosquitto_conf_path.write_text(gen.mosquitto_conf)
+    out.write_text(gen.compose_text(compose_header(loaded.config.robot, _display(config))))
+    console.print(f"wrote {out} and {gen.mosquitto_conf_path}", highlight=False)
+    if chown_secrets and not loaded.config.security.insecure:
+        store = store_for(loaded.config, loaded.path, credentials)
+        try:
+            for name, uid in secret_owners(loaded).items():
+                os.chown(store.path(name), uid, uid)
+        except OSError as exc:
+            err_console.print(f"cannot give the secrets to the containers' users: {exc} (run as root, after "
+                              "`orchestrator credentials CONFIG`)", style="red", highlight=False, markup=False)
+            raise typer.Exit(1) from None
+        console.print(f"secrets in {store.directory} now belong to the containers' users", highlight=False)
+
+
+def _display(path: Path) -> str:
+    """A path as a user typed it, relative to the working directory when it is inside it."""
+    try:
+        return str(path.resolve().relative_to(Path.cwd().resolve()))
+    except ValueError:
+        return str(path)
+
+
+@app.command()
 def certs(
     config: ConfigArg,
     host: Annotated[list[str] | None, typer.Option("--host", help="a name or address the broker is reached "
@@ -465,6 +520,58 @@ def _send_request(config: Path, broker_url: str | None, kind: str, body: Any, id
 
 ConfigOpt = Annotated[Path, typer.Option("--config", "-c", envvar="ORCHESTRATOR_CONFIG",
                                          help="robot configuration (YAML); or $ORCHESTRATOR_CONFIG")]
+
+
+@app.command()
+def health(
+    config: Annotated[Path | None, typer.Argument(help="robot configuration (YAML); or --config, "
+                                                  "$ORCHESTRATOR_CONFIG")] = None,
+    config_opt: Annotated[Path | None, typer.Option("--config", "-c", envvar="ORCHESTRATOR_CONFIG",
+                                                    help="the same, as an option")] = None,
+    part_name: Annotated[str | None, typer.Option("--part", "--name", envvar="ORCHESTRATOR_PART",
+                                                  help="which part; or $ORCHESTRATOR_PART")] = None,
+    broker_url: Annotated[str | None, typer.Option("--broker", envvar="ORCHESTRATOR_BROKER",
+                                                   help="broker URL(s) as for `part --broker`; default: from "
+                                                        "the config")] = None,
+    timeout: Annotated[float, typer.Option(min=0.2, max=60, help="seconds to decide within")] = 3.0,
+    identity: Annotated[str | None, typer.Option("--identity", "-i", help="check as this client identity "
+                                                 "(retained state only) instead of as the part")] = None,
+    credentials: CredentialsOpt = None,
+) -> None:
+    """Exit 0 when PART is running and connected to its broker, 1 (with one line saying why) when not,
+    2 on wrong arguments.  Read-only; for container health checks."""
+    from orchestrator.launcher.health import check_health
+    from orchestrator.protocol.topics import ClientId, PartId
+    from orchestrator.security.access import Access
+
+    def refuse(why: str) -> typer.Exit:
+        print(f"unhealthy: {why}"[:300].replace("\n", " "), file=sys.stderr)  # one line, never wrapped
+        return typer.Exit(EXIT_CONFIG)
+
+    path = config or config_opt
+    if path is None or not part_name:
+        raise refuse("give the configuration (CONFIG or --config) and --part")
+    try:
+        from orchestrator.security.signed import load_effective
+
+        loaded = load_effective(path, credentials)
+    except ConfigError as exc:
+        first = exc.problems[0] if exc.problems else str(exc)
+        raise refuse(f"invalid configuration {path}: {first}") from None
+    cfg = loaded.config
+    if part_name not in loaded.topology.parts:
+        raise refuse(f"{path}: no part named {part_name[:64]!r}")
+    try:
+        urls = parse_urls(broker_url) if broker_url else cfg.broker.client_urls()
+        ident = ClientId(cfg.robot, identity or "") if identity is not None else PartId(cfg.robot, part_name)
+        if identity is not None and not cfg.security.insecure and identity not in {c.name for c in cfg.clients}:
+            raise refuse(f"{path}: no client identity {identity[:64]!r}")
+        access = Access.of(cfg, loaded.path, ident, credentials)
+    except (ConfigError, ValueError, typer.BadParameter) as exc:
+        raise refuse(str(exc)) from None
+    result = asyncio.run(check_health(loaded, part_name, urls, access, timeout))
+    print(result.line())
+    raise typer.Exit(0 if result.ok else 1)
 
 
 @app.command()

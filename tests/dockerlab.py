@@ -119,6 +119,7 @@ class ComposeProject:
         self.lab = lab
         self.name = name
         self.dirs: list[Path] = []
+        self.extra_env: dict[str, str] = {}  # more variables for the compose file (a port, a path)
 
     def __call__(self, project_dir: Path | str, *args: str, timeout: float = DOCKER_TIMEOUT,
                  check: bool = True) -> subprocess.CompletedProcess[str]:
@@ -127,7 +128,7 @@ class ComposeProject:
             self.dirs.append(directory)
         cmd = [str(self.lab.compose_bin), "--project-name", self.name, "--project-directory", str(directory), *args]
         res = subprocess.run(cmd, cwd=directory, capture_output=True, text=True, timeout=timeout,
-                             env=self.lab.env(), stdin=subprocess.DEVNULL)
+                             env={**self.lab.env(), **self.extra_env}, stdin=subprocess.DEVNULL)
         if check and res.returncode != 0:
             raise AssertionError(f"docker compose {' '.join(args)} exited {res.returncode}:\n{res.stdout}{res.stderr}")
         return res
