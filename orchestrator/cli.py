@@ -24,7 +24,24 @@ from orchestrator.errors import ConfigError, OrchestratorError, ProtocolError
 app = typer.Typer(add_completion=False, no_args_is_help=True,
                   help="Run a robot made of several parts over a local MQTT broker.")
 console = Console(width=None if sys.stdout.isatty() else 120)
-err_console = Console(stderr=True)
+# not a terminal (a pipe, a log file, CI): never wrap error lines at 80 columns
+err_console = Console(stderr=True, width=None if sys.stderr.isatty() else 10_000, soft_wrap=not sys.stderr.isatty())
+
+
+def _version(value: bool) -> None:
+    if value:
+        from orchestrator import __version__
+
+        typer.echo(f"orchestrator {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _main(
+    version: Annotated[bool, typer.Option("--version", callback=_version, is_eager=True,
+                                          help="print the version and exit")] = False,
+) -> None:
+    """Run a robot made of several parts over a local MQTT broker."""
 
 EXIT_CONFIG = 2
 
