@@ -93,6 +93,21 @@ def parse_urls(text: str) -> list[tuple[str, int]]:
         raise typer.BadParameter(str(exc)) from None
 
 
+def client_urls(cfg: RobotConfig, broker_url: str | None) -> list[tuple[str, int]]:
+    """Where a client command connects: ``--broker`` if given, else the configuration's broker.  An
+    embedded broker configured with ``port: 0`` (any free port) has no port a client can know from the
+    file: a clear error asking for ``--broker``, not a traceback from the MQTT library."""
+    if broker_url:
+        return parse_urls(broker_url)
+    urls = cfg.broker.client_urls()
+    if any(port == 0 for _, port in urls):
+        err_console.print("the configuration's broker port is 0 (any free port): the port the broker got "
+                          "is not in the file; pass it with --broker mqtt://HOST:PORT", style="red",
+                          highlight=False, markup=False)
+        raise typer.Exit(EXIT_CONFIG)
+    return urls
+
+
 ConfigArg = Annotated[Path, typer.Argument(help="robot configuration (YAML)")]
 BrokerOpt = Annotated[str | None, typer.Option("--broker", help="broker URL(s), comma separated; "
                                                 "default: from the config")]
@@ -405,7 +420,7 @@ def status(
     loaded = _load(config)
     cfg = loaded.config
     t = Topics(cfg.robot, loaded.topology.primary)
-    urls = parse_urls(broker_url) if broker_url else cfg.broker.client_urls()
+    urls = client_urls(cfg, broker_url)
     got = _run(_read_retained(urls, cfg, _access(loaded, identity, credentials), [t.all_part_states(),
                                                                                   t.robot_status()]))
     parts: dict[str, Any] = {}
@@ -466,7 +481,7 @@ def _send_request(config: Path, broker_url: str | None, kind: str, body: Any, id
 
     loaded = _load(config)  # also refuses to ask for a reload of an invalid file
     cfg = loaded.config
-    urls = parse_urls(broker_url) if broker_url else cfg.broker.client_urls()
+    urls = client_urls(cfg, broker_url)
     access = _access(loaded, identity, credentials)
     me = access.identity
     topics = Topics(cfg.robot)
@@ -511,7 +526,7 @@ def resources(
     from orchestrator.client import RobotClient
 
     loaded = _load(config)
-    urls = parse_urls(broker_url) if broker_url else None
+    urls = client_urls(loaded.config, broker_url)
     access = _access(loaded, identity, credentials)
 
     async def go() -> dict[str, list[dict[str, Any]]]:
@@ -572,7 +587,7 @@ def call(
         err_console.print("--timeout must be within (0, 3600] s and --hold within [0, 86400] s", style="red")
         raise typer.Exit(EXIT_CONFIG)
     loaded = _load(config)
-    urls = parse_urls(broker_url) if broker_url else None
+    urls = client_urls(loaded.config, broker_url)
     access = _access(loaded, identity, credentials)
 
     async def go() -> Any:
@@ -601,7 +616,7 @@ def sessions(
     from orchestrator.client import RobotClient
 
     loaded = _load(config)
-    urls = parse_urls(broker_url) if broker_url else None
+    urls = client_urls(loaded.config, broker_url)
     access = _access(loaded, identity, credentials)
 
     async def go() -> list[dict[str, Any]]:

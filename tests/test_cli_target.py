@@ -25,3 +25,24 @@ async def test_sigint_is_not_labelled_sigterm_in_the_timeline(tmp_path: Path) ->
             assert "SIGINT" in reason and "SIGTERM" not in reason, reason
         finally:
             up.close()
+
+
+@pytest.mark.timeout(30)
+def test_port_0_in_the_config_does_not_crash_status(tmp_path: Path) -> None:
+    """An embedded broker on ``port: 0`` (any free port): every client command says to pass --broker,
+    with a configuration exit code and no traceback (it used to be paho's ``ValueError``)."""
+    from brokers import make_credentials
+    from robot import unique_robot, write_config
+    from test_cli import PARTS, invoke, no_traceback
+
+    from orchestrator.config import load_config
+
+    path = write_config(tmp_path / "robot.yaml", unique_robot(), {"embedded": {"host": "127.0.0.1", "port": 0}},
+                        PARTS, clients=[{"name": "operator"}])
+    make_credentials(load_config(path))
+    for argv in (["status", str(path)], ["shutdown", str(path)], ["resources", "-c", str(path)],
+                 ["call", "main/health", "get_readings", "-c", str(path)], ["sessions", "-c", str(path)]):
+        res = invoke(*argv)
+        no_traceback(res)
+        assert res.exit_code == 2, (argv, res.output)
+        assert "port is 0" in res.output and "--broker" in res.output, (argv, res.output)
