@@ -187,11 +187,24 @@ def up(
     config: ConfigArg,
     timeline_json: Annotated[Path | None, typer.Option(help="also write the shutdown timeline here")] = None,
     credentials: CredentialsOpt = None,
+    port: Annotated[int | None, typer.Option(min=0, max=65535,
+                                             help="the embedded broker's port instead of the file's (0: any free "
+                                                  "port); parts are told the port it got")] = None,
     verbose: Verbose = False,
 ) -> None:
     """Start the robot: the embedded broker, then every part; Ctrl-C stops it bottom-up."""
     _setup_logging(verbose, "up")
     loaded = _load(config, effective=True, credentials=credentials)
+    if port is not None:
+        emb = loaded.config.broker.embedded
+        if emb is None:
+            err_console.print("--port overrides the embedded broker's port; this configuration uses an external "
+                              "broker (broker.urls)", style="red", highlight=False, markup=False)
+            raise typer.Exit(EXIT_CONFIG)
+        import dataclasses
+
+        broker_cfg = loaded.config.broker.model_copy(update={"embedded": emb.model_copy(update={"port": port})})
+        loaded = dataclasses.replace(loaded, config=loaded.config.model_copy(update={"broker": broker_cfg}))
     if loaded.origin != "file":
         console.print(f"configuration: the fleet's signed configuration ({loaded.origin}), cached beside {config}")
     from orchestrator.launcher.up import run_up

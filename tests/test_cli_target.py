@@ -46,3 +46,49 @@ def test_port_0_in_the_config_does_not_crash_status(tmp_path: Path) -> None:
         no_traceback(res)
         assert res.exit_code == 2, (argv, res.output)
         assert "port is 0" in res.output and "--broker" in res.output, (argv, res.output)
+
+
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+@pytest.mark.timeout(60)
+async def test_up_port_overrides_the_embedded_broker_port(tmp_path: Path) -> None:
+    """``up --port N``: the embedded broker listens on N (not the file's port) and the parts reach it."""
+    import asyncio
+    import sys
+
+    from brokers import make_credentials
+    from robot import unique_robot, write_config
+    from test_cli import PARTS, invoke
+
+    from orchestrator.config import load_config
+
+    file_port, port = _free_port(), _free_port()
+    path = write_config(tmp_path / "robot.yaml", unique_robot(), {"embedded": {"host": "127.0.0.1",
+                                                                               "port": file_port}},
+                        PARTS, clients=[{"name": "operator"}])
+    make_credentials(load_config(path))
+    proc = await asyncio.create_subprocess_exec(sys.executable, "-m", "orchestrator", "up", str(path),
+                                                "--port", str(port), stdout=asyncio.subprocess.PIPE,
+                                                stderr=asyncio.subprocess.STDOUT)
+    seen: list[str] = []
+    try:
+        assert proc.stdout is not None
+        while not any("running" in line and "parts" in line for line in seen):
+            line = (await asyncio.wait_for(proc.stdout.readline(), 30)).decode()
+            assert line, "".join(seen)
+            seen.append(line)
+        assert any(f"127.0.0.1:{port}" in line for line in seen), "".join(seen)
+        res = await asyncio.to_thread(invoke, "status", str(path), "--broker", f"mqtt://127.0.0.1:{port}",
+                                      "--json")
+        assert res.exit_code == 0, res.output
+        assert '"running"' in res.output, res.output
+    finally:
+        if proc.returncode is None:
+            proc.send_signal(signal.SIGINT)
+            await asyncio.wait_for(proc.wait(), 30)
