@@ -396,7 +396,7 @@ async def _read_retained(urls: list[tuple[str, int]], cfg: RobotConfig, access: 
     from orchestrator.transport.client import MqttClient
 
     got: dict[str, bytes] = {}
-    async with MqttClient(f"{cfg.robot}.cli.{os.getpid()}", urls, connect_timeout=3.0,
+    async with MqttClient(f"{cfg.robot}.cli.{os.getpid()}", urls, connect_timeout=3.0, fail_fast=True,
                           username=access.username, password=access.password, tls=access.tls) as c:
         async with c.messages(*filters) as stream:
             while True:
@@ -501,7 +501,7 @@ def _send_request(config: Path, broker_url: str | None, kind: str, body: Any, id
     topic = topics.client_shutdown(me.name) if kind == "shutdown" else topics.client_reload(me.name)
 
     async def go() -> None:
-        async with MqttClient(f"{cfg.robot}.cli.{os.getpid()}", urls, connect_timeout=3.0,
+        async with MqttClient(f"{cfg.robot}.cli.{os.getpid()}", urls, connect_timeout=3.0, fail_fast=True,
                               username=access.username, password=access.password, tls=access.tls) as c:
             await c.publish(topic, encode(me.sender, body), qos=1, timeout=3.0)
 

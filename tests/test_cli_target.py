@@ -92,3 +92,36 @@ async def test_up_port_overrides_the_embedded_broker_port(tmp_path: Path) -> Non
         if proc.returncode is None:
             proc.send_signal(signal.SIGINT)
             await asyncio.wait_for(proc.wait(), 30)
+
+
+@pytest.mark.timeout(30)
+def test_status_with_no_broker_fails_fast_on_a_refused_connection(tmp_path: Path) -> None:
+    """Nothing listens: the refused connection is the answer (not a retry until the 3 s connect bound)."""
+    import time
+
+    from test_cli import invoke, no_traceback
+
+    port = _free_port()  # bound then released: nothing listens there
+    for argv in (["status", str(tmp_path / "robot.yaml")], ["shutdown", str(tmp_path / "robot.yaml")]):
+        _write_config(tmp_path)
+        started = time.monotonic()
+        res = invoke(*argv, "--broker", f"mqtt://127.0.0.1:{port}")
+        elapsed = time.monotonic() - started
+        no_traceback(res)
+        assert res.exit_code == 1, res.output
+        assert "connection refused" in res.output and "is the robot running" in res.output, res.output
+        assert elapsed < 2.5, f"{argv[0]} took {elapsed:.2f} s to report a refused connection"
+
+
+def _write_config(tmp_path: Path) -> Path:
+    from brokers import make_credentials
+    from robot import unique_robot, write_config
+    from test_cli import PARTS
+
+    from orchestrator.config import load_config
+
+    path = tmp_path / "robot.yaml"
+    if not path.exists():
+        write_config(path, unique_robot(), {"urls": ["mqtt://127.0.0.1:1"]}, PARTS, clients=[{"name": "operator"}])
+        make_credentials(load_config(path))
+    return path
