@@ -25,7 +25,24 @@ from orchestrator.errors import ConfigError, OrchestratorError, ProtocolError
 app = typer.Typer(add_completion=False, no_args_is_help=True,
                   help="Run a robot made of several parts over a local MQTT broker.")
 console = Console(width=None if sys.stdout.isatty() else 120)
-err_console = Console(stderr=True)
+# not a terminal (a pipe, a log file, CI): never wrap error lines at 80 columns
+err_console = Console(stderr=True, width=None if sys.stderr.isatty() else 10_000, soft_wrap=not sys.stderr.isatty())
+
+
+def _version(value: bool) -> None:
+    if value:
+        from orchestrator import __version__
+
+        typer.echo(f"orchestrator {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _main(
+    version: Annotated[bool, typer.Option("--version", callback=_version, is_eager=True,
+                                          help="print the version and exit")] = False,
+) -> None:
+    """Run a robot made of several parts over a local MQTT broker."""
 
 EXIT_CONFIG = 2
 
@@ -75,6 +92,21 @@ def parse_urls(text: str) -> list[tuple[str, int]]:
         return parse(text)
     except ValueError as exc:
         raise typer.BadParameter(str(exc)) from None
+
+
+def client_urls(cfg: RobotConfig, broker_url: str | None) -> list[tuple[str, int]]:
+    """Where a client command connects: ``--broker`` if given, else the configuration's broker.  An
+    embedded broker configured with ``port: 0`` (any free port) has no port a client can know from the
+    file: a clear error asking for ``--broker``, not a traceback from the MQTT library."""
+    if broker_url:
+        return parse_urls(broker_url)
+    urls = cfg.broker.client_urls()
+    if any(port == 0 for _, port in urls):
+        err_console.print("the configuration's broker port is 0 (any free port): the port the broker got "
+                          "is not in the file; pass it with --broker mqtt://HOST:PORT", style="red",
+                          highlight=False, markup=False)
+        raise typer.Exit(EXIT_CONFIG)
+    return urls
 
 
 ConfigArg = Annotated[Path, typer.Argument(help="robot configuration (YAML)")]
@@ -156,11 +188,24 @@ def up(
     config: ConfigArg,
     timeline_json: Annotated[Path | None, typer.Option(help="also write the shutdown timeline here")] = None,
     credentials: CredentialsOpt = None,
+    port: Annotated[int | None, typer.Option(min=0, max=65535,
+                                             help="the embedded broker's port instead of the file's (0: any free "
+                                                  "port); parts are told the port it got")] = None,
     verbose: Verbose = False,
 ) -> None:
     """Start the robot: the embedded broker, then every part; Ctrl-C stops it bottom-up."""
     _setup_logging(verbose, "up")
     loaded = _load(config, effective=True, credentials=credentials)
+    if port is not None:
+        emb = loaded.config.broker.embedded
+        if emb is None:
+            err_console.print("--port overrides the embedded broker's port; this configuration uses an external "
+                              "broker (broker.urls)", style="red", highlight=False, markup=False)
+            raise typer.Exit(EXIT_CONFIG)
+        import dataclasses
+
+        broker_cfg = loaded.config.broker.model_copy(update={"embedded": emb.model_copy(update={"port": port})})
+        loaded = dataclasses.replace(loaded, config=loaded.config.model_copy(update={"broker": broker_cfg}))
     if loaded.origin != "file":
         console.print(f"configuration: the fleet's signed configuration ({loaded.origin}), cached beside {config}")
     from orchestrator.launcher.up import run_up
@@ -406,7 +451,7 @@ async def _read_retained(urls: list[tuple[str, int]], cfg: RobotConfig, access: 
     from orchestrator.transport.client import MqttClient
 
     got: dict[str, bytes] = {}
-    async with MqttClient(f"{cfg.robot}.cli.{os.getpid()}", urls, connect_timeout=3.0,
+    async with MqttClient(f"{cfg.robot}.cli.{os.getpid()}", urls, connect_timeout=3.0, fail_fast=True,
                           username=access.username, password=access.password, tls=access.tls) as c:
         async with c.messages(*filters) as stream:
             while True:
@@ -443,7 +488,7 @@ def status(
     loaded = _load(config)
     cfg = loaded.config
     t = Topics(cfg.robot, loaded.topology.primary)
-    urls = parse_urls(broker_url) if broker_url else cfg.broker.client_urls()
+    urls = client_urls(cfg, broker_url)
     got = _run(_read_retained(urls, cfg, _access(loaded, identity, credentials), [t.all_part_states(),
                                                                                   t.robot_status()]))
     parts: dict[str, Any] = {}
@@ -504,14 +549,14 @@ def _send_request(config: Path, broker_url: str | None, kind: str, body: Any, id
 
     loaded = _load(config)  # also refuses to ask for a reload of an invalid file
     cfg = loaded.config
-    urls = parse_urls(broker_url) if broker_url else cfg.broker.client_urls()
+    urls = client_urls(cfg, broker_url)
     access = _access(loaded, identity, credentials)
     me = access.identity
     topics = Topics(cfg.robot)
     topic = topics.client_shutdown(me.name) if kind == "shutdown" else topics.client_reload(me.name)
 
     async def go() -> None:
-        async with MqttClient(f"{cfg.robot}.cli.{os.getpid()}", urls, connect_timeout=3.0,
+        async with MqttClient(f"{cfg.robot}.cli.{os.getpid()}", urls, connect_timeout=3.0, fail_fast=True,
                               username=access.username, password=access.password, tls=access.tls) as c:
             await c.publish(topic, encode(me.sender, body), qos=1, timeout=3.0)
 
@@ -601,7 +646,7 @@ def resources(
     from orchestrator.client import RobotClient
 
     loaded = _load(config)
-    urls = parse_urls(broker_url) if broker_url else None
+    urls = client_urls(loaded.config, broker_url)
     access = _access(loaded, identity, credentials)
 
     async def go() -> dict[str, list[dict[str, Any]]]:
@@ -662,7 +707,7 @@ def call(
         err_console.print("--timeout must be within (0, 3600] s and --hold within [0, 86400] s", style="red")
         raise typer.Exit(EXIT_CONFIG)
     loaded = _load(config)
-    urls = parse_urls(broker_url) if broker_url else None
+    urls = client_urls(loaded.config, broker_url)
     access = _access(loaded, identity, credentials)
 
     async def go() -> Any:
@@ -691,7 +736,7 @@ def sessions(
     from orchestrator.client import RobotClient
 
     loaded = _load(config)
-    urls = parse_urls(broker_url) if broker_url else None
+    urls = client_urls(loaded.config, broker_url)
     access = _access(loaded, identity, credentials)
 
     async def go() -> list[dict[str, Any]]:

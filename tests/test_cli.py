@@ -186,3 +186,23 @@ def test_port_0_in_a_client_url_is_refused(tmp_path: Path, config: Path) -> None
         no_traceback(res)
         assert res.exit_code == 2, (argv, res.output)
         assert "port 0" in res.output, (argv, res.output)
+
+
+def test_version_flag_prints_the_version() -> None:
+    from orchestrator import __version__
+
+    res = invoke("--version")
+    assert res.exit_code == 0, res.output
+    assert res.output.strip() == f"orchestrator {__version__}"
+
+
+@pytest.mark.timeout(30)
+def test_stderr_not_wrapped_at_80_columns_when_not_a_tty(tmp_path: Path) -> None:
+    """An error line longer than 80 columns stays one line when stderr is a pipe (logs, CI, grep)."""
+    missing = tmp_path / ("x" * 120 + ".yaml")
+    env = {**os.environ, "COLUMNS": "80"}
+    proc = subprocess.run([sys.executable, "-m", "orchestrator", "validate", str(missing)],
+                          capture_output=True, text=True, timeout=25, env=env)
+    assert proc.returncode == 2
+    lines = [line for line in proc.stderr.splitlines() if "no such configuration file" in line]
+    assert len(lines) == 1 and str(missing) in lines[0], proc.stderr

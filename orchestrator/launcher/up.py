@@ -79,6 +79,7 @@ class Launcher:
         self.timeline: Timeline | None = None
         self._timeline_event = asyncio.Event()
         self._shutdown = asyncio.Event()
+        self._stop_signal = signal.SIGTERM  # what the primary is sent; SIGINT if `up` got SIGINT (Ctrl-C)
         self._shutting_down = False
         self.shutdown_id = ""  # of the shutdown under way, from the primary's going_down notice
         self._t0 = time.time()
@@ -105,7 +106,7 @@ class Launcher:
     async def run(self) -> int:
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGINT, signal.SIGTERM):
-            loop.add_signal_handler(sig, self.request_shutdown, signal.Signals(sig).name)
+            loop.add_signal_handler(sig, self._on_stop_signal, sig)
         loop.add_signal_handler(signal.SIGHUP, self.request_reload)
         try:
             await self._start_broker()
@@ -133,6 +134,12 @@ class Launcher:
                 await self.bridge.close()
             if self._broker is not None:
                 await self._broker.close()
+
+    def _on_stop_signal(self, sig: signal.Signals) -> None:
+        """SIGINT or SIGTERM: the primary is sent the same signal, so the timeline names the real one."""
+        if not self._shutdown.is_set():
+            self._stop_signal = sig
+        self.request_shutdown(sig.name)
 
     def request_shutdown(self, why: str = "") -> None:
         if not self._shutdown.is_set():
@@ -416,7 +423,7 @@ class Launcher:
         fallback: list[TimelineEntry] = []
         if primary is not None and primary.alive:
             primary.stopping = True
-            primary.signal(signal.SIGTERM)
+            primary.signal(self._stop_signal)
             why = await self._wait_for_primary(primary, bound)
             if self.timeline is not None:
                 self._kill_forced(self.timeline.entries)

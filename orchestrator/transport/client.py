@@ -107,7 +107,11 @@ class MqttClient:
         reconnect_max_s: float = 2.0,
         threaded: bool = False,
         tls: TlsSettings | None = None,
+        fail_fast: bool = False,
     ) -> None:
+        """``fail_fast``: the first connection fails at once (``BrokerUnavailable``) when every URL
+        refused it, instead of retrying until ``connect_timeout`` (a command line asking "is anybody
+        there?"; a part keeps retrying)."""
         if not urls:
             raise ValueError("at least one broker URL is needed")
         self.client_id = client_id
@@ -136,6 +140,8 @@ class MqttClient:
         self._closed = False
         self._started = False
         self.last_error: str | None = None
+        self._fail_fast = fail_fast
+        self._refused = 0
         self.connections = 0
         self.dropped_messages = 0
         self._bg: set[asyncio.Task[Any]] = set()
@@ -461,6 +467,13 @@ class MqttClient:
                 await loop.run_in_executor(None, self._paho.reconnect)
             except (OSError, ValueError) as exc:  # refused, unreachable, timed out
                 self.last_error = f"{type(exc).__name__}: {exc}"
+                if isinstance(exc, ConnectionRefusedError) and self._fail_fast and self.connections == 0:
+                    self._refused += 1
+                    if self._refused >= len(self.urls):
+                        where = ", ".join(f"{h}:{p}" for h, p in self.urls)
+                        self._fail_first(BrokerUnavailable(
+                            f"no MQTT broker at {where} (connection refused): is the robot running?", urls=where))
+                        return
                 continue
             if self._closed:
                 return
