@@ -29,6 +29,7 @@ from orchestrator.cli import (
     _load,
     _run,
     app,
+    client_urls,
     err_console,
     parse_urls,
 )
@@ -57,7 +58,7 @@ def resolve(config: Path | None, robot: str | None, broker_url: str | None, iden
     if config is not None:
         loaded = _load(config)
         access = _access(loaded, identity, credentials)
-        urls = parse_urls(broker_url) if broker_url else loaded.config.broker.client_urls()
+        urls = client_urls(loaded.config, broker_url)
         return WatchTarget(loaded.config.robot, urls, access.username, access.password, access.tls,
                            access.identity.name)
     if robot is None or broker_url is None:
