@@ -46,11 +46,15 @@ def setup_logging(who: str, verbose: bool = False, fmt: str | None = None) -> No
     if level not in ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"):
         level = "WARNING"
     fmt = (fmt or os.environ.get("ORCHESTRATOR_LOG_FORMAT", "human")).lower()
+    root = logging.getLogger()
+    if any(not getattr(h, "_orchestrator", False) for h in root.handlers):
+        # logging is already set up by whoever embeds us (an application, pytest): like basicConfig, leave it
+        # (a handler of ours on a stream that is later closed would turn every record into a traceback)
+        return
     handler = logging.StreamHandler(sys.stderr)
     handler.setFormatter(JsonFormatter() if fmt == "json" else logging.Formatter(HUMAN))
     handler.addFilter(_Who(who))
     handler.setLevel(level)
-    root = logging.getLogger()
     for h in list(root.handlers):
         if isinstance(h, logging.StreamHandler) and getattr(h, "_orchestrator", False):
             root.removeHandler(h)

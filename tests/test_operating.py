@@ -358,3 +358,19 @@ def test_the_grafana_dashboard_plots_only_metrics_the_primary_serves() -> None:
     documented = (root / "docs" / "operating.md").read_text()
     for m in sorted(served):
         assert m in documented, f"{m} is served but not in docs/operating.md"
+
+
+def test_setup_logging_leaves_logging_alone_when_the_host_process_set_it_up() -> None:
+    """Regression (CI): the CLI run in-process by a test added a handler on a stream that was closed after it,
+    and every later record of the test session became a 'closed file' traceback on stderr."""
+    from orchestrator.logs import setup_logging
+
+    root = logging.getLogger()
+    foreign = logging.NullHandler()
+    root.addHandler(foreign)
+    try:
+        before = list(root.handlers)
+        setup_logging("cli")
+        assert root.handlers == before
+    finally:
+        root.removeHandler(foreign)
