@@ -728,8 +728,12 @@ async def test_a_sessionless_actuating_call_on_a_resource_a_live_session_owns_is
             await left.go_for(rpm=100, revolutions=1000)
         assert await left.get_power() == 0.3  # a read is fine, and the owner's command stands
     assert robot.parts["base"].sessions.owner_of["left"] == sid
+    guard = robot.parts["base"].sessions
+    stops_before = sum(guard.stops.values())
     proc.send_signal(signal.SIGKILL)
-    await until(lambda: robot.parts["base"].sessions.owner_of.get("left") is None, WINDOW + 3, "the expiry")
+    # ownership is let go first, then the stop runs: wait for the stop to be done (CI saw the gap)
+    await until(lambda: guard.owner_of.get("left") is None and sum(guard.stops.values()) > stops_before,
+                WINDOW + 3, "the expiry and its stop")
     assert not await m.is_moving()
 
 
