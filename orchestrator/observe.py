@@ -2,7 +2,7 @@
 the metrics and the logs.
 
 :class:`RobotView` subscribes to the robot's public topics (part states, the primary's status, what each
-part hosts, its sessions, counters and metrics, telemetry, the upstream link, the last timeline, session
+part hosts, its sessions, counters, telemetry, the upstream link, the last timeline, session
 events and part logs), keeps the latest of each, believes a message only from the identity its topic is
 reserved to, and keeps a bounded log of recent events.  It needs no configuration file and no plugin:
 a robot's name and a broker are enough.
@@ -65,7 +65,6 @@ class PartView:
     resources: list[dict[str, Any]] = field(default_factory=list)
     sessions: SessionsState | None = None
     counters: dict[str, int] = field(default_factory=dict)
-    metrics: dict[str, Any] = field(default_factory=dict)
     telemetry: dict[str, TelemetryReading] = field(default_factory=dict)
     samples: dict[str, deque[tuple[float, float]]] = field(default_factory=dict)  # "res.key" -> (t, value)
     state_at: float = 0.0  # when the part published its current state (its clock)
@@ -140,7 +139,7 @@ class RobotView:
             (t.all_part_states(), self._on_state), (t.robot_status(), self._on_status),
             (t.all_part_resources(), self._on_resources), (t.all_session_states(), self._on_sessions),
             (t.all_session_events(), self._on_session_event), (f"{t.root}/part/+/counters", self._on_counters),
-            (f"{t.root}/part/+/metrics", self._on_metrics), (t.robot_upstream(), self._on_upstream),
+            (t.robot_upstream(), self._on_upstream),
             (t.robot_timeline(), self._on_timeline), (f"{t.root}/part/+/events", self._on_part_event),
             (t.robot_liveness(), self._on_liveness),
         ]
@@ -338,12 +337,6 @@ class RobotView:
             self._emit("refusal", name, "refused " + ", ".join(f"{k} x{v}" for k, v in sorted(grown.items())),
                        "warning")
         pv.counters = dict(new)
-
-    def _on_metrics(self, msg: Message) -> None:
-        name = self.topics.part_of(msg.topic)
-        env = self._trusted(msg)
-        if name is not None and env is not None:
-            self.part(name).metrics = env.body
 
     def _on_telemetry(self, msg: Message) -> None:
         name = self.topics.part_of(msg.topic)
