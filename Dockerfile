@@ -17,7 +17,7 @@ RUN python3 -m venv /opt/orchestrator \
  && /opt/orchestrator/bin/pip install --no-index --find-links /wheels/deps /wheels/deps/*.whl
 COPY build/wheelhouse/local /wheels/local
 RUN /opt/orchestrator/bin/pip install --no-index --find-links /wheels/deps --find-links /wheels/local \
-      orchestrator orchestrator-sim orchestrator-host \
+      robot-orchestrator robot-orchestrator-sim robot-orchestrator-host \
  && /opt/orchestrator/bin/pip check \
  && /opt/orchestrator/bin/orchestrator --help >/dev/null
 

@@ -26,7 +26,7 @@ VENV="${VENV:-$ROOT/.venv}"
 PY="$VENV/bin/python"
 BUILD="$ROOT/build"
 WHEELHOUSE="$BUILD/wheelhouse"
-PACKAGES=(. parts/sim parts/host)    # the project and the plugin packages baked into the image
+PACKAGES=(. parts/sim parts/host parts/dynamixel)   # the project and its plugin packages (the image installs sim and host)
 
 log() { echo "images: $*" >&2; }
 die() { log "$*"; exit 1; }
@@ -108,21 +108,24 @@ step_wheelhouse() {
     || { tail -n 30 "$out" >&2; die "building our wheels failed (log: $out)"; }
   rm -rf "${BUILD:?}/lib" "${BUILD:?}"/bdist.* parts/*/build
   local ours
-  ours="$(find "$tmp/local" -name 'orchestrator-*.whl' | wc -l)"
-  [[ "$ours" == 1 ]] || die "expected one orchestrator wheel, found $ours"
-  "$PY" -m zipfile -l "$tmp"/local/orchestrator-*.whl | grep 'orchestrator/cli.py' >/dev/null \
-    || die "the orchestrator wheel built is not this project"
+  ours="$(find "$tmp/local" -name 'robot_orchestrator-*.whl' | wc -l)"
+  [[ "$ours" == 1 ]] || die "expected one robot-orchestrator wheel, found $ours"
+  "$PY" -m zipfile -l "$tmp"/local/robot_orchestrator-*.whl | grep 'orchestrator/cli.py' >/dev/null \
+    || die "the robot-orchestrator wheel built is not this project"
   if ((deps_ok)); then
     cp -a "$WHEELHOUSE/deps/." "$tmp/deps/"
   else
     log "building the wheels of their dependencies"
-    # The requirements are our wheel *files*, so `orchestrator` (a dependency of the parts) is ours:
-    # the unrelated `orchestrator` on PyPI can never be chosen.  pip copies our wheels too: removed.
+    # The requirements are our wheel *files*, so `robot-orchestrator` (a dependency of the parts) is
+    # ours, never resolved from an index.  pip copies our wheels too: removed.
     "$PY" -m pip wheel -c "$constraints" -w "$tmp/deps" "$tmp"/local/*.whl >>"$out" 2>&1 \
       || { tail -n 30 "$out" >&2; die "building the dependencies' wheels failed (log: $out)"; }
     local w
     for w in "$tmp"/local/*.whl; do rm -f "$tmp/deps/${w##*/}"; done
-    if find "$tmp/deps" -name 'orchestrator-*' | grep -q .; then die "an orchestrator wheel among the dependencies"; fi
+    # `orchestrator` on PyPI is an unrelated project: it must never come in.
+    if find "$tmp/deps" -name 'orchestrator-*' -o -name 'robot_orchestrator*' | grep -q .; then
+      die "an orchestrator wheel among the dependencies"
+    fi
     echo "$deps_hash" >"$tmp/deps/.stamp"
   fi
   echo "$WHEELHOUSE_HASH" >"$tmp/local/.stamp"
