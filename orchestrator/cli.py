@@ -150,9 +150,18 @@ def validate(config: ConfigArg) -> None:
 
 
 @app.command()
-def schema() -> None:
-    """Print the JSON Schema of the robot configuration (for editors)."""
-    print(json.dumps(RobotConfig.model_json_schema(), indent=2))
+def schema(
+    core: Annotated[bool, typer.Option("--core", help="without the installed models' attributes")] = False,
+) -> None:
+    """Print the JSON Schema of the robot configuration (for editors), with every installed model's
+    attributes: a resource's ``attributes`` are checked against the schema of its ``model``."""
+    if core:
+        print(json.dumps(RobotConfig.model_json_schema(), indent=2))
+        return
+    from orchestrator.resources import default_registry
+    from orchestrator.resources.describe import config_schema
+
+    print(json.dumps(config_schema(default_registry()), indent=2))
 
 
 @app.command()
@@ -759,7 +768,7 @@ def sessions(
     console.print(table)
 
 
-from orchestrator import cli_watch  # noqa: E402,F401  (echo, logs, monitor register themselves)
+from orchestrator import cli_plugins, cli_watch  # noqa: E402,F401  (their commands register themselves)
 
 
 def main() -> None:

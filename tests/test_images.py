@@ -68,7 +68,8 @@ def test_wheelhouse_installs_with_no_network(docker_lab: DockerLab) -> None:
         "python3 -m venv --without-pip /tmp/venv"
         " && pip=$(ls /usr/share/python-wheels/pip-*.whl)"
         " && /tmp/venv/bin/python $pip/pip install -q --no-compile --no-index"
-        "    --find-links /wheels/deps --find-links /wheels/local robot-orchestrator robot-orchestrator-sim robot-orchestrator-host"
+        "    --find-links /wheels/deps --find-links /wheels/local"
+        "    robot-orchestrator robot-orchestrator-sim robot-orchestrator-host"
         " && /tmp/venv/bin/orchestrator validate /examples/rover.yaml"
     )
     res = docker(

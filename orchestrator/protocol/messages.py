@@ -173,11 +173,29 @@ class ReloadRequest(_Body):
     reason: Text = "requested over MQTT"
 
 
+class MethodArg(_Body):
+    name: Name
+    type: Text = "Any"
+    required: bool = True
+    default: Any = None
+
+
+class MethodInfo(_Body):
+    """A method of a resource, as ``orchestrator.resources.describe`` gives it (compact)."""
+
+    name: Name
+    actuating: bool = False
+    args: list[MethodArg] = Field(default_factory=list, max_length=100)
+    returns: Text = "Any"
+
+
 class ResourceInfo(_Body):
     name: Name
     model: Text
     status: Name  # ready | degraded | ...
     reason: Text | None = None
+    api: Text | None = None  # namespace:type:subtype; absent from parts older than this field
+    methods: list[MethodInfo] = Field(default_factory=list, max_length=500)
 
 
 class PartResources(_Body):

@@ -59,6 +59,8 @@ class Registration:
     factory: Factory | None = None
     dependencies: Dependencies | None = None
     plugin: str = ""
+    package: str = ""  # the distribution whose entry point registered it, and its version
+    version: str = ""
 
     @property
     def kind(self) -> type[Resource]:
@@ -84,6 +86,7 @@ class Registry:
         self._models: dict[str, Registration] = {}
         self.load_errors: list[str] = []
         self._loading = ""
+        self._loading_dist: tuple[str, str] = ("", "")
 
     def register(
         self,
@@ -100,7 +103,8 @@ class Registry:
         if key in self._models:
             prev = self._models[key].plugin or "another plugin"
             raise ValueError(f"model {key} is registered twice ({prev} and {self._loading or 'another plugin'})")
-        self._models[key] = Registration(m, cls, attributes, factory, dependencies, self._loading)
+        package, version = self._loading_dist
+        self._models[key] = Registration(m, cls, attributes, factory, dependencies, self._loading, package, version)
 
     def get(self, model: str) -> Registration:
         try:
@@ -118,9 +122,14 @@ class Registry:
     def models(self) -> list[str]:
         return sorted(self._models)
 
+    def registrations(self) -> list[Registration]:
+        return [self._models[m] for m in sorted(self._models)]
+
     def load_entry_points(self, group: str = ENTRY_POINT_GROUP) -> None:
         for ep in entry_points(group=group):
             self._loading = f"plugin {ep.name!r} ({ep.value})"
+            dist = ep.dist
+            self._loading_dist = (dist.name, dist.version) if dist is not None else ("", "")
             try:
                 ep.load()(self)
             except Exception as exc:
@@ -129,6 +138,7 @@ class Registry:
                 self.load_errors.append(msg)
             finally:
                 self._loading = ""
+                self._loading_dist = ("", "")
 
 
 _default: Registry | None = None

@@ -214,7 +214,18 @@ class ResourceHost:
         return result
 
     def describe(self) -> list[dict[str, Any]]:
-        return [
-            {"name": s.name, "model": s.model, "status": s.status, "reason": s.reason}
-            for s in self.states.values()
-        ]
+        """Each resource as the part lists it (retained): status, and its API and methods, so a client
+        without the plugin installed knows what it can call."""
+        from orchestrator.resources.describe import describe_methods
+
+        out = []
+        for s in self.states.values():
+            entry: dict[str, Any] = {"name": s.name, "model": s.model, "status": s.status, "reason": s.reason}
+            res = self.resources.get(s.name)
+            cls = type(res) if res is not None else (
+                self.registry.get(s.model).cls if s.model in self.registry else None)
+            if cls is not None:
+                entry["api"] = str(cls.API)
+                entry["methods"] = describe_methods(cls, compact=True)
+            out.append(entry)
+        return out
