@@ -323,3 +323,28 @@ async def test_a_session_survives_a_reconnect_within_its_window(tmp_path: Path) 
             assert await m.is_moving(), "the motor stopped: the session expired across the reconnect"
             await asyncio.sleep(0.05)
         assert client.session.id in parts["drive"].sessions.tracked
+
+
+@pytest.mark.timeout(60)
+async def test_a_session_renewed_after_the_robot_ended_the_last_keeps_its_heartbeats(robot: Robot) -> None:
+    """Regression (seen in bench/upstream_loss.py): the heartbeat connection of a session the robot ended
+    stayed open, reconnecting, under the same client id (``<id>.hb``) as the next session's; the two took
+    the id over from each other, and the renewed session expired for want of heartbeats one window later."""
+    m = robot.motor("m1")
+    async with client_for(robot.loaded) as client:
+        motor = client.resource("drive/m1", Motor)
+        for _ in range(2):
+            await motor.set_power(0.4)
+            ended = asyncio.Event()
+            client.on_session_end(lambda s, ev, ended=ended: ended.set())
+            assert client.session is not None
+            await client.sessions.end(client.session, "ended by the test")  # robot-wide, connections closed
+            await asyncio.wait_for(ended.wait(), 5)
+            await until(lambda: _not(m.is_moving()), 5, "the end to stop the motor")
+            await client.renew_session()
+            await motor.set_power(0.4)
+            end = time.monotonic() + 4 * WINDOW  # four windows: the renewed session must be heard throughout
+            while time.monotonic() < end:
+                assert await m.is_moving(), "the renewed session expired: its heartbeats were not heard"
+                await asyncio.sleep(0.02)
+            assert client.session is not None and client.session.alive
