@@ -18,7 +18,7 @@ from typing import Any
 import pytest
 from netrobot import NetRobot, net_robot
 
-from orchestrator import Motor, PartOffline, SessionExpired
+from orchestrator import Motor, PartOffline, SessionExpired, UnknownResource
 from orchestrator.sessions.guard import grace_of
 
 SLACK_S = 0.6  # scheduling on a loaded 2-core machine: what a bound may be exceeded by here
@@ -111,6 +111,35 @@ async def test_a_sub_part_losing_its_link_stops_its_motor_is_marked_offline_and_
         assert robot.power("m1") == 0.0
         assert driver.poll() is None  # the client itself never lost anything
         print(f"{fault}: stopped {stopped - t0:.3f} s, offline {offline:.3f} s, back {back:.3f} s")
+
+
+# -- regression, issue 8 defect 2: calls to a silent part hung until the broker's Will ---------------------
+
+@pytest.mark.timeout(60)
+async def test_a_call_in_flight_to_a_part_that_goes_silent_fails_within_the_detection_bound(tmp_path: Path) -> None:
+    """A call made just as the part went silent waited for the broker's Will (7 to 9 s), and so did every
+    later call, although the primary marked the part offline after about 0.6 s; a name no part has waited
+    for the whole deadline.  Now: the call in flight fails with PartOffline when the part is marked offline,
+    the next one at once, and an unknown part at once."""
+    with net_robot(tmp_path, "mosquitto") as robot:
+        await running(robot)
+        b = bounds(robot)
+        async with robot.checker(timeout=20.0) as checker:
+            motor = checker.resource("drive/m1", Motor)
+            assert not await motor.is_moving()  # it answers
+            robot.host("sub").blackhole()  # silent: no RST, no Will for seconds
+            t0 = time.monotonic()
+            with pytest.raises(PartOffline):
+                await motor.is_moving()  # in flight while the robot still believes the part online
+            took = time.monotonic() - t0
+            assert took < b["offline"] + SLACK_S, f"the call in flight failed after {took:.2f} s"
+            t1 = time.monotonic()
+            with pytest.raises(PartOffline):
+                await motor.is_moving()
+            with pytest.raises(UnknownResource):
+                await checker.call("ghost/x", "stop")
+            assert time.monotonic() - t1 < 0.2, "a call to an offline or unknown part waits for nothing"
+        print(f"in flight: PartOffline after {took:.3f} s")
 
 
 # -- a client's link is cut while it drives ------------------------------------------------------------
