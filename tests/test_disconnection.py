@@ -11,6 +11,9 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
+import subprocess
+import sys
 import time
 from pathlib import Path
 from typing import Any
@@ -284,6 +287,50 @@ async def test_broker_killed_and_restarted(tmp_path: Path, kind: str, outage: st
                 assert robot.power("m1") == 0.0
             print(f"broker {kind} {outage}: motor stopped {stopped - t0:.3f} s after the kill, back "
                   f"{back:.3f} s after the restart")
+
+
+# -- regression, issue 8 defect 5: retained state was lost with a broker restart ----------------------------
+
+async def cli_json(robot: NetRobot, *argv: str) -> Any:
+    """``orchestrator ARGV --json`` as a user runs it (its own process, the config's broker URL)."""
+    r = await asyncio.to_thread(subprocess.run, [sys.executable, "-m", "orchestrator", *argv, "--json"],
+                                capture_output=True, text=True, timeout=30)
+    assert r.returncode == 0, r.stderr
+    return json.loads(r.stdout)
+
+
+@pytest.mark.timeout(90)
+@pytest.mark.parametrize("kind", ["mosquitto", "amqtt"])
+async def test_retained_state_and_resources_come_back_after_a_broker_restart_without_persistence(
+        tmp_path: Path, kind: str) -> None:
+    """After a restart of a broker without persistence, `orchestrator resources` was empty: the parts
+    reconnected but did not re-announce what they had retained.  Now every part re-announces its state
+    (a new birth), its resources and the robot status, and the CLI shows the robot as before."""
+    with net_robot(tmp_path, kind) as robot:
+        await running(robot)
+        cfg = str(robot.cfg)
+
+        def names(listing: dict[str, list[dict[str, Any]]]) -> dict[str, list[str]]:
+            return {p: [r["name"] for r in rs] for p, rs in listing.items()}
+
+        before = names(await cli_json(robot, "resources", "-c", cfg))
+        assert before["drive"] == ["m1", "m2", "m3", "m4"] and before["main"] == ["chassis"]
+        async with robot.watcher() as w:
+            await w.all_running(["main", "drive"])
+            births = {p: w.states[p][0] for p in ("main", "drive")}
+        robot.kill_broker()
+        robot.start_broker()  # empty: no persistence on either broker
+        async with robot.watcher() as w:
+            await w.until(lambda: all(p in w.states and w.states[p][0] > births[p] for p in births), 20,
+                          "every part re-announced with a new birth")
+            await w.until(lambda: w.status is not None and w.status.state == "running", 10, "the robot status")
+        deadline = time.monotonic() + 10  # the resources are re-announced with the state, on their own topic
+        while (after := names(await cli_json(robot, "resources", "-c", cfg))) != before:
+            assert time.monotonic() < deadline, f"resources after the restart: {after}"
+            await asyncio.sleep(0.2)
+        status = await cli_json(robot, "status", cfg)
+        assert status["state"] == "running"
+        assert {p: v["state"] for p, v in status["parts"].items()} == {"main": "running", "drive": "running"}
 
 
 # -- regression: a primary cut off from the broker blamed its sub-parts for its own silence ------------------
