@@ -303,6 +303,9 @@ async def _one(kind: str) -> dict[str, Any]:
 def run() -> dict[str, Any]:
     if os.geteuid() != 0:
         return {"skipped": "needs root (network namespaces)"}
+    from netlab import ensure_tools
+
+    ensure_tools()  # nftables and iproute2, from Debian's packages, when missing
     load_before = os.getloadavg()
     results: dict[str, Any] = {}
     for kind in BROKERS:

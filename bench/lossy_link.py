@@ -172,6 +172,9 @@ async def _profile(profile: str, tmp: Path) -> dict[str, Any]:
 def run() -> dict[str, Any]:
     if os.geteuid() != 0:
         return {"skipped": "needs root (network namespaces)"}
+    from netlab import ensure_tools
+
+    ensure_tools()  # nftables and iproute2, from Debian's packages, when missing
     load_before = os.getloadavg()
     out: dict[str, Any] = {}
     for profile in PROFILES:

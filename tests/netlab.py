@@ -93,7 +93,7 @@ def _tool(name: str) -> str:
     for directory in ("/usr/sbin", "/sbin"):
         if os.access(f"{directory}/{name}", os.X_OK):
             return f"{directory}/{name}"
-    raise NetLabError(f"{name} not found (make nettools installs it)")
+    raise NetLabError(f"{name} not found (`make test-tools` installs it)")
 
 
 def _run(argv: Sequence[str], *, input: str | None = None, check: bool = True) -> subprocess.CompletedProcess[str]:

@@ -253,7 +253,7 @@ def test_loss_drops_about_that_fraction_in_both_directions(lab: NetLab) -> None:
     received = int(read_line(counter))
     assert 0.6 * sent <= received <= 0.8 * sent, received
     a.restore()
-    assert a.faults == {"cut": False, "blackhole": False, "loss": 0.0}
+    assert a.faults == {"cut": False, "blackhole": False, "loss": 0.0, "delay": 0.0}
 
 
 # -- the proxy --------------------------------------------------------------------------------------
