@@ -19,11 +19,27 @@ a bounded number of times:
 * ``kill9_to_offline_ms``: SIGKILL of the sub-part's process -> the status marks it offline (the
   broker publishes its Will at once: the socket closes).  Bound: ``heartbeat_s x heartbeat_misses``
   (the detection interval, which a Will beats).
+* ``upstream``: upstream loss to every actuator stopped, and the default-off case (bench/upstream_loss.py,
+  its own robot under ``orchestrator up``, the uplink through a fault proxy).
+
+The raw paho baseline, in the same run, over the same links (``raw_paho_*``): a bare paho process
+(``bench/raw_will.py``) with a Will and the robot's broker keep-alive runs on the sub-part's host next to
+the part and goes through the very same cut or blackhole; an observer on no faulty link stamps the Will.
+
+* ``raw_paho_link_cut_to_will_ms``: the fault -> the bare client's Will arrives at the observer (what
+  "offline" costs with MQTT alone: the broker's keep-alive check).  ``ratio_p50_to_raw`` in
+  ``link_cut_to_offline_ms``: ours / raw, p50 to p50.
+* ``raw_paho_link_cut_to_own_notice_ms``: the fault -> the bare client itself notices (paho's
+  keep-alive): the baseline for ``link_cut_to_local_stop_ms`` (ours / raw in its ``ratio_p50_to_raw``).
+* ``raw_paho_kill9_to_will_ms``: SIGKILL of a bare paho process on the same host -> its Will at the
+  observer; ``kill9_to_offline_ms.ratio_p50_to_raw`` = ours / raw.
 
 Every figure is given as ``p50``/``p99`` (nearest rank over the runs: with few runs p99 is the
 worst one) in milliseconds and as a ratio to its bound.  ``load`` records the machine's load
-average before and after.  Knobs: ``BENCH_DISCONNECT_REPEATS`` (runs per fault, default 4),
-``BENCH_DISCONNECT_BROKERS`` (default ``mosquitto``; ``mosquitto,amqtt`` adds the embedded broker).
+average before and after.  Knobs: ``BENCH_DISCONNECT_REPEATS`` (runs per fault, default 5),
+``BENCH_DISCONNECT_BROKERS`` (default ``mosquitto``; ``mosquitto,amqtt`` adds the embedded broker),
+``BENCH_DISCONNECT_UPSTREAM`` (default 1; 0 leaves the upstream figures out), ``BENCH_DISCONNECT_LOSSY``
+(default 0; 1 adds the loss x delay grid of bench/lossy_link.py, about 8 minutes: ``lossy_link``).
 Needs root (network namespaces), like the net lab.
 """
 
@@ -33,9 +49,12 @@ import asyncio
 import contextlib
 import os
 import signal
+import subprocess
 import sys
 import tempfile
+import threading
 import time
+import uuid
 from pathlib import Path
 from typing import Any
 
@@ -47,24 +66,37 @@ from netrobot import NetRobot, net_robot  # noqa: E402
 from robot import Watcher  # noqa: E402
 
 from bench.calls import percentile  # noqa: E402
+from bench.rawpaho import raw_client  # noqa: E402
 from orchestrator import Motor, PartOffline  # noqa: E402
 from orchestrator.client import RobotClient  # noqa: E402
+from orchestrator.protocol.topics import ClientId, Identity, Topics  # noqa: E402
+from orchestrator.security.access import Access  # noqa: E402
 
-REPEATS = int(os.environ.get("BENCH_DISCONNECT_REPEATS", "4"))
+REPEATS = int(os.environ.get("BENCH_DISCONNECT_REPEATS", "5"))
+UPSTREAM = os.environ.get("BENCH_DISCONNECT_UPSTREAM", "1") != "0"
+LOSSY = os.environ.get("BENCH_DISCONNECT_LOSSY", "0") == "1"
 BROKERS = [b for b in os.environ.get("BENCH_DISCONNECT_BROKERS", "mosquitto").split(",") if b]
 RECONNECT_MAX_S = 2.0  # orchestrator.transport.client.MqttClient's default back-off ceiling
 CALL_BOUND_S = 0.1
 STEP_TIMEOUT_S = 20.0  # any single wait longer than this fails the run
 
 
-def _stats(samples_s: list[float], bound_s: float) -> dict[str, Any]:
+def _stats(samples_s: list[float], bound_s: float | None = None, raw_s: list[float] | None = None) -> dict[str, Any]:
+    """p50/p99 (nearest rank) in ms; with a bound, the ratios to it; with raw samples, ours / raw (p50, p99)."""
     s = sorted(samples_s)
     if not s:
         return {"n": 0}
     p50, p99 = percentile(s, 50), percentile(s, 99)
-    return {"n": len(s), "p50_ms": round(p50 * 1000, 1), "p99_ms": round(p99 * 1000, 1),
-            "max_ms": round(s[-1] * 1000, 1), "bound_ms": round(bound_s * 1000, 1),
-            "ratio_p50": round(p50 / bound_s, 3), "ratio_p99": round(p99 / bound_s, 3)}
+    out: dict[str, Any] = {"n": len(s), "p50_ms": round(p50 * 1000, 1), "p99_ms": round(p99 * 1000, 1),
+                           "max_ms": round(s[-1] * 1000, 1)}
+    if bound_s is not None:
+        out |= {"bound_ms": round(bound_s * 1000, 1), "ratio_p50": round(p50 / bound_s, 3),
+                "ratio_p99": round(p99 / bound_s, 3)}
+    if raw_s:
+        r = sorted(raw_s)
+        out |= {"ratio_p50_to_raw": round(p50 / percentile(r, 50), 3),
+                "ratio_p99_to_raw": round(p99 / percentile(r, 99), 3)}
+    return out
 
 
 async def _until(cond: Any, what: str, timeout: float = STEP_TIMEOUT_S, poll: float = 0.005) -> float:
@@ -74,6 +106,85 @@ async def _until(cond: Any, what: str, timeout: float = STEP_TIMEOUT_S, poll: fl
             raise TimeoutError(f"timed out waiting for {what}")
         await asyncio.sleep(poll)  # a probe file or a watcher's dict: polled, bounded
     return time.time()
+
+
+class RawWills:
+    """Bare paho processes with a Will on the sub-part's host, and an observer of their Wills on no faulty link.
+
+    They log in as the sub-part (its identity may write ``part/drive/#``) under client ids of their own, and
+    their Wills go to ``part/drive/json/bench-raw-will/<n>``, which the robot's viewer may read and no part
+    reads."""
+
+    def __init__(self, robot: NetRobot) -> None:
+        self.robot = robot
+        cfg, path = robot.loaded.config, robot.loaded.path
+        self.part = Access.of(cfg, path, Identity(cfg.robot, "part", "drive"))
+        viewer = Access.of(cfg, path, ClientId(cfg.robot, "watcher"))
+        self.prefix = f"{Topics(cfg.robot).root}/part/drive/json/bench-raw-will"
+        self.arrived: dict[str, float] = {}
+        self._lock = threading.Lock()
+        self._obs = raw_client(f"bench-raw-obs-{uuid.uuid4().hex[:6]}", window=False)
+        self._obs.username_pw_set(viewer.username, viewer.password)
+        subscribed = threading.Event()
+        self._obs.on_connect = lambda c, u, f, rc, p: c.subscribe(f"{self.prefix}/#", 1)
+        self._obs.on_subscribe = lambda c, u, mid, codes, p: subscribed.set()
+        self._obs.on_message = self._on_message
+        host, port = robot.where
+        self._obs.connect(host, port, 30)
+        self._obs.loop_start()
+        if not subscribed.wait(STEP_TIMEOUT_S):
+            self.close()
+            raise RuntimeError("the raw Will observer did not subscribe")
+
+    def _on_message(self, client: Any, userdata: Any, msg: Any) -> None:
+        with self._lock:
+            self.arrived.setdefault(msg.topic, time.time())
+
+    def start(self) -> tuple[subprocess.Popen[str], str]:
+        """A bare paho client with a Will on host ``sub``, connected; returns it and its Will topic."""
+        topic = f"{self.prefix}/{uuid.uuid4().hex[:8]}"
+        host, port = self.robot.where
+        keepalive = self.robot.loaded.config.broker.keepalive_s
+        p = self.robot.host("sub").popen([sys.executable, "-m", "bench.raw_will", host, str(port), str(keepalive),
+                                          topic], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True,
+                                         cwd=str(ROOT))
+        assert p.stdin is not None and p.stdout is not None
+        p.stdin.write(f"{self.part.username}\n{self.part.password}\n")
+        p.stdin.flush()
+        line = p.stdout.readline()
+        if line.strip() != "ready":
+            p.kill()
+            raise RuntimeError(f"the raw paho client said {line!r}")
+        return p, topic
+
+    async def will(self, topic: str, timeout: float = 3 * STEP_TIMEOUT_S) -> float:
+        await _until(lambda: topic in self.arrived, f"the raw Will on {topic}", timeout)
+        return self.arrived[topic]
+
+    @staticmethod
+    async def own_notice(p: subprocess.Popen[str], timeout: float = 3 * STEP_TIMEOUT_S) -> float:
+        """When the bare client said it lost its connection (its own keep-alive check)."""
+        assert p.stdout is not None
+        line = await asyncio.wait_for(asyncio.to_thread(p.stdout.readline), timeout)
+        if not line.startswith("disconnected "):
+            raise RuntimeError(f"the raw paho client said {line!r}")
+        return float(line.split()[1])
+
+    @staticmethod
+    def kill(p: subprocess.Popen[str]) -> None:
+        if p.poll() is None:
+            p.kill()
+        p.wait(10)
+        for pipe in (p.stdin, p.stdout):
+            if pipe is not None:
+                with contextlib.suppress(OSError):
+                    pipe.close()
+
+    def close(self) -> None:
+        with contextlib.suppress(Exception):
+            self._obs.disconnect()
+        with contextlib.suppress(Exception):
+            self._obs.loop_stop()
 
 
 async def _drive(client: RobotClient, robot: NetRobot) -> None:
@@ -92,12 +203,14 @@ async def _drive(client: RobotClient, robot: NetRobot) -> None:
 
 
 async def _link_faults(robot: NetRobot, w: Watcher, client: RobotClient, checker: RobotClient, fault: str,
-                       out: dict[str, list[float]]) -> None:
+                       out: dict[str, list[float]], raw: RawWills) -> None:
     sub = robot.host("sub")
     for _ in range(REPEATS):
         await w.until(lambda: w.status is not None and w.status.state == "running", STEP_TIMEOUT_S, "running")
         await _drive(client, robot)
         birth = w.states["drive"][0]
+        bare, topic = raw.start()  # the same host, the same link, the same fault
+        notice = asyncio.ensure_future(raw.own_notice(bare))
         t0 = time.time()
         sub.cut() if fault == "cut" else sub.blackhole()
         stopped = await _until(lambda t0=t0: robot.stopped_after("m1", t0) is not None, "the local stop")
@@ -111,6 +224,12 @@ async def _link_faults(robot: NetRobot, w: Watcher, client: RobotClient, checker
             raise AssertionError("a call to an offline part did not fail")
         out["call"].append(time.perf_counter() - t1)
         await w.until(lambda: w.state("drive") == "offline", 3 * STEP_TIMEOUT_S, "the broker's Will")
+        try:
+            out[f"raw_will_{fault}"].append(await raw.will(topic) - t0)
+            out[f"raw_notice_{fault}"].append(await notice - t0)
+        finally:
+            notice.cancel()
+            raw.kill(bare)
         sub.restore()
         t2 = time.time()
         await w.until(lambda birth=birth: w.states["drive"][0] > birth and w.status is not None and
@@ -118,11 +237,17 @@ async def _link_faults(robot: NetRobot, w: Watcher, client: RobotClient, checker
                       "online again with a new birth")
         out["return"].append(w.status_at - t2)
         print(f"  {fault}: stop {out[f'stop_{fault}'][-1]:.3f} s, offline {out[f'offline_{fault}'][-1]:.3f} s, "
-              f"back {out['return'][-1]:.3f} s", file=sys.stderr)
+              f"back {out['return'][-1]:.3f} s; raw paho: own notice {out[f'raw_notice_{fault}'][-1]:.3f} s, Will "
+              f"{out[f'raw_will_{fault}'][-1]:.3f} s", file=sys.stderr)
 
 
-async def _kills(robot: NetRobot, w: Watcher, out: dict[str, list[float]]) -> None:
+async def _kills(robot: NetRobot, w: Watcher, out: dict[str, list[float]], raw: RawWills) -> None:
     for _ in range(REPEATS):
+        bare, topic = raw.start()
+        t0 = time.time()
+        os.kill(bare.pid, signal.SIGKILL)
+        out["raw_kill"].append(await raw.will(topic, STEP_TIMEOUT_S) - t0)
+        raw.kill(bare)
         await w.until(lambda: w.status is not None and w.status.state == "running", 3 * STEP_TIMEOUT_S, "running")
         birth = w.states["drive"][0]
         proc = robot.procs["drive"]
@@ -136,49 +261,73 @@ async def _kills(robot: NetRobot, w: Watcher, out: dict[str, list[float]]) -> No
         await w.until(lambda birth=birth: w.states["drive"][0] > birth and w.state("drive") == "running",
                       3 * STEP_TIMEOUT_S,
                       "the part restarted")
-        print(f"  kill -9: offline {out['kill'][-1]:.3f} s", file=sys.stderr)
+        print(f"  kill -9: offline {out['kill'][-1]:.3f} s; raw paho Will {out['raw_kill'][-1]:.3f} s", file=sys.stderr)
 
 
 async def _one(kind: str) -> dict[str, Any]:
     out: dict[str, list[float]] = {k: [] for k in ("stop_cut", "stop_blackhole", "offline_cut", "offline_blackhole",
-                                                   "call", "return", "kill")}
+                                                   "call", "return", "kill", "raw_will_cut", "raw_will_blackhole",
+                                                   "raw_notice_cut", "raw_notice_blackhole", "raw_kill")}
     with tempfile.TemporaryDirectory(prefix="bench-disconnection-") as tmp, net_robot(Path(tmp), kind) as robot:
         cfg = robot.loaded.config
         p = cfg.part("drive")
         detect = p.heartbeat_s * p.heartbeat_misses
-        async with robot.watcher() as w:
-            await w.all_running(["main", "drive"], timeout=40)
-            async with robot.checker(sessions=True, identity="operator") as client, robot.checker() as checker:
-                for fault in ("cut", "blackhole"):
-                    await _link_faults(robot, w, client, checker, fault, out)
-            await _kills(robot, w, out)
+        raw = RawWills(robot)
+        try:
+            async with robot.watcher() as w:
+                await w.all_running(["main", "drive"], timeout=40)
+                async with robot.checker(sessions=True, identity="operator") as client, robot.checker() as checker:
+                    for fault in ("cut", "blackhole"):
+                        await _link_faults(robot, w, client, checker, fault, out, raw)
+                await _kills(robot, w, out, raw)
+        finally:
+            raw.close()
         local = cfg.link_timeout("drive") + 2 * p.heartbeat_s
         return {
             "settings": {"heartbeat_s": p.heartbeat_s, "heartbeat_misses": p.heartbeat_misses,
                          "link_timeout_s": cfg.link_timeout("drive"), "keepalive_s": cfg.broker.keepalive_s,
                          "heartbeat_window_s": cfg.sessions.heartbeat_window_s},
-            "link_cut_to_local_stop_ms": {"cut": _stats(out["stop_cut"], local),
-                                          "blackhole": _stats(out["stop_blackhole"], local)},
-            "link_cut_to_offline_ms": {"cut": _stats(out["offline_cut"], 1.5 * detect),
-                                       "blackhole": _stats(out["offline_blackhole"], 1.5 * detect)},
+            "link_cut_to_local_stop_ms": {f: _stats(out[f"stop_{f}"], local, out[f"raw_notice_{f}"])
+                                          for f in ("cut", "blackhole")},
+            "link_cut_to_offline_ms": {f: _stats(out[f"offline_{f}"], 1.5 * detect, out[f"raw_will_{f}"])
+                                       for f in ("cut", "blackhole")},
             "call_to_offline_error_ms": _stats(out["call"], CALL_BOUND_S),
             "link_return_to_online_ms": _stats(out["return"], RECONNECT_MAX_S + p.heartbeat_s),
-            "kill9_to_offline_ms": _stats(out["kill"], detect),
+            "kill9_to_offline_ms": _stats(out["kill"], detect, out["raw_kill"]),
+            "raw_paho_link_cut_to_will_ms": {f: _stats(out[f"raw_will_{f}"]) for f in ("cut", "blackhole")},
+            "raw_paho_link_cut_to_own_notice_ms": {f: _stats(out[f"raw_notice_{f}"]) for f in ("cut", "blackhole")},
+            "raw_paho_kill9_to_will_ms": _stats(out["raw_kill"]),
         }
 
 
 def run() -> dict[str, Any]:
     if os.geteuid() != 0:
         return {"skipped": "needs root (network namespaces)"}
+    from netlab import ensure_tools
+
+    ensure_tools()  # nftables and iproute2, from Debian's packages, when missing
     load_before = os.getloadavg()
     results: dict[str, Any] = {}
     for kind in BROKERS:
         print(f"disconnection: {kind}", file=sys.stderr)
         results[kind] = asyncio.run(_one(kind))
+    upstream: dict[str, Any] = {}
+    if UPSTREAM:
+        from bench import upstream_loss
+
+        print("disconnection: upstream loss", file=sys.stderr)
+        upstream = upstream_loss.run()
+    lossy: dict[str, Any] = {}
+    if LOSSY:
+        from bench import lossy_link
+
+        print("disconnection: loss and delay on the same hop", file=sys.stderr)
+        lossy = lossy_link.run()
     return {"repeats": REPEATS, "cpus": os.cpu_count(), "pyc_written": not sys.dont_write_bytecode,
             "load": {"before": [round(x, 2) for x in load_before],
                      "after": [round(x, 2) for x in os.getloadavg()]},
-            "brokers": results}
+            "brokers": results, **({"upstream": upstream} if upstream else {}),
+            **({"lossy_link": lossy} if lossy else {})}
 
 
 if __name__ == "__main__":

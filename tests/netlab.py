@@ -17,9 +17,13 @@ Faults on a host's link, each idempotent and undone by :meth:`Host.restore`:
 - :meth:`Host.blackhole`: nftables drops everything in and out of the host's interface; the link
   stays up, nobody is told (not even the host's own senders), open connections become half-open.
 - :meth:`Host.loss`: nftables drops that fraction of packets, at random, in both directions.
+- :meth:`Host.delay` (hosts made with ``shaped=True`` only): every frame of the host's link is held that
+  long each way by ``tests/linkshaper.py``, a userspace Ethernet link in a namespace of its own
+  (``<lab>-<host>-wan``) between the host and the switch.  Its TCP connections run end to end through
+  it, so delay and loss sit on the same hop, in the same round trip, as on a real Wi-Fi link.
 
-Delay, stalls and resets come from :class:`faultproxy.FaultProxy` (re-exported here): the kernel
-here has no netem qdisc.
+Stalls and resets (and a delay that terminates TCP on each side) come from :class:`faultproxy.FaultProxy`
+(re-exported here): the kernel here has no netem qdisc.
 
 Every name a lab creates starts with its id (``nl`` + 6 hex digits), and ``/run/netlab/<id>``
 records the owner's pid.  Leaving the ``with`` block (or a failed ``__enter__``) kills the hosts'
@@ -89,7 +93,7 @@ def _tool(name: str) -> str:
     for directory in ("/usr/sbin", "/sbin"):
         if os.access(f"{directory}/{name}", os.X_OK):
             return f"{directory}/{name}"
-    raise NetLabError(f"{name} not found (make nettools installs it)")
+    raise NetLabError(f"{name} not found (`make test-tools` installs it)")
 
 
 def _run(argv: Sequence[str], *, input: str | None = None, check: bool = True) -> subprocess.CompletedProcess[str]:
@@ -296,6 +300,9 @@ class Host:
         self._cut = False
         self._blackhole = False
         self._loss = 0.0
+        self._delay = 0.0
+        self.wan_ns: str | None = None  # shaped hosts: the namespace of the link shaper
+        self._shaper: subprocess.Popen[str] | None = None
 
     def __repr__(self) -> str:
         return f"Host({self.name!r}, ip={self.ip!r}, ns={self.ns!r})"
@@ -374,18 +381,58 @@ class Host:
         self._loss = fraction
         self._apply_nft()
 
+    def delay(self, seconds: float) -> None:
+        """Hold every frame of the host's link ``seconds`` each way (0 removes the delay); shaped hosts only."""
+        if self._shaper is None:
+            raise NetLabError(f"host {self.name} has no link shaper (add it with shaped=True)")
+        self._shaper_command(f"delay {seconds}")
+        self._delay = seconds
+
+    def shaper_stats(self) -> dict[str, int]:
+        """Frames the shaper forwarded each way, holds now, and dropped (its queue full, or a send refused)."""
+        words = self._shaper_command("stats").split()
+        return {"to_switch": int(words[1]), "to_host": int(words[2]), "held": int(words[3]),
+                "dropped": int(words[4])}
+
+    def _shaper_command(self, line: str) -> str:
+        proc = self._shaper
+        assert proc is not None and proc.stdin is not None and proc.stdout is not None
+        if proc.poll() is not None:
+            raise NetLabError(f"the link shaper of {self.name} exited ({proc.returncode})")
+        proc.stdin.write(line + "\n")
+        proc.stdin.flush()
+        answer = proc.stdout.readline().strip()  # answered at once: it only sets a value or reads counters
+        if not (answer == "ok" or answer.startswith("stats ")):
+            raise NetLabError(f"link shaper of {self.name}: {line!r}: {answer!r}")
+        return answer
+
+    def _start_shaper(self, a: str, b: str) -> None:
+        assert self.wan_ns is not None
+        shaper = str(Path(__file__).with_name("linkshaper.py"))
+        argv = [_tool("ip"), "netns", "exec", self.wan_ns, sys.executable, shaper,
+                a, b]
+        proc = subprocess.Popen(argv, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+        self._procs.append(proc)
+        self._shaper = proc
+        assert proc.stdout is not None
+        line = proc.stdout.readline().strip()  # bounded: it binds two sockets and says so, or exits
+        if line != "ready":
+            raise NetLabError(f"the link shaper of {self.name} did not start: {line!r}")
+
     def restore(self) -> None:
         """Undo every fault of this host."""
         self._blackhole = False
         self._loss = 0.0
         self._apply_nft()
+        if self._delay:
+            self.delay(0.0)
         if self._cut:
             _ip("-n", self.ns, "link", "set", IFACE, "up")
             self._cut = False
 
     @property
     def faults(self) -> dict[str, Any]:
-        return {"cut": self._cut, "blackhole": self._blackhole, "loss": self._loss}
+        return {"cut": self._cut, "blackhole": self._blackhole, "loss": self._loss, "delay": self._delay}
 
     def _apply_nft(self) -> None:
         """Replace the host's table with one holding exactly the current faults (one transaction).
@@ -416,7 +463,8 @@ class NetLab:
     with :meth:`add_host`.  ``lab.gateway`` is the root namespace's address on the segment.
     """
 
-    def __init__(self, hosts: Sequence[str] = (), *, term_timeout: float = 2.0, sweep: bool = True) -> None:
+    def __init__(self, hosts: Sequence[str] = (), *, term_timeout: float = 2.0, sweep: bool = True,
+                 shaped: Sequence[str] = ()) -> None:
         self.id = f"nl{secrets.token_hex(3)}"
         self.switch_ns = self.id  # the bridge's namespace, named after the lab
         self.bridge = f"{self.id}br"
@@ -425,6 +473,7 @@ class NetLab:
         self.gateway = ""
         self.hosts: dict[str, Host] = {}
         self._initial = list(hosts)
+        self._shaped = set(shaped)
         self._term_timeout = term_timeout
         self._sweep = sweep
         self._active = False
@@ -455,7 +504,7 @@ class NetLab:
                 _ip("addr", "add", f"{gateway}/{self.subnet.prefixlen}", "dev", self.gateway_link)
                 _ip("link", "set", self.gateway_link, "up")
             for name in self._initial:
-                self.add_host(name)
+                self.add_host(name, shaped=name in self._shaped)
         except BaseException:
             self.close(raise_errors=False)
             raise
@@ -472,8 +521,9 @@ class NetLab:
         tmp.write_text(json.dumps(info))
         tmp.replace(self._marker)
 
-    def add_host(self, name: str) -> Host:
-        """A new namespace on the segment, with loopback up and the next free address."""
+    def add_host(self, name: str, *, shaped: bool = False) -> Host:
+        """A new namespace on the segment, with loopback up and the next free address.  ``shaped``: its link
+        runs through a link shaper in a namespace of its own, for :meth:`Host.delay`."""
         if not self._active or self.subnet is None:
             raise NetLabError("add_host needs an entered NetLab")
         if not HOST_NAME_RE.match(name) or name in self.hosts:
@@ -486,7 +536,21 @@ class NetLab:
         host = Host(self, name, index, ip)
         self.hosts[name] = host  # before creating anything, so that teardown knows of it
         _ip("netns", "add", host.ns)
-        _ip("-n", self.switch_ns, "link", "add", host.veth, "type", "veth", "peer", "name", IFACE, "netns", host.ns)
+        if shaped:
+            wan = host.wan_ns = f"{host.ns}-wan"
+            _ip("netns", "add", wan)
+            # the shaper's namespace has no address and sends nothing of its own (no IPv6 chatter either)
+            _run([_tool("ip"), "netns", "exec", wan, "sh", "-c",
+                  "echo 1 > /proc/sys/net/ipv6/conf/all/disable_ipv6; "
+                  "echo 1 > /proc/sys/net/ipv6/conf/default/disable_ipv6"])
+            _ip("-n", wan, "link", "add", "wa", "type", "veth", "peer", "name", IFACE, "netns", host.ns)
+            _ip("-n", self.switch_ns, "link", "add", host.veth, "type", "veth", "peer", "name", "wb", "netns", wan)
+            for dev in ("wa", "wb"):
+                _ip("-n", wan, "link", "set", dev, "promisc", "on", "up")
+            host._start_shaper("wa", "wb")
+        else:
+            _ip("-n", self.switch_ns, "link", "add", host.veth, "type", "veth", "peer", "name", IFACE, "netns",
+                host.ns)
         _ip("-n", self.switch_ns, "link", "set", host.veth, "master", self.bridge, "up")
         _ip("-n", host.ns, "link", "set", "lo", "up")
         _ip("-n", host.ns, "addr", "add", f"{ip}/{self.subnet.prefixlen}", "dev", IFACE)

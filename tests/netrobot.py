@@ -232,18 +232,21 @@ class NetRobot:
 @contextlib.contextmanager
 def net_robot(tmp: Path, kind: str = "mosquitto", *, parts: list[dict[str, Any]] | None = None,
               start: bool = True, sub_through_proxy: bool = False, primary_driver: bool = False,
-              **top: Any) -> Iterator[NetRobot]:
+              shaped_sub: bool = False, broker: dict[str, Any] | None = None, **top: Any) -> Iterator[NetRobot]:
     """A lab of four hosts, the robot's credentials, its broker started (and, with ``start``, main on
     host ``primary`` and drive on host ``sub``). ``sub_through_proxy``: drive reaches the broker through a
-    FaultProxy in the test process (``robot.proxy``), for delays."""
+    FaultProxy in the test process (``robot.proxy``), for delays that end TCP at the proxy.  ``shaped_sub``:
+    host ``sub``'s link runs through a link shaper (``robot.host("sub").delay(s)``: a delay inside drive's
+    own TCP round trip, on the same hop as ``loss``).  ``broker``: more keys of the broker section."""
     (tmp / "traces").mkdir(exist_ok=True)
     mosquitto_dirs: list[Path] = []
     try:
-        with NetLab(list(HOSTS)) as lab:
+        with NetLab(list(HOSTS), shaped=["sub"] if shaped_sub else []) as lab:
             robot_name = unique_robot()
             broker_ip = lab.hosts["broker"].ip
             top.setdefault("clients", CLIENTS)
-            cfg = write_config(tmp / f"{robot_name}.yaml", robot_name, {"urls": [f"mqtt://{broker_ip}:{PORT}"]},
+            cfg = write_config(tmp / f"{robot_name}.yaml", robot_name,
+                               {"urls": [f"mqtt://{broker_ip}:{PORT}"], **(broker or {})},
                                parts or net_parts(tmp / "traces"), **top)
             loaded = load_config(cfg)
             robot = NetRobot(lab, kind, loaded, tmp)

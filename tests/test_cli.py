@@ -5,11 +5,13 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import os
 import socket
 import subprocess
 import sys
 import threading
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -80,6 +82,39 @@ async def test_planted_malformed_retained_messages_are_error_rows_in_status_and_
             assert part in res.output
         res = await asyncio.to_thread(invoke, "resources", "-c", cfg)
         assert "[bold]x" in res.output  # a name from the wire is printed as text, never as markup
+
+
+@pytest.mark.timeout(30)
+@pytest.mark.parametrize("kind", ["amqtt", "mosquitto"])
+async def test_robot_status_says_offline_while_the_primary_is_offline_and_the_cli_shows_it(
+        tmp_path: Path, kind: str) -> None:
+    """Regression, issue 8 defect 4: `robot/status` said "running" while the primary was offline.  The
+    primary's Will (on its status link) covers the robot status: when its process dies without a goodbye,
+    `orchestrator status` shows the robot offline (table and JSON)."""
+    async with running_robot(tmp_path, kind, PARTS) as robot:
+        cfg = str(robot.loaded.path)
+
+        async def state() -> Any:
+            res = await asyncio.to_thread(invoke, "status", cfg, "--json")
+            no_traceback(res)
+            assert res.exit_code == 0, res.output
+            return json.loads(res.output)["state"]
+
+        deadline = time.monotonic() + 10
+        while await state() != "running":  # the primary publishes its first status shortly after start
+            assert time.monotonic() < deadline, "the robot status never said running"
+            await asyncio.sleep(0.1)
+        main = robot.parts["main"]
+        main._own_heartbeat.stop(close=False)  # the primary dies: no goodbye on any of its connections
+        await main.status_link.close(disconnect=False)
+        await main.client.close(disconnect=False)
+        deadline = time.monotonic() + 10  # a closed socket: the broker publishes the Will at once
+        while await state() != "offline":
+            assert time.monotonic() < deadline, "the robot status still says the primary runs"
+            await asyncio.sleep(0.1)
+        res = await asyncio.to_thread(invoke, "status", cfg)
+        no_traceback(res)
+        assert "offline" in res.output, res.output
 
 
 @contextlib.contextmanager

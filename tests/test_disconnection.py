@@ -11,6 +11,9 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
+import subprocess
+import sys
 import time
 from pathlib import Path
 from typing import Any
@@ -18,7 +21,7 @@ from typing import Any
 import pytest
 from netrobot import NetRobot, net_robot
 
-from orchestrator import Motor, PartOffline, SessionExpired
+from orchestrator import Motor, PartOffline, SessionExpired, UnknownResource
 from orchestrator.sessions.guard import grace_of
 
 SLACK_S = 0.6  # scheduling on a loaded 2-core machine: what a bound may be exceeded by here
@@ -111,6 +114,35 @@ async def test_a_sub_part_losing_its_link_stops_its_motor_is_marked_offline_and_
         assert robot.power("m1") == 0.0
         assert driver.poll() is None  # the client itself never lost anything
         print(f"{fault}: stopped {stopped - t0:.3f} s, offline {offline:.3f} s, back {back:.3f} s")
+
+
+# -- regression, issue 8 defect 2: calls to a silent part hung until the broker's Will ---------------------
+
+@pytest.mark.timeout(60)
+async def test_a_call_in_flight_to_a_part_that_goes_silent_fails_within_the_detection_bound(tmp_path: Path) -> None:
+    """A call made just as the part went silent waited for the broker's Will (7 to 9 s), and so did every
+    later call, although the primary marked the part offline after about 0.6 s; a name no part has waited
+    for the whole deadline.  Now: the call in flight fails with PartOffline when the part is marked offline,
+    the next one at once, and an unknown part at once."""
+    with net_robot(tmp_path, "mosquitto") as robot:
+        await running(robot)
+        b = bounds(robot)
+        async with robot.checker(timeout=20.0) as checker:
+            motor = checker.resource("drive/m1", Motor)
+            assert not await motor.is_moving()  # it answers
+            robot.host("sub").blackhole()  # silent: no RST, no Will for seconds
+            t0 = time.monotonic()
+            with pytest.raises(PartOffline):
+                await motor.is_moving()  # in flight while the robot still believes the part online
+            took = time.monotonic() - t0
+            assert took < b["offline"] + SLACK_S, f"the call in flight failed after {took:.2f} s"
+            t1 = time.monotonic()
+            with pytest.raises(PartOffline):
+                await motor.is_moving()
+            with pytest.raises(UnknownResource):
+                await checker.call("ghost/x", "stop")
+            assert time.monotonic() - t1 < 0.2, "a call to an offline or unknown part waits for nothing"
+        print(f"in flight: PartOffline after {took:.3f} s")
 
 
 # -- a client's link is cut while it drives ------------------------------------------------------------
@@ -255,6 +287,50 @@ async def test_broker_killed_and_restarted(tmp_path: Path, kind: str, outage: st
                 assert robot.power("m1") == 0.0
             print(f"broker {kind} {outage}: motor stopped {stopped - t0:.3f} s after the kill, back "
                   f"{back:.3f} s after the restart")
+
+
+# -- regression, issue 8 defect 5: retained state was lost with a broker restart ----------------------------
+
+async def cli_json(robot: NetRobot, *argv: str) -> Any:
+    """``orchestrator ARGV --json`` as a user runs it (its own process, the config's broker URL)."""
+    r = await asyncio.to_thread(subprocess.run, [sys.executable, "-m", "orchestrator", *argv, "--json"],
+                                capture_output=True, text=True, timeout=30)
+    assert r.returncode == 0, r.stderr
+    return json.loads(r.stdout)
+
+
+@pytest.mark.timeout(90)
+@pytest.mark.parametrize("kind", ["mosquitto", "amqtt"])
+async def test_retained_state_and_resources_come_back_after_a_broker_restart_without_persistence(
+        tmp_path: Path, kind: str) -> None:
+    """After a restart of a broker without persistence, `orchestrator resources` was empty: the parts
+    reconnected but did not re-announce what they had retained.  Now every part re-announces its state
+    (a new birth), its resources and the robot status, and the CLI shows the robot as before."""
+    with net_robot(tmp_path, kind) as robot:
+        await running(robot)
+        cfg = str(robot.cfg)
+
+        def names(listing: dict[str, list[dict[str, Any]]]) -> dict[str, list[str]]:
+            return {p: [r["name"] for r in rs] for p, rs in listing.items()}
+
+        before = names(await cli_json(robot, "resources", "-c", cfg))
+        assert before["drive"] == ["m1", "m2", "m3", "m4"] and before["main"] == ["chassis"]
+        async with robot.watcher() as w:
+            await w.all_running(["main", "drive"])
+            births = {p: w.states[p][0] for p in ("main", "drive")}
+        robot.kill_broker()
+        robot.start_broker()  # empty: no persistence on either broker
+        async with robot.watcher() as w:
+            await w.until(lambda: all(p in w.states and w.states[p][0] > births[p] for p in births), 20,
+                          "every part re-announced with a new birth")
+            await w.until(lambda: w.status is not None and w.status.state == "running", 10, "the robot status")
+        deadline = time.monotonic() + 10  # the resources are re-announced with the state, on their own topic
+        while (after := names(await cli_json(robot, "resources", "-c", cfg))) != before:
+            assert time.monotonic() < deadline, f"resources after the restart: {after}"
+            await asyncio.sleep(0.2)
+        status = await cli_json(robot, "status", cfg)
+        assert status["state"] == "running"
+        assert {p: v["state"] for p, v in status["parts"].items()} == {"main": "running", "drive": "running"}
 
 
 # -- regression: a primary cut off from the broker blamed its sub-parts for its own silence ------------------

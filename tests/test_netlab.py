@@ -253,7 +253,7 @@ def test_loss_drops_about_that_fraction_in_both_directions(lab: NetLab) -> None:
     received = int(read_line(counter))
     assert 0.6 * sent <= received <= 0.8 * sent, received
     a.restore()
-    assert a.faults == {"cut": False, "blackhole": False, "loss": 0.0}
+    assert a.faults == {"cut": False, "blackhole": False, "loss": 0.0, "delay": 0.0}
 
 
 # -- the proxy --------------------------------------------------------------------------------------
@@ -282,6 +282,34 @@ async def test_proxy_adds_its_delay_each_way(lab: NetLab) -> None:
         assert 0.3 <= delayed < 0.3 + base + 0.15, (base, delayed)
         stats = proxy.stats()
         assert stats.accepted == 2 and stats.bytes_up == 10 and stats.failed == 0
+
+
+def test_a_shaped_hosts_delay_sits_in_its_own_tcp_round_trip_with_loss_on_the_same_hop() -> None:
+    """The link shaper holds every frame ``delay`` each way, end to end (no TCP termination): a connect, one
+    round trip, takes at least twice the delay; a bulk transfer with loss on the same hop arrives whole."""
+    with NetLab(["a", "b"], shaped=["b"]) as lab:
+        a, b = lab.hosts["a"], lab.hosts["b"]
+        port = start_echo(a)
+        assert connect_from(b, a.ip, port, 2)[0] == "ok"
+        b.delay(0.15)
+        outcome, elapsed = connect_from(b, a.ip, port, 5)
+        assert outcome == "ok" and elapsed >= 0.3 - 0.01, elapsed  # SYN and SYN-ACK each held 0.15 s
+        b.loss(0.05)
+        code = "import socket,sys; s=socket.create_connection((sys.argv[1], int(sys.argv[2])), 10)\n"
+        code += "s.sendall(b'x' * 100_000); s.shutdown(socket.SHUT_WR); n = 0\n"
+        code += "while d := s.recv(65536): n += len(d)\nprint(n)"
+        out = b.run([sys.executable, "-c", code, a.ip, str(port)], timeout=25, check=True)
+        assert out.stdout.strip() == "100000"  # TCP recovered every loss through the delayed path
+        stats = b.shaper_stats()
+        assert stats["to_switch"] > 0 and stats["to_host"] > 0
+        assert b.faults == {"cut": False, "blackhole": False, "loss": 0.05, "delay": 0.15}
+        b.restore()
+        outcome, elapsed = connect_from(b, a.ip, port, 2)
+        assert outcome == "ok" and elapsed < 0.3
+        assert b.wan_ns is not None and b.wan_ns in lab.resources()["netns"]
+        with pytest.raises(NetLabError):
+            a.delay(0.1)  # an unshaped host has no shaper
+    assert_gone(lab.id)
 
 
 def test_proxy_stall_holds_data_and_resume_forwards_it() -> None:

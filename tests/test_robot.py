@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import os
 import signal
@@ -16,6 +17,8 @@ import pytest
 from brokers import make_credentials
 from robot import Up, alive, robot_setup, three_level_parts, unique_robot, write_config
 
+from orchestrator import Motor
+from orchestrator.client import RobotClient
 from orchestrator.config import load_config
 from orchestrator.protocol.codec import encode
 from orchestrator.protocol.messages import PartState, PartStateName
@@ -299,3 +302,96 @@ async def test_killing_up_stops_every_part_by_itself(tmp_path: Path) -> None:
                 await asyncio.sleep(0.05)  # polling /proc: no event to await for another process's exit
         finally:
             up.close()
+
+
+def _motor(traces: Path, name: str) -> dict[str, Any]:
+    return {"name": name, "model": "orc:sim:motor", "attributes": {"trace_file": str(traces / f"{name}.trace")}}
+
+
+def _last_stop(traces: Path, name: str) -> float | None:
+    """When the motor's probe last recorded power 0 (None if it is not stopped now)."""
+    lines = [line.split() for line in (traces / f"{name}.trace").read_text().splitlines()]
+    if not lines or float(lines[-1][1]) != 0.0:
+        return None
+    return float(lines[-1][0])
+
+
+@pytest.mark.timeout(90)
+@pytest.mark.parametrize("kind", KINDS)
+async def test_up_stops_every_part_gracefully_bottom_up_when_the_primary_hangs_in_a_shutdown(
+        tmp_path: Path, kind: str) -> None:
+    """Regression, issue 8 defect 1 (`up` killed healthy parts without stopping them): the primary hangs
+    (frozen: it never runs the shutdown `up` asks for); `up` stops every other part itself, leaves first,
+    with SIGTERM, each part stops its motors and exits by itself, nobody but the hung primary is killed,
+    and the timeline says `up` did it, each part once."""
+    traces = tmp_path / "traces"
+    traces.mkdir()
+    parts = [{"name": "main", "resources": [{"name": "health", "model": "orc:sim:sensor"}]},
+             {"name": "base", "parent": "main", "resources": [_motor(traces, "wheel")]},
+             {"name": "odo", "parent": "base", "resources": [_motor(traces, "spin")]}]
+    main_pid: int | None = None
+    with robot_setup(kind, tmp_path / "robot.yaml", parts) as setup:
+        up = Up(setup.cfg, tmp_path)
+        try:
+            async with setup.watcher() as w:
+                await w.all_running(["main", "base", "odo"])
+                async with RobotClient.from_config(setup.loaded, urls=[setup.where], sessions=False,
+                                                   connect_timeout=15) as client:
+                    for target in ("base/wheel", "odo/spin"):  # outside any session: only a stop() stops them
+                        await client.resource(target, Motor).set_power(0.4)
+                pids = {p: w.states[p][1].pid for p in ("main", "base", "odo")}
+            main_pid = pids["main"]
+            assert main_pid is not None
+            os.kill(main_pid, signal.SIGSTOP)  # the primary hangs
+            asked = time.time()
+            up.terminate(signal.SIGTERM)
+            await up.wait(60)
+        finally:
+            if main_pid is not None:
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(main_pid, signal.SIGKILL)
+            up.close()
+    out = up.output()
+    assert "the primary did not finish the shutdown" in out and "stops the remaining parts itself" in out, out
+    tl = up.timeline()["timeline"]
+    by = entries_by_part(tl)
+    assert len(tl["entries"]) == len(by) == 3, tl["entries"]  # each part once
+    for name in ("base", "odo"):
+        e = by[name]
+        assert e["by"] == "up" and not e["killed"] and not e["forced"], e
+    assert by["odo"]["stopped_at"] <= by["base"]["asked_at"], "the leaf is stopped before its parent is asked"
+    assert by["main"]["killed"]  # only the hung primary
+    for motor, part in (("spin", "odo"), ("wheel", "base")):
+        stopped = _last_stop(traces, motor)
+        assert stopped is not None, f"{motor} still running: {part}'s stop() never ran"
+        assert asked <= stopped <= by[part]["stopped_at"], (motor, stopped, by[part])
+    assert not [p for p in pids.values() if p is not None and alive(p)]
+
+
+@pytest.mark.timeout(90)
+async def test_the_timeline_says_when_each_stop_request_left_and_lists_a_forced_part_once(tmp_path: Path) -> None:
+    """Regression, issue 8 defect 6: the shutdown timeline recorded when the primary decided to ask a part
+    to stop, not when the request left, and a forced part appeared twice.  Every request leaves before
+    the part it goes to begins stopping (one machine, one clock), and every part has one line."""
+    parts = three_level_parts(arm={
+        "stop_deadline_s": 0.5,
+        "resources": [{"name": "shoulder", "model": "orc:sim:motor", "attributes": {"hang_on_stop_s": 60}}],
+    })
+    with robot_setup("mosquitto", tmp_path / "robot.yaml", parts, shutdown_timeout_s=10) as setup:
+        up = Up(setup.cfg, tmp_path)
+        try:
+            async with setup.watcher() as w:
+                await w.all_running(PARTS)
+            up.terminate(signal.SIGTERM)
+            assert await up.wait(load_config(setup.cfg).topology.shutdown_bound() + 5) == 0, up.output()
+        finally:
+            up.close()
+    tl = up.timeline()["timeline"]
+    names = [e["part"] for e in tl["entries"]]
+    assert sorted(names) == sorted(PARTS), names  # once each, the forced arm included
+    by = entries_by_part(tl)
+    assert by["arm"]["forced"]
+    for e in tl["entries"]:
+        if e["parent"] is not None and e["began_at"] is not None:
+            assert e["asked_at"] is not None and e["asked_at"] <= e["began_at"], e
+            assert e["began_at"] - e["asked_at"] < 1.0, e  # the request's time, not a decision long before

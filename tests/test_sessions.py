@@ -323,3 +323,63 @@ async def test_a_session_survives_a_reconnect_within_its_window(tmp_path: Path) 
             assert await m.is_moving(), "the motor stopped: the session expired across the reconnect"
             await asyncio.sleep(0.05)
         assert client.session.id in parts["drive"].sessions.tracked
+
+
+@pytest.mark.timeout(60)
+async def test_a_session_renewed_after_the_robot_ended_the_last_keeps_its_heartbeats(robot: Robot) -> None:
+    """Regression (seen in bench/upstream_loss.py): the heartbeat connection of a session the robot ended
+    stayed open, reconnecting, under the same client id (``<id>.hb``) as the next session's; the two took
+    the id over from each other, and the renewed session expired for want of heartbeats one window later."""
+    m = robot.motor("m1")
+    async with client_for(robot.loaded) as client:
+        motor = client.resource("drive/m1", Motor)
+        for _ in range(2):
+            await motor.set_power(0.4)
+            ended = asyncio.Event()
+            client.on_session_end(lambda s, ev, ended=ended: ended.set())
+            assert client.session is not None
+            await client.sessions.end(client.session, "ended by the test")  # robot-wide, connections closed
+            await asyncio.wait_for(ended.wait(), 5)
+            await until(lambda: _not(m.is_moving()), 5, "the end to stop the motor")
+            await client.renew_session()
+            await motor.set_power(0.4)
+            end = time.monotonic() + 4 * WINDOW  # four windows: the renewed session must be heard throughout
+            while time.monotonic() < end:
+                assert await m.is_moving(), "the renewed session expired: its heartbeats were not heard"
+                await asyncio.sleep(0.02)
+            assert client.session is not None and client.session.alive
+
+
+@pytest.mark.timeout(60)
+async def test_a_session_expired_at_one_part_is_ended_at_every_part_and_the_sdk_is_told(robot: Robot) -> None:
+    """Regression, issue 8 defect 3: after an outage longer than the window one part refused the session
+    (reads included) while another still accepted it, and the client was not told.  Here drive alone
+    expires it (what its timer does when the heartbeats stop reaching it); the robot ends it everywhere:
+    every part refuses it, the SDK is told (callback, next call, heartbeats stop), a new one drives."""
+    async with client_for(robot.loaded) as client:
+        await client.resource("drive/m1", Motor).set_power(0.4)
+        await client.resource("nav/base", Base).is_moving()  # nav tracks the session too
+        session = client.session
+        assert session is not None
+        owner = client.id.sender
+        ended = asyncio.Event()
+        client.on_session_end(lambda s, ev: ended.set())
+        drive = robot.parts["drive"].sessions
+        assert session.id in drive.tracked
+        await drive.end_local(session.public_id, f"no heartbeat for {WINDOW:g} s", "expired")  # drive's timer
+        await asyncio.wait_for(ended.wait(), 5)
+        assert session.ended is not None and not session.alive
+        await until(lambda: _true(all(session.public_id in robot.parts[p].sessions.ended
+                                      for p in ("main", "drive", "nav"))), 5, "every part to end it")
+        for p in ("main", "drive", "nav"):
+            with pytest.raises(SessionExpired):
+                robot.parts[p].sessions.validate(owner, session.id)
+        assert not await robot.motor("m1").is_moving()
+        with pytest.raises(SessionExpired):
+            await client.resource("nav/base", Base).is_moving()  # reads too
+        sent = session._heart.sent
+        await asyncio.sleep(3 * WINDOW / 5)  # three heartbeat periods: nothing to await, none may go out
+        assert session._heart.sent == sent
+        await client.renew_session()
+        await client.resource("drive/m1", Motor).set_power(0.2)
+        assert await robot.motor("m1").get_power() == 0.2

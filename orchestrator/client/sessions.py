@@ -74,6 +74,8 @@ class ClientSessions:
         self._open: list[Session] = []
         self.on_end: list[Callable[[Session, SessionEvent], None]] = []
         self._listening = False
+        self._ended: list[Session] = []  # ended by the robot; their heartbeat connections closed or closing
+        self._releasing: set[asyncio.Task[None]] = set()
 
     async def listen(self) -> None:
         """Follow the robot's session events (done at connect): a session the robot ends is marked here."""
@@ -97,11 +99,21 @@ class ClientSessions:
             if s.public_id == ev.session and s.ended is None and not s.closed:
                 s.ended = ev.reason or f"{ev.kind} at part {ev.part}"
                 s._heart.stop_soon()
+                self._release(s)
                 for cb in list(self.on_end):
                     try:
                         cb(s, ev)
                     except Exception:
                         log.exception("session end callback failed")
+
+    def _release(self, s: Session) -> None:
+        """Close an ended session's heartbeat connection (it would otherwise reconnect for ever) and forget it."""
+        task = asyncio.get_running_loop().create_task(s._heart.aclose(), name=f"session[{s.short_id}].release")
+        self._releasing.add(task)
+        task.add_done_callback(self._releasing.discard)
+        if s in self._open:
+            self._open.remove(s)
+        self._ended.append(s)
 
     async def open(self, window_s: float | None = None, *, heartbeats: bool = True) -> Session:
         """Open a session with the primary (window: the robot's configured one by default)."""
@@ -112,7 +124,8 @@ class ClientSessions:
                                 {"window_s": window_s, "connections": [r.mqtt.client_id, hb_client_id]},
                                 session=None)
         sid, secret, window = str(info["id"]), str(info["secret"]), float(info["window_s"])
-        heart = Heartbeater(r.mqtt, r.topics.session_heartbeat(r.id.sender), r.id.sender, sid, secret, window / 5)
+        heart = Heartbeater(r.mqtt, r.topics.session_heartbeat(r.id.sender), r.id.sender, sid, secret, window / 5,
+                            client_id=hb_client_id)
         s = Session(sid, window, r.id.sender, heart, heartbeats)
         await heart.start(auto=heartbeats)
         self._open.append(s)
@@ -130,6 +143,11 @@ class ClientSessions:
             await asyncio.to_thread(s.close)
             await s._heart.aclose()
         self._open.clear()
+        for s in self._ended:
+            await s._heart.aclose()  # idempotent: released already, or being released
+        self._ended.clear()
+        if self._releasing:
+            await asyncio.gather(*self._releasing, return_exceptions=True)
 
     async def associate(self, session: Session, path: str) -> None:
         """Stop ``PART/RESOURCE`` when ``session`` expires, whatever the robot's default management."""

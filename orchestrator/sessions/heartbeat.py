@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import itertools
 import logging
 import threading
 
@@ -17,13 +18,15 @@ log = logging.getLogger("orchestrator.sessions")
 class Heartbeater:
     """Publishes ``SessionHeartbeat`` every ``interval_s`` on the owner's heartbeat topic until stopped.
 
-    It runs on a thread of its own over a connection of its own (``<client id>.hb``, paho on its own
-    network thread), so neither a busy event loop nor the data connection's traffic delays it.
+    It runs on a thread of its own over a connection of its own (``<client id>.hb<n>``, paho on its own
+    network thread), so neither a busy event loop nor the data connection's traffic delays it.  Each
+    session gets a client id of its own: two heartbeat connections under one id would take it over from
+    each other, and neither session would be heard.
     """
 
     def __init__(self, mqtt: MqttClient, topic: str, sender: str, session: str, secret: str,
-                 interval_s: float) -> None:
-        self.mqtt = MqttClient(self.client_id_for(mqtt), mqtt.urls, keepalive=mqtt.keepalive,
+                 interval_s: float, client_id: str | None = None) -> None:
+        self.mqtt = MqttClient(client_id or self.client_id_for(mqtt), mqtt.urls, keepalive=mqtt.keepalive,
                                username=mqtt.username, password=mqtt.password, tls=mqtt.tls,
                                connect_timeout=mqtt.connect_timeout,
                                threaded=True)
@@ -39,10 +42,12 @@ class Heartbeater:
         self._lock = threading.Lock()
         self._thread = threading.Thread(target=self._run, name=f"session-heartbeat[{short(session)}]", daemon=True)
 
-    @staticmethod
-    def client_id_for(mqtt: MqttClient) -> str:
-        """The MQTT client id of the heartbeat connection that goes with a data connection."""
-        return f"{mqtt.client_id}.hb"
+    _ids = itertools.count(1)
+
+    @classmethod
+    def client_id_for(cls, mqtt: MqttClient) -> str:
+        """A new MQTT client id for a heartbeat connection that goes with a data connection (one per session)."""
+        return f"{mqtt.client_id}.hb{next(cls._ids)}"
 
     def stop_soon(self) -> None:
         """Stop beating (from the event loop, without waiting for the thread): the robot ended the session."""
