@@ -20,17 +20,33 @@ from orchestrator.errors import (
     UnknownModel,
     UnknownResource,
 )
-from orchestrator.resources import API, Actuator, Model, Motor, Registry, Resource, Sensor, actuating
+from orchestrator.resources import (
+    API,
+    Actuator,
+    Base,
+    Generic,
+    Gripper,
+    Model,
+    Motor,
+    Registry,
+    Resource,
+    Sensor,
+    Servo,
+    actuating,
+)
 
 __version__ = "0.1.0"
 
 __all__ = [
     "API",
     "Actuator",
+    "Base",
     "BrokerUnavailable",
     "ConfigError",
     "ConnectionLost",
     "DeadlineExceeded",
+    "Generic",
+    "Gripper",
     "InternalError",
     "InvalidArgument",
     "LoadedConfig",
@@ -44,6 +60,7 @@ __all__ = [
     "Resource",
     "RobotConfig",
     "Sensor",
+    "Servo",
     "SessionExpired",
     "Topology",
     "UnknownMethod",

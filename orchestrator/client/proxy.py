@@ -58,3 +58,51 @@ def make_proxy(base: type[R], rpc: RpcClient, part: str, name: str, timeout: flo
     obj.timeout = timeout
     result: R = obj
     return result
+
+
+
+class ListedResource(RemoteResource):
+    """A proxy built from a part's listing of the resource's methods, for an API this process has no
+    class of: ``await lamp.switch_on()`` or ``await lamp.call("switch_on")``; positional arguments
+    are matched to the listed argument names.  It is an :class:`Actuator` when the resource listed
+    ``stop`` and ``is_moving`` (so :func:`moves.complete` and ``isinstance`` work)."""
+
+    api: str
+    methods: dict[str, list[str]]  # method -> argument names, in order
+
+
+def _listed_method(method: str, names: list[str]) -> Any:
+    async def call(self: ListedResource, *args: Any, **kwargs: Any) -> Any:
+        if len(args) > len(names):
+            raise TypeError(f"{method}() takes {len(names)} arguments, got {len(args)}")
+        return await self.call(method, **dict(zip(names, args, strict=False)), **kwargs)
+
+    call.__name__ = method
+    call.__qualname__ = f"Listed.{method}"
+    return call
+
+
+def listed_proxy(methods: list[dict[str, Any]], rpc: RpcClient, part: str, name: str, timeout: float | None,
+                 api: str) -> ListedResource:
+    from orchestrator.protocol.topics import valid_level
+    from orchestrator.resources.base import Actuator
+
+    listed: dict[str, list[str]] = {}
+    for m in methods[:500]:
+        if isinstance(m, dict) and isinstance(m.get("name"), str) and valid_level(m["name"]) \
+                and not m["name"].startswith("_") and m["name"] not in {"call", "name", "part", "timeout"}:
+            listed[m["name"]] = [str(a.get("name")) for a in m.get("args", []) if isinstance(a, dict)]
+    bases: tuple[type, ...] = (ListedResource, Actuator) if {"stop", "is_moving"} <= set(listed) \
+        else (ListedResource,)
+    ns: dict[str, Any] = {m: _listed_method(m, names) for m, names in listed.items()}
+    cls = type(f"Listed_{api.replace(':', '_') or 'resource'}", bases, ns)
+    cls.__abstractmethods__ = frozenset()  # type: ignore[attr-defined]  # every method is a call
+    obj: Any = object.__new__(cls)
+    Resource.__init__(obj, name)
+    obj._rpc = rpc
+    obj.part = part
+    obj.timeout = timeout
+    obj.api = api
+    obj.methods = listed
+    result: ListedResource = obj
+    return result

@@ -16,13 +16,21 @@ import asyncio
 import contextlib
 import os
 import uuid
+from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any, TypeVar
 
 from orchestrator.config.loader import LoadedConfig, load_config
 from orchestrator.errors import ConfigError, ConnectionLost, ProtocolError
 from orchestrator.protocol.codec import decode, encode
-from orchestrator.protocol.messages import Notice, PartResources, RobotStatus, ShutdownRequest
+from orchestrator.protocol.messages import (
+    Notice,
+    PartResources,
+    RobotStatus,
+    SessionEvent,
+    ShutdownRequest,
+    TelemetryReading,
+)
 from orchestrator.protocol.topics import ClientId, Topics
 from orchestrator.resources.base import Resource
 from orchestrator.rpc.client import RpcClient
@@ -63,6 +71,7 @@ class RobotClient:
         self._primary = primary
         self.sessions = ClientSessions(self)
         self.session: Session | None = None
+        self.dropped = 0  # messages of a subscription (telemetry, events) that were not the part's own
 
     @classmethod
     def from_config(cls, config: str | Path | LoadedConfig, *, identity: str | None = None,
@@ -83,6 +92,34 @@ class RobotClient:
         kwargs.setdefault("tls", access.tls)
         kwargs.setdefault("primary", loaded.topology.primary)
         return cls(cfg.robot, kwargs.pop("urls", None) or cfg.broker.client_urls(), name=name, **kwargs)
+
+    @classmethod
+    def at(cls, robot: str, broker: str, *, identity: str = "operator", credentials: str | Path | None = None,
+           password: str | None = None, **kwargs: Any) -> RobotClient:
+        """A client of ``robot`` on ``broker`` (``mqtt://host:port``, comma separated for fail-over), with no
+        configuration file and no plugin installed: proxies are built from the resources' APIs.
+
+        The identity's password is ``password``, else read from the credentials directory
+        (``credentials`` or ``$ORCHESTRATOR_CREDENTIALS``: the file ``client.<identity>.secret``); with
+        neither, the connection is anonymous (a robot running ``security.insecure``)."""
+        from orchestrator.protocol.topics import valid_level
+        from orchestrator.runtime.main import parse_urls
+        from orchestrator.security.credentials import CredentialStore
+
+        if not valid_level(robot) or not valid_level(identity):
+            raise ConfigError(f"robot {robot[:80]!r} / identity {identity[:80]!r}: not a name")
+        me = ClientId(robot, identity)
+        directory = credentials or os.environ.get("ORCHESTRATOR_CREDENTIALS")
+        if password is None and directory:
+            password = CredentialStore(Path(directory)).password(me)
+        if password is not None:
+            kwargs.setdefault("username", me.username)
+            kwargs.setdefault("password", password)
+        try:
+            urls = parse_urls(broker)
+        except ValueError as exc:
+            raise ConfigError(str(exc)) from None
+        return cls(robot, urls, name=identity, **kwargs)
 
     async def __aenter__(self) -> RobotClient:
         await self.connect()
@@ -160,6 +197,96 @@ class RobotClient:
         if not part or not name:
             raise ValueError(f"{path!r}: expected PART/RESOURCE")
         return make_proxy(kind, self.rpc, part, name, timeout)
+
+    async def discover(self, path: str, *, timeout: float | None = None, settle_s: float = 2.0) -> Resource:
+        """A proxy for ``PART/RESOURCE`` built from what its part lists (its API and methods): no plugin
+        and no kind needed.  A standard API (motor, base, servo, gripper, sensor) gives that base's
+        proxy (``isinstance(p, Motor)``); any other, a proxy with the methods the part lists."""
+        from orchestrator.errors import UnknownResource
+        from orchestrator.resources.base import KINDS
+        from orchestrator.resources.types import API
+
+        from .proxy import listed_proxy
+
+        part, _, name = path.partition("/")
+        if not part or not name:
+            raise ValueError(f"{path!r}: expected PART/RESOURCE")
+        async with self.mqtt.messages(self.topics.part_resources(part)) as stream:
+            try:
+                msg = await stream.get(timeout=settle_s)
+            except TimeoutError:
+                raise UnknownResource(f"{path}: part {part!r} lists no resources (is it running?)",
+                                      resource=path) from None
+        entry = next((r for r in self._listing(msg) if r["name"] == name), None)
+        if entry is None:
+            raise UnknownResource(f"{path}: part {part!r} has no resource {name!r}", resource=path)
+        api = entry.get("api")
+        if api:
+            parsed = API.parse(api)
+            kind = KINDS.get(parsed.subtype) if (parsed.namespace, parsed.type) == ("orc", "component") else None
+            if kind is not None and parsed.subtype != "generic":  # generic: whatever methods it lists
+                return make_proxy(kind, self.rpc, part, name, timeout)
+        return listed_proxy(entry.get("methods") or [], self.rpc, part, name, timeout, api or "")
+
+    @contextlib.asynccontextmanager
+    async def telemetry(self, path: str = "+/+") -> AsyncIterator[AsyncIterator[tuple[str, dict[str, Any]]]]:
+        """The readings a part publishes for ``PART/RESOURCE`` (``+`` for any), as an async iterator of
+        (``PART/RESOURCE``, readings)::
+
+            async with robot.telemetry("drive/imu") as readings:
+                async for source, values in readings: ...
+
+        Only what the part itself published is yielded; anything else is dropped and counted in
+        ``dropped``.  Raises ConnectionLost if the link drops."""
+        part, _, name = path.partition("/")
+        topic = self.topics.telemetry(part or "+", name or "+")
+
+        async def readings(stream: Any) -> AsyncIterator[tuple[str, dict[str, Any]]]:
+            async for msg in stream:
+                owner = self.topics.part_of(msg.topic)
+                try:
+                    env = decode(msg.payload)
+                    if owner is None or not self.topics.authentic(msg.topic, env.src):
+                        raise ProtocolError("not published by the part")
+                    body = env.parse(TelemetryReading)
+                except ProtocolError:
+                    self.dropped += 1
+                    continue
+                yield f"{owner}/{body.resource}", body.readings
+
+        async with self.mqtt.messages(topic, qos=0) as stream:
+            yield readings(stream)
+
+    @contextlib.asynccontextmanager
+    async def events(self, part: str = "+") -> AsyncIterator[AsyncIterator[dict[str, Any]]]:
+        """What parts report as it happens, as an async iterator of dicts: the part's own events
+        (``kind`` link_lost, link_back, reconnect, reload...) and session events (``kind`` opened,
+        owned, expired, closed, stopped, ending, ended, with ``session`` and ``resources``), each with ``part`` and ``source``
+        (``part`` or ``sessions``).  Only what the part itself published is yielded."""
+        filters = (self.topics.part_events(part), self.topics.session_events(part))
+
+        async def events(stream: Any) -> AsyncIterator[dict[str, Any]]:
+            async for msg in stream:
+                owner = self.topics.part_of(msg.topic)
+                try:
+                    env = decode(msg.payload)
+                    if owner is None or not self.topics.authentic(msg.topic, env.src):
+                        raise ProtocolError("not published by the part")
+                    if msg.topic.endswith("/sessions/events"):
+                        out = {**env.parse(SessionEvent).model_dump(mode="json"), "source": "sessions"}
+                    else:
+                        body = env.body if isinstance(env.body, dict) else {}
+                        out = {k: body.get(k) for k in ("kind", "text", "level", "ts")}
+                        out["source"] = "part"
+                        if not isinstance(out["kind"], str):
+                            raise ProtocolError("an event without a kind")
+                except ProtocolError:
+                    self.dropped += 1
+                    continue
+                yield {**out, "part": owner}
+
+        async with self.mqtt.messages(*filters) as stream:
+            yield events(stream)
 
     async def call(self, path: str, method: str, args: dict[str, Any] | None = None, *,
                    timeout: float | None = None) -> Any:

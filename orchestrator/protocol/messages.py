@@ -234,7 +234,8 @@ class SessionEvent(_Body):
     """On ``part/<p>/sessions/events``.
 
     kinds: ``opened`` (primary), ``owned`` (a resource bound to the session), ``expired`` (a part's
-    timer ran out), ``closed`` (by its owner), ``ending`` (the primary began ending it robot-wide),
+    timer ran out), ``closed`` (by its owner), ``stopped`` (a part stopped what the session owned there:
+    ``resources``, ``reason``), ``ending`` (the primary began ending it robot-wide),
     ``ended`` (every part stopped what it owned: the robot-wide end is complete; its reason says why).
     """
 

@@ -1,0 +1,142 @@
+"""The SDK as a script or notebook user meets it, on real brokers: connect with the robot's name and a
+broker URL alone, proxies discovered from what the parts list, moves that can be awaited and
+cancelled (cancelling stops the actuator), telemetry and events as async iterators, a synchronous
+client."""
+
+from __future__ import annotations
+
+import asyncio
+from pathlib import Path
+from typing import Any
+
+import pytest
+from inproc import running_robot
+
+from orchestrator import Actuator, Base, Gripper, Motor, Sensor, Servo, UnknownResource
+from orchestrator.client import ListedResource, RobotClient, SyncRobotClient, complete
+from orchestrator.security.access import store_for
+
+pytestmark = pytest.mark.timeout(40)
+
+PARTS: list[dict[str, Any]] = [
+    {"name": "main", "resources": [
+        {"name": "health", "model": "orc:sim:sensor", "telemetry": {"period_s": 0.05}},
+        {"name": "lamp", "model": "orc:sim:lamp"},
+    ]},
+    {"name": "drive", "parent": "main", "resources": [
+        {"name": "left", "model": "orc:sim:motor", "attributes": {"max_rpm": 600}},
+        {"name": "right", "model": "orc:sim:motor", "attributes": {"max_rpm": 600}},
+        {"name": "base", "model": "orc:sim:base", "attributes": {"left": "left", "right": "right"}},
+        {"name": "pan", "model": "orc:sim:servo"},
+        {"name": "claw", "model": "orc:sim:gripper"},
+    ]},
+]
+
+
+def test_every_kind_is_exported_where_motor_is() -> None:
+    import orchestrator
+    import orchestrator.resources
+
+    for kind in ("Motor", "Base", "Servo", "Gripper", "Sensor", "Generic", "Actuator"):
+        assert getattr(orchestrator, kind) is getattr(orchestrator.resources, kind)
+    assert issubclass(Base, Actuator) and issubclass(Servo, Actuator) and issubclass(Gripper, Actuator)
+
+
+def at(robot: Any, **kw: Any) -> RobotClient:
+    """A client made from the robot's name, the broker's URL and the credentials directory only."""
+    store = store_for(robot.loaded.config, robot.loaded.path)
+    return RobotClient.at(robot.loaded.config.robot, robot.broker.url, credentials=store.directory, **kw)
+
+
+async def test_a_client_from_robot_and_broker_alone_discovers_proxies_by_api(tmp_path: Path,
+                                                                              broker_kind: str) -> None:
+    async with running_robot(tmp_path, broker_kind, PARTS) as robot, at(robot) as client:
+        kinds = {"drive/left": Motor, "drive/base": Base, "drive/pan": Servo, "drive/claw": Gripper,
+                 "main/health": Sensor}
+        for path, kind in kinds.items():
+            proxy = await client.discover(path)
+            assert isinstance(proxy, kind), (path, proxy)
+        left = await client.discover("drive/left")
+        assert isinstance(left, Motor)
+        await left.set_power(0.25)
+        assert await left.get_power() == 0.25
+        await left.stop()
+        # an API no class here knows (the lamp is a plain actuator): its listed methods, as calls
+        lamp = await client.discover("main/lamp")
+        assert isinstance(lamp, ListedResource) and isinstance(lamp, Actuator)
+        await lamp.switch_on()  # type: ignore[attr-defined]
+        assert await lamp.is_moving()
+        await lamp.stop()
+        assert not await lamp.is_moving()
+        with pytest.raises(UnknownResource):
+            await client.discover("drive/nothing")
+
+
+async def test_a_long_move_can_be_awaited_and_reports_progress(tmp_path: Path, broker_kind: str) -> None:
+    async with running_robot(tmp_path, broker_kind, PARTS) as robot, robot.client() as client:
+        left = client.resource("drive/left", Motor)
+        seen: list[float] = []
+        took = await complete(left, left.go_for(rpm=600, revolutions=2), progress=seen.append, timeout=10)
+        assert not await left.is_moving()
+        assert await left.get_position() == pytest.approx(2.0, abs=0.05)
+        assert seen and seen[-1] == pytest.approx(2.0, abs=0.05) and took >= 0.15  # 2 rev at 600 rpm: 0.2 s
+
+
+async def test_cancelling_an_awaited_move_stops_the_actuator(tmp_path: Path, broker_kind: str) -> None:
+    async with running_robot(tmp_path, broker_kind, PARTS) as robot, robot.client() as client:
+        left = client.resource("drive/left", Motor)
+        moving = asyncio.Event()
+        task = asyncio.create_task(complete(left, left.go_for(rpm=60, revolutions=50),
+                                            progress=lambda _: moving.set()))
+        await asyncio.wait_for(moving.wait(), 5)
+        assert await left.is_moving()
+        task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await task
+        assert not await left.is_moving(), "a cancelled move left the motor running"
+        # a timeout is a cancellation too
+        with pytest.raises(TimeoutError):
+            await complete(left, left.go_for(rpm=60, revolutions=50), timeout=0.3)
+        assert not await left.is_moving()
+
+
+async def test_telemetry_and_events_are_async_iterators(tmp_path: Path, broker_kind: str) -> None:
+    async with running_robot(tmp_path, broker_kind, PARTS) as robot, robot.client() as client:
+        got: list[tuple[str, dict[str, Any]]] = []
+        async with client.telemetry("main/health") as readings:
+            async for source, values in readings:
+                got.append((source, values))
+                if len(got) == 3:
+                    break
+        assert {s for s, _ in got} == {"main/health"} and all(isinstance(v, dict) and v for _, v in got)
+        async with client.events() as events:
+            async with robot.client(identity="other"):  # its session opens: the primary says so
+                async for event in events:
+                    if event["source"] == "sessions" and event["kind"] == "opened":
+                        assert event["part"] == robot.loaded.topology.primary
+                        break
+        assert client.dropped == 0
+
+
+async def test_the_sync_client_drives_a_motor_and_its_session_end_stops_it(tmp_path: Path,
+                                                                           broker_kind: str) -> None:
+    async with running_robot(tmp_path, broker_kind, PARTS) as robot, robot.client() as watcher:
+        store = store_for(robot.loaded.config, robot.loaded.path)
+
+        def script() -> tuple[float, float]:
+            with SyncRobotClient.at(robot.loaded.config.robot, robot.broker.url,
+                                    credentials=store.directory) as sync:
+                left = sync.resource("drive/left", Motor)
+                took = sync.complete(left, left.go_for(rpm=600, revolutions=1))
+                left.set_power(0.5)
+                return took, left.get_power()
+
+        async with watcher.events("drive") as events:
+            took, power = await asyncio.to_thread(script)
+            assert power == 0.5 and took >= 0
+            # the script's session ended when it closed: the part that hosts the motor says so
+            async with asyncio.timeout(10):
+                async for event in events:
+                    if event["source"] == "sessions" and event["kind"] == "stopped" and "left" in event["resources"]:
+                        break
+        assert not await watcher.resource("drive/left", Motor).is_moving(), "the sync script's motor still runs"
