@@ -140,3 +140,17 @@ async def test_the_sync_client_drives_a_motor_and_its_session_end_stops_it(tmp_p
                     if event["source"] == "sessions" and event["kind"] == "stopped" and "left" in event["resources"]:
                         break
         assert not await watcher.resource("drive/left", Motor).is_moving(), "the sync script's motor still runs"
+
+
+async def test_a_client_from_a_config_naming_models_not_installed_here_connects(tmp_path: Path,
+                                                                              broker_kind: str) -> None:
+    async with running_robot(tmp_path, broker_kind, PARTS) as robot:
+        path = Path(robot.loaded.path)
+        elsewhere = path.with_name("as-the-laptop-sees-it.yaml")  # same directory: same credentials
+        text = path.read_text()  # noqa: ASYNC240 - a small file
+        elsewhere.write_text(text.replace("orc:sim:gripper", "acme:not:installed"))
+        async with RobotClient.from_config(elsewhere) as client:
+            left = client.resource("drive/left", Motor)
+            await left.set_power(0.1)
+            assert await left.get_power() == 0.1
+            await left.stop()

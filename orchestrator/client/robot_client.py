@@ -78,7 +78,8 @@ class RobotClient:
                     credentials: str | Path | None = None, **kwargs: Any) -> RobotClient:
         """A client of the robot a config file describes, as ``identity`` (default: its first operator),
         with that identity's password from the robot's credentials directory."""
-        loaded = config if isinstance(config, LoadedConfig) else load_config(config)
+        # a client needs the robot, its broker and its identities, not the models: no plugin needed
+        loaded = config if isinstance(config, LoadedConfig) else load_config(config, check_models=False)
         cfg = loaded.config
         name = identity or kwargs.pop("name", None) or cfg.default_client()
         if name is None:
@@ -261,8 +262,8 @@ class RobotClient:
     async def events(self, part: str = "+") -> AsyncIterator[AsyncIterator[dict[str, Any]]]:
         """What parts report as it happens, as an async iterator of dicts: the part's own events
         (``kind`` link_lost, link_back, reconnect, reload...) and session events (``kind`` opened,
-        owned, expired, closed, stopped, ending, ended, with ``session`` and ``resources``), each with ``part`` and ``source``
-        (``part`` or ``sessions``).  Only what the part itself published is yielded."""
+        owned, expired, closed, stopped, ending, ended, with ``session`` and ``resources``), each with
+        ``part`` and ``source`` (``part`` or ``sessions``).  Only what the part itself published is yielded."""
         filters = (self.topics.part_events(part), self.topics.session_events(part))
 
         async def events(stream: Any) -> AsyncIterator[dict[str, Any]]:
