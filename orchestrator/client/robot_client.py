@@ -16,7 +16,7 @@ import asyncio
 import contextlib
 import os
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -41,6 +41,7 @@ from .proxy import make_proxy
 from .sessions import ClientSessions, Session
 
 R = TypeVar("R", bound=Resource)
+T = TypeVar("T")
 
 
 class RobotClient:
@@ -242,21 +243,12 @@ class RobotClient:
         part, _, name = path.partition("/")
         topic = self.topics.telemetry(part or "+", name or "+")
 
-        async def readings(stream: Any) -> AsyncIterator[tuple[str, dict[str, Any]]]:
-            async for msg in stream:
-                owner = self.topics.part_of(msg.topic)
-                try:
-                    env = decode(msg.payload)
-                    if owner is None or not self.topics.authentic(msg.topic, env.src):
-                        raise ProtocolError("not published by the part")
-                    body = env.parse(TelemetryReading)
-                except ProtocolError:
-                    self.dropped += 1
-                    continue
-                yield f"{owner}/{body.resource}", body.readings
+        def reading(owner: str, env: Any, msg: Message) -> tuple[str, dict[str, Any]]:
+            body = env.parse(TelemetryReading)
+            return f"{owner}/{body.resource}", body.readings
 
         async with self.mqtt.messages(topic, qos=0) as stream:
-            yield readings(stream)
+            yield self._from_parts(stream, reading)
 
     @contextlib.asynccontextmanager
     async def events(self, part: str = "+") -> AsyncIterator[AsyncIterator[dict[str, Any]]]:
@@ -266,28 +258,35 @@ class RobotClient:
         ``part`` and ``source`` (``part`` or ``sessions``).  Only what the part itself published is yielded."""
         filters = (self.topics.part_events(part), self.topics.session_events(part))
 
-        async def events(stream: Any) -> AsyncIterator[dict[str, Any]]:
-            async for msg in stream:
-                owner = self.topics.part_of(msg.topic)
-                try:
-                    env = decode(msg.payload)
-                    if owner is None or not self.topics.authentic(msg.topic, env.src):
-                        raise ProtocolError("not published by the part")
-                    if msg.topic.endswith("/sessions/events"):
-                        out = {**env.parse(SessionEvent).model_dump(mode="json"), "source": "sessions"}
-                    else:
-                        body = env.body if isinstance(env.body, dict) else {}
-                        out = {k: body.get(k) for k in ("kind", "text", "level", "ts")}
-                        out["source"] = "part"
-                        if not isinstance(out["kind"], str):
-                            raise ProtocolError("an event without a kind")
-                except ProtocolError:
-                    self.dropped += 1
-                    continue
-                yield {**out, "part": owner}
+        def event(owner: str, env: Any, msg: Message) -> dict[str, Any]:
+            if msg.topic.endswith("/sessions/events"):
+                out = {**env.parse(SessionEvent).model_dump(mode="json"), "source": "sessions"}
+            else:
+                body = env.body if isinstance(env.body, dict) else {}
+                out = {k: body.get(k) for k in ("kind", "text", "level", "ts")}
+                out["source"] = "part"
+                if not isinstance(out["kind"], str):
+                    raise ProtocolError("an event without a kind")
+            return {**out, "part": owner}
 
         async with self.mqtt.messages(*filters) as stream:
-            yield events(stream)
+            yield self._from_parts(stream, event)
+
+    async def _from_parts(self, stream: AsyncIterator[Message], parse: Callable[[str, Any, Message], T]) \
+            -> AsyncIterator[T]:
+        """``parse(part, envelope, message)`` of each message the part of its topic published itself;
+        any other message, or one ``parse`` refuses (ProtocolError), is dropped and counted."""
+        async for msg in stream:
+            owner = self.topics.part_of(msg.topic)
+            try:
+                env = decode(msg.payload)
+                if owner is None or not self.topics.authentic(msg.topic, env.src):
+                    raise ProtocolError("not published by the part")
+                item = parse(owner, env, msg)
+            except ProtocolError:
+                self.dropped += 1
+                continue
+            yield item
 
     async def call(self, path: str, method: str, args: dict[str, Any] | None = None, *,
                    timeout: float | None = None) -> Any:
