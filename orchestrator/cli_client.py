@@ -242,7 +242,7 @@ def shutdown(
                 await c.subscribe(topics.robot_timeline(), follow.on_timeline)
                 with contextlib.suppress(TimeoutError):  # the retained status says who the primary is
                     await asyncio.wait_for(follow.known.wait(), 1.0)
-                if follow.primary is None or follow.state in ("offline", "stopped"):
+                if not follow.known.is_set() or follow.state in ("offline", "stopped"):
                     err_console.print(f"robot {t.robot} is not running ({follow.state or 'no status from a primary'} "
                                       "on the broker)", style="red", highlight=False, markup=False)
                     raise typer.Exit(1)
