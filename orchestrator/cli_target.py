@@ -243,11 +243,20 @@ def _from_flags(robot: str, broker_url: str, identity: str | None, credentials: 
     if not valid_level(name):
         raise fail(f"--identity {name[:80]!r}: not an identity name")
     chosen = credentials or os.environ.get("ORCHESTRATOR_CREDENTIALS")
+    tls = None
+    if any(u.strip().startswith(("mqtts://", "ssl://")) for u in broker_url.split(",")):
+        from orchestrator.transport.client import TlsSettings
+
+        ca = Path(chosen or ".") / "ca.crt"
+        if not chosen or not ca.is_file():
+            raise fail(f"{broker_url[:100]}: TLS needs the CA that signed the broker's certificate: ca.crt in the "
+                       "--credentials directory")
+        tls = TlsSettings(str(ca))
     if not chosen:  # a robot without security (insecure mode): anonymous
-        return Target(robot, urls, name)
+        return Target(robot, urls, name, tls=tls)
     me = ClientId(robot, name)
     try:
         password = CredentialStore(Path(chosen)).password(me)
     except CredentialsMissing as exc:
         raise fail(str(exc)) from None
-    return Target(robot, urls, name, me.username, password)
+    return Target(robot, urls, name, me.username, password, tls)

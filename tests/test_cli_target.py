@@ -406,3 +406,13 @@ parts:
     assert f"{path}:13: parts[1].resources[1].depends_on[0]" in out and "did you mean 'left'" in out, out
     assert f"{path}:8: parts[0].resources[0].model" in out and "did you mean 'orc:sim:sensor'" in out, out
     assert "4 problem(s)" in out, out
+
+
+def test_tls_from_flags_needs_the_ca_in_the_credentials(tmp_path: Path) -> None:
+    """`--broker mqtts://...` without a config: the broker is verified with ca.crt of --credentials; without
+    one, a clear error (never an unverified TLS connection, never a traceback)."""
+    from test_cli import invoke, no_traceback
+
+    res = invoke("status", "--robot", "r1", "--broker", "mqtts://127.0.0.1:1", "--credentials", str(tmp_path))
+    no_traceback(res)
+    assert res.exit_code == 2 and "ca.crt" in res.output, res.output
