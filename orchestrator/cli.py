@@ -57,6 +57,7 @@ def _main(
 ) -> None:
     """Run a robot made of several parts over a local MQTT broker."""
 
+
 def _setup_logging(verbose: bool, who: str = "cli") -> None:
     from orchestrator.logs import setup_logging
 
