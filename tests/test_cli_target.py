@@ -170,8 +170,9 @@ def _credentials(setup: Any) -> str:
 
 
 @pytest.mark.timeout(150)
+@pytest.mark.parametrize("kind", ["amqtt", "mosquitto"])
 async def test_client_commands_work_from_robot_and_broker_alone_with_no_config_and_no_plugin(
-        tmp_path: Path) -> None:
+        tmp_path: Path, kind: str) -> None:
     """status, resources, call, sessions and shutdown --wait from --robot/--broker/--credentials only, in a
     process where the robot's model plugins cannot even be imported; a call to an unknown part fails at
     once (not after --timeout) and says which part was meant."""
@@ -179,7 +180,7 @@ async def test_client_commands_work_from_robot_and_broker_alone_with_no_config_a
     import json
     import time
 
-    with robot_setup("mosquitto", tmp_path / "robot.yaml", three_level_parts()) as setup:
+    with robot_setup(kind, tmp_path / "robot.yaml", three_level_parts()) as setup:
         flags = ["--robot", setup.robot, "--broker", setup.url, "--credentials", _credentials(setup)]
         up = Up(setup.cfg, tmp_path)
         try:
