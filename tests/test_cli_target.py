@@ -206,6 +206,8 @@ async def test_client_commands_work_from_robot_and_broker_alone_with_no_config_a
             assert {r["name"] for r in json.loads(res.stdout)["base"]} == {"left", "right"}, res.stdout
             res = await run("call", "base/left", "set_power", "--args", '{"power": 0.2}')
             assert res.returncode == 0, res.stderr
+            res = await run("call", "base/right", "set_power", "--args", '{"power": 0.2}', "--hold", "0.3")
+            assert res.returncode == 0, res.stderr  # in a session of its own: opened with the primary, closed
             res = await run("call", "base/left", "stop")
             assert res.returncode == 0 and res.stdout.strip() == "null", (res.stdout, res.stderr)
             res = await run("sessions", "--json")
