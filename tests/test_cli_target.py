@@ -419,3 +419,34 @@ def test_tls_from_flags_needs_the_ca_in_the_credentials(tmp_path: Path) -> None:
     res = invoke("status", "--robot", "r1", "--broker", "mqtts://127.0.0.1:1", "--credentials", str(tmp_path))
     no_traceback(res)
     assert res.exit_code == 2 and "ca.crt" in res.output, res.output
+
+
+@pytest.mark.timeout(120)
+async def test_status_shows_the_restart_count_of_a_part(tmp_path: Path) -> None:
+    """A part killed (SIGKILL) and restarted by its on-failure policy: its status row counts the restart."""
+    import asyncio
+    import json
+    import os
+    import signal
+
+    from test_cli import invoke
+
+    with robot_setup("mosquitto", tmp_path / "robot.yaml", three_level_parts()) as setup:
+        up = Up(setup.cfg, tmp_path)
+        try:
+            async with setup.watcher() as w:
+                await w.all_running(["main", "base", "odo", "arm", "cam"], 40)
+                old = w.states["arm"][1].pid
+                assert old
+                os.kill(old, signal.SIGKILL)
+                await w.until(lambda: w.status is not None and w.status.parts["arm"].restarts == 1
+                              and w.state("arm") == "running" and w.states["arm"][1].pid != old, 30,
+                              "arm restarted")
+            res = await asyncio.to_thread(invoke, "status", "-c", str(setup.cfg), "--json")
+            arm = json.loads(res.stdout)["parts"]["arm"]
+            assert arm["restarts"] == 1 and arm["state"] == "running", arm
+            res = await asyncio.to_thread(invoke, "status", "-c", str(setup.cfg))
+            row = next(line for line in res.output.splitlines() if " arm " in line)
+            assert " 1 " in row, res.output
+        finally:
+            up.close()
