@@ -35,7 +35,7 @@ test-tools:
 
 # the demo's credentials (one secret per part and client, owner-only) are made once, then kept
 demo: install
-	$(BIN)/orchestrator credentials $(CONFIG)
+	$(BIN)/orchestrator credentials -c $(CONFIG)
 	$(BIN)/orchestrator up -c $(CONFIG)
 
 test: install-test test-tools
