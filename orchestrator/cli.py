@@ -294,7 +294,7 @@ def compose(
                 os.chown(store.path(name), uid, uid)
         except OSError as exc:
             err_console.print(f"cannot give the secrets to the containers' users: {exc} (run as root, after "
-                              "`orchestrator credentials CONFIG`)", style="red", highlight=False, markup=False)
+                              "`orchestrator credentials -c CONFIG`)", style="red", highlight=False, markup=False)
             raise typer.Exit(1) from None
         console.print(f"secrets in {store.directory} now belong to the containers' users", highlight=False)
 
