@@ -244,10 +244,16 @@ def _with_schema_error(good: Path) -> Path:
 @pytest.mark.timeout(120)
 async def test_an_invalid_config_on_disk_does_not_block_call_stop_or_shutdown(tmp_path: Path) -> None:
     """The file beside the running robot no longer validates: `call ... stop` and `shutdown` say so on one
-    line and still work, with the robot's name, broker and credentials read leniently from it."""
+    line and still work, with the robot's name, broker and credentials read leniently from it; `--wait`
+    prints this shutdown's timeline, not an earlier one left retained on the broker."""
     import asyncio
+    import time
 
-    from test_cli import invoke, no_traceback
+    from test_cli import invoke, no_traceback, plant
+
+    from orchestrator.protocol.codec import encode
+    from orchestrator.protocol.messages import Timeline
+    from orchestrator.protocol.topics import Topics
 
     with robot_setup("mosquitto", tmp_path / "robot.yaml", three_level_parts()) as setup:
         bad = _with_schema_error(setup.cfg)
@@ -264,10 +270,14 @@ async def test_an_invalid_config_on_disk_does_not_block_call_stop_or_shutdown(tm
                 assert res.exit_code == 0, res.output
                 warned = [line for line in res.output.splitlines() if "invalid configuration" in line]
                 assert len(warned) == 1 and str(bad) in warned[0] and "colour" in warned[0], res.output
-                res = await asyncio.to_thread(invoke, "shutdown", "-c", str(bad), "--wait")
+                # an earlier run's timeline, retained on the broker (by the primary's identity): not this shutdown's
+                stale = Timeline(shutdown_id="earlier", reason="EARLIER RUN", started_at=time.time() - 60)
+                await plant(setup.loaded, "main", Topics(setup.robot).robot_timeline(), encode("part/main", stale))
+                res = await asyncio.to_thread(invoke, "shutdown", "-c", str(bad), "--wait", "--reason", "this one")
                 no_traceback(res)
                 assert res.exit_code == 0, res.output
                 assert "invalid configuration" in res.output and "shutdown of" in res.output, res.output
+                assert "this one" in res.output and "EARLIER RUN" not in res.output, res.output
             assert await up.wait(30) == 0, up.output()
         finally:
             up.close()
