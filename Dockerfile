@@ -1,4 +1,4 @@
-# One image for every part of a robot: `orchestrator part CONFIG --name NAME`.
+# One image for every part of a robot: `orchestrator part -c CONFIG --name NAME`.
 #
 # Installs only from a wheelhouse built on the host (`make wheelhouse` -> build/wheelhouse/{deps,local}):
 # no index, no network, the same way an air-gapped robot is deployed.  See docs/deploy.md.

@@ -35,8 +35,8 @@ test-tools:
 
 # the demo's credentials (one secret per part and client, owner-only) are made once, then kept
 demo: install
-	$(BIN)/orchestrator credentials $(CONFIG)
-	$(BIN)/orchestrator up $(CONFIG)
+	$(BIN)/orchestrator credentials -c $(CONFIG)
+	$(BIN)/orchestrator up -c $(CONFIG)
 
 test: install-test test-tools
 	$(BIN)/ruff check orchestrator tests bench parts

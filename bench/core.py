@@ -23,9 +23,11 @@ import sys
 import tempfile
 import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
+
+T = TypeVar("T")
 
 ROOT = Path(__file__).resolve().parent.parent
 if str(ROOT / "tests") not in sys.path:
@@ -128,15 +130,21 @@ def cpu_seconds(pid: int) -> float | None:
     return total / 1e9
 
 
-def idle_cpu(pids: dict[str, int], seconds: float) -> dict[str, float]:
-    """Percent of one core each process used over ``seconds`` of doing nothing (read from /proc)."""
+def idle_cpu(pids: dict[str, int], seconds: float, during: Callable[[], Any] | None = None) -> dict[str, float]:
+    """Percent of one core each process used over ``seconds`` of doing nothing (read from /proc), or over
+    the time ``during()`` takes, when given (what it returns: :func:`cpu_during`)."""
+    return cpu_during(pids, during or (lambda: time.sleep(seconds)))[0]  # the interval itself
+
+
+def cpu_during(pids: dict[str, int], work: Callable[[], T]) -> tuple[dict[str, float], T]:
+    """Percent of one core each process used while ``work()`` ran in this one, and what it returned."""
     before = {k: cpu_seconds(p) for k, p in pids.items()}
     t0 = time.monotonic()
-    time.sleep(seconds)  # the measurement interval itself
+    result = work()
     elapsed = time.monotonic() - t0
     after = {k: cpu_seconds(p) for k, p in pids.items()}
-    return {k: round(100 * ((after[k] or 0) - (before[k] or 0)) / elapsed, 2)
-            for k in pids if before[k] is not None and after[k] is not None}
+    return ({k: round(100 * ((after[k] or 0) - (before[k] or 0)) / elapsed, 2)
+             for k in pids if before[k] is not None and after[k] is not None}, result)
 
 
 def tail(path: Path, n: int = 2000) -> str:

@@ -24,7 +24,7 @@ import urllib.request
 from pathlib import Path
 from typing import Any
 
-from bench.core import _reap_parts, _watch_running, cpu_seconds, tail, tree
+from bench.core import _reap_parts, _watch_running, cpu_during, tail, tree
 
 ROOT = Path(__file__).resolve().parent.parent
 if str(ROOT / "tests") not in sys.path:
@@ -74,13 +74,8 @@ async def _viewer_rate(setup: RobotSetup, seconds: float) -> float:
 
 
 def _cpu(pids: dict[str, int], seconds: float, setup: RobotSetup) -> tuple[dict[str, float], float]:
-    before = {k: cpu_seconds(p) for k, p in pids.items()}
-    t0 = time.monotonic()
-    rate = asyncio.run(_viewer_rate(setup, seconds))
-    elapsed = time.monotonic() - t0
-    after = {k: cpu_seconds(p) for k, p in pids.items()}
-    return ({k: 100 * ((after[k] or 0) - (before[k] or 0)) / elapsed for k in pids
-             if before[k] is not None and after[k] is not None}, rate)
+    """CPU of each process while a viewer counts the messages it receives (the interval)."""
+    return cpu_during(pids, lambda: asyncio.run(_viewer_rate(setup, seconds)))
 
 
 def _broker_pid(kind: str, setup: RobotSetup, up_pid: int) -> int:
@@ -126,8 +121,9 @@ def run_case(kind: str, n: int, idle_s: float, mirror: bool, with_monitor: bool,
                         raise RuntimeError(f"{kind}, {n} parts: {exc}\n{tail(up_log)}") from None
                     watched = {**pids, "broker": _broker_pid(kind, setup, up.pid)}
                     if with_monitor:
-                        monitor = subprocess.Popen([sys.executable, "-m", "orchestrator", "monitor", str(setup.cfg),
-                                                    "--json"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+                        monitor = subprocess.Popen([sys.executable, "-m", "orchestrator", "monitor", "-c",
+                                                    str(setup.cfg), "--json"], stdout=subprocess.DEVNULL,
+                                                   stderr=subprocess.DEVNULL)
                         watched["monitor"] = monitor.pid
                     time.sleep(2.0)  # let the start-up (and the monitor's) settle
                     cpu, rate = _cpu(watched, idle_s, setup)

@@ -6,7 +6,6 @@ import asyncio
 import contextlib
 import dataclasses
 import json
-import math
 import os
 import sys
 from collections.abc import Coroutine
@@ -15,18 +14,32 @@ from typing import Annotated, Any, TypeVar
 
 import typer
 from rich.console import Console
-from rich.table import Table
-from rich.text import Text
 
-from orchestrator.config.loader import LoadedConfig, load_config
+from orchestrator.cli_target import (
+    EXIT_CONFIG,
+    BrokerOpt,
+    ConfigOpt,
+    CredentialsOpt,
+    IdentityOpt,
+    LegacyConfigArg,
+    RobotOpt,
+    access,
+    client_urls,
+    config_path,
+    err_console,
+    load,
+    parse_urls,
+)
+from orchestrator.config.loader import LoadedConfig
 from orchestrator.config.models import RobotConfig
-from orchestrator.errors import ConfigError, OrchestratorError, ProtocolError
+from orchestrator.errors import ConfigError, OrchestratorError
+
+__all__ = ["EXIT_CONFIG", "BrokerOpt", "CredentialsOpt", "IdentityOpt", "RobotOpt", "app", "client_urls",
+           "err_console", "main", "parse_urls"]
 
 app = typer.Typer(add_completion=False, no_args_is_help=True,
                   help="Run a robot made of several parts over a local MQTT broker.")
 console = Console(width=None if sys.stdout.isatty() else 120)
-# not a terminal (a pipe, a log file, CI): never wrap error lines at 80 columns
-err_console = Console(stderr=True, width=None if sys.stderr.isatty() else 10_000, soft_wrap=not sys.stderr.isatty())
 
 
 def _version(value: bool) -> None:
@@ -43,8 +56,6 @@ def _main(
                                           help="print the version and exit")] = False,
 ) -> None:
     """Run a robot made of several parts over a local MQTT broker."""
-
-EXIT_CONFIG = 2
 
 
 def _setup_logging(verbose: bool, who: str = "cli") -> None:
@@ -70,79 +81,21 @@ def _run(coro: Coroutine[Any, Any, T], *, show_code: bool = False) -> T:
         raise typer.Exit(1) from None
 
 
-def _load(path: Path, *, effective: bool = False, credentials: Path | None = None) -> LoadedConfig:
-    """The configuration file (``effective``: or the fleet's signed configuration cached beside it)."""
-    try:
-        if effective:
-            from orchestrator.security.signed import load_effective
-
-            return load_effective(path, credentials)
-        return load_config(path)
-    except ConfigError as exc:
-        err_console.print(f"[bold red]invalid configuration[/] ({len(exc.problems)} problem(s)):")
-        for p in exc.problems:
-            err_console.print(f"  {p}", highlight=False, markup=False)
-        raise typer.Exit(EXIT_CONFIG) from None
-
-
-def parse_urls(text: str) -> list[tuple[str, int]]:
-    from orchestrator.runtime.main import parse_urls as parse
-
-    try:
-        return parse(text)
-    except ValueError as exc:
-        raise typer.BadParameter(str(exc)) from None
-
-
-def client_urls(cfg: RobotConfig, broker_url: str | None) -> list[tuple[str, int]]:
-    """Where a client command connects: ``--broker`` if given, else the configuration's broker.  An
-    embedded broker configured with ``port: 0`` (any free port) has no port a client can know from the
-    file: a clear error asking for ``--broker``, not a traceback from the MQTT library."""
-    if broker_url:
-        return parse_urls(broker_url)
-    urls = cfg.broker.client_urls()
-    if any(port == 0 for _, port in urls):
-        err_console.print("the configuration's broker port is 0 (any free port): the port the broker got "
-                          "is not in the file; pass it with --broker mqtt://HOST:PORT", style="red",
-                          highlight=False, markup=False)
-        raise typer.Exit(EXIT_CONFIG)
-    return urls
-
-
-ConfigArg = Annotated[Path, typer.Argument(help="robot configuration (YAML)")]
-BrokerOpt = Annotated[str | None, typer.Option("--broker", help="broker URL(s), comma separated; "
-                                                "default: from the config")]
 Verbose = Annotated[bool, typer.Option("--verbose", "-v", help="debug logging")]
-IdentityOpt = Annotated[str | None, typer.Option("--identity", "-i", help="client identity to act as "
-                                                   "(default: the config's first operator)")]
-CredentialsOpt = Annotated[Path | None, typer.Option("--credentials", envvar="ORCHESTRATOR_CREDENTIALS",
-                                                      help="credentials directory (default: from the config)")]
+_load = load
 
 
 def _access(loaded: LoadedConfig, identity: str | None, credentials: Path | None) -> Any:
-    """The CLI's broker credential: a client identity of the robot, its password from the credentials dir."""
-    from orchestrator.protocol.topics import ClientId
-    from orchestrator.security.access import Access
-
-    cfg = loaded.config
-    name = identity or cfg.default_client()
-    if name is None:
-        err_console.print(f"[red]{loaded.path}: the robot has no operator client identity (see 'clients')[/]")
-        raise typer.Exit(EXIT_CONFIG)
-    if not cfg.security.insecure and name not in {c.name for c in cfg.clients}:
-        err_console.print(f"[red]{loaded.path}: no client identity {name!r} "
-                          f"(clients: {', '.join(c.name for c in cfg.clients)})[/]", highlight=False)
-        raise typer.Exit(EXIT_CONFIG)
-    try:
-        return Access.of(cfg, loaded.path, ClientId(cfg.robot, name), credentials)
-    except ConfigError as exc:
-        err_console.print(str(exc), style="red", highlight=False, markup=False)
-        raise typer.Exit(EXIT_CONFIG) from None
+    return access(loaded.config, loaded.path, identity, credentials)
 
 
 @app.command()
-def validate(config: ConfigArg) -> None:
+def validate(
+    config: LegacyConfigArg = None,
+    config_opt: ConfigOpt = None,
+) -> None:
     """Validate a configuration: exit 0 if it is valid, 2 with every problem if not."""
+    config = config_path(config, config_opt)
     loaded = _load(config)
     topo = loaded.topology
     console.print(f"[green]ok[/]: robot {loaded.config.robot!r}, {len(topo.parts)} parts, "
@@ -180,13 +133,15 @@ def broker(
 
 @app.command()
 def part(
-    config: ConfigArg,
     name: Annotated[str, typer.Option("--name", help="which part of the config to run")],
     broker_url: BrokerOpt = None,
     credentials: CredentialsOpt = None,
     verbose: Verbose = False,
+    config: LegacyConfigArg = None,
+    config_opt: ConfigOpt = None,
 ) -> None:
     """Run one part (a process of its own)."""
+    config = config_path(config, config_opt)
     from orchestrator.runtime.main import part_main
 
     raise typer.Exit(part_main(str(config), name, broker_url, verbose, str(credentials) if credentials else None))
@@ -194,15 +149,17 @@ def part(
 
 @app.command()
 def up(
-    config: ConfigArg,
     timeline_json: Annotated[Path | None, typer.Option(help="also write the shutdown timeline here")] = None,
     credentials: CredentialsOpt = None,
     port: Annotated[int | None, typer.Option(min=0, max=65535,
                                              help="the embedded broker's port instead of the file's (0: any free "
                                                   "port); parts are told the port it got")] = None,
     verbose: Verbose = False,
+    config: LegacyConfigArg = None,
+    config_opt: ConfigOpt = None,
 ) -> None:
     """Start the robot: the embedded broker, then every part; Ctrl-C stops it bottom-up."""
+    config = config_path(config, config_opt)
     _setup_logging(verbose, "up")
     loaded = _load(config, effective=True, credentials=credentials)
     if port is not None:
@@ -225,13 +182,15 @@ def up(
 
 @app.command()
 def credentials(
-    config: ConfigArg,
     directory: Annotated[Path | None, typer.Option("--dir", envvar="ORCHESTRATOR_CREDENTIALS",
                                                     help="where (default: the config's security.credentials)")] = None,
     rotate: Annotated[bool, typer.Option(help="replace every secret (then restart the robot and its broker)")] = False,
+    config: LegacyConfigArg = None,
+    config_opt: ConfigOpt = None,
 ) -> None:
     """Create the robot's credentials: a secret per part and client, the session key, the password and ACL
     files (owner-only).  Existing secrets are kept unless --rotate."""
+    config = config_path(config, config_opt)
     from orchestrator.security.access import store_for
     from orchestrator.security.acl import mosquitto_acl, rights
     from orchestrator.security.credentials import identities_of
@@ -255,7 +214,6 @@ def credentials(
 
 @app.command("broker-config")
 def broker_config(
-    config: ConfigArg,
     out: Annotated[Path | None, typer.Option(help="directory for mosquitto.conf (default: broker_config/<robot>)")]
     = None,
     port: Annotated[int, typer.Option(min=1, max=65535, help="mosquitto's listener port")] = 1883,
@@ -264,9 +222,12 @@ def broker_config(
     mount: Annotated[str | None, typer.Option(help="the credentials directory as mosquitto sees it (e.g. in a "
                                                    "container); default: its path here")] = None,
     credentials: CredentialsOpt = None,
+    config: LegacyConfigArg = None,
+    config_opt: ConfigOpt = None,
 ) -> None:
     """Write a mosquitto configuration for this robot: identities, topic rights, and the bridge to its
     upstream broker (the bridge block holds a secret: it goes into the credentials directory)."""
+    config = config_path(config, config_opt)
     from orchestrator.broker.mosquitto_conf import MosquittoFiles, bridge_conf, main_conf
     from orchestrator.launcher.bridge import UPSTREAM_SECRET
     from orchestrator.security.access import store_for
@@ -301,7 +262,6 @@ def broker_config(
 
 @app.command()
 def compose(
-    config: ConfigArg,
     out: Annotated[Path, typer.Option("--output", "-o", help="the compose file to write")] = Path("docker-compose.yml"),
     image: Annotated[str | None, typer.Option(help="the parts' image (default: $ORCHESTRATOR_IMAGE, else "
                                               "orchestrator:latest, when compose runs)")] = None,
@@ -312,9 +272,12 @@ def compose(
                                                 "it (compose mounts file secrets with the host's owner; root only)")]
     = False,
     credentials: CredentialsOpt = None,
+    config: LegacyConfigArg = None,
+    config_opt: ConfigOpt = None,
 ) -> None:
     """Write the docker-compose file of this robot (one service per part, mosquitto, secrets, health checks,
     bottom-up stop order) and the broker's mosquitto.conf beside it (broker_config/<robot>/)."""
+    config = config_path(config, config_opt)
     from orchestrator.launcher.compose import ComposeOptions, compose_header, generate, secret_owners
     from orchestrator.security.access import store_for
 
@@ -340,7 +303,7 @@ def compose(
                 os.chown(store.path(name), uid, uid)
         except OSError as exc:
             err_console.print(f"cannot give the secrets to the containers' users: {exc} (run as root, after "
-                              "`orchestrator credentials CONFIG`)", style="red", highlight=False, markup=False)
+                              "`orchestrator credentials -c CONFIG`)", style="red", highlight=False, markup=False)
             raise typer.Exit(1) from None
         console.print(f"secrets in {store.directory} now belong to the containers' users", highlight=False)
 
@@ -355,13 +318,15 @@ def _display(path: Path) -> str:
 
 @app.command()
 def certs(
-    config: ConfigArg,
     host: Annotated[list[str] | None, typer.Option("--host", help="a name or address the broker is reached "
                                                    "by (repeat); default: the config's broker hosts, "
                                                    "localhost, 127.0.0.1")] = None,
     credentials: CredentialsOpt = None,
+    config: LegacyConfigArg = None,
+    config_opt: ConfigOpt = None,
 ) -> None:
     """Make a development CA and a broker certificate in the robot's credentials directory (for TLS)."""
+    config = config_path(config, config_opt)
     from urllib.parse import urlsplit
 
     from orchestrator.security.access import store_for
@@ -399,13 +364,15 @@ def fleet_key(directory: Annotated[Path, typer.Argument(help="where to write fle
 
 @fleet.command("sign")
 def fleet_sign(
-    config: ConfigArg,
     key: Annotated[Path, typer.Option(help="the fleet's private key (fleet.key)")],
     serial: Annotated[int, typer.Option(min=0, help="higher than every earlier configuration of this robot")],
     out: Annotated[Path, typer.Option(help="the signed configuration (JSON), to publish")],
     valid_days: Annotated[float | None, typer.Option(min=0.001, help="the robots stop using it after this")] = None,
+    config: LegacyConfigArg = None,
+    config_opt: ConfigOpt = None,
 ) -> None:
     """Sign a robot configuration (validated first) for its robot."""
+    config = config_path(config, config_opt)
     import time as _time
 
     from orchestrator.security.signed import sign
@@ -445,135 +412,18 @@ def fleet_publish(
 
 
 @app.command()
-def acl(config: ConfigArg) -> None:
+def acl(
+    config: LegacyConfigArg = None,
+    config_opt: ConfigOpt = None,
+) -> None:
     """Print the broker's topic rights for this robot as a mosquitto acl_file (the embedded broker enforces
     the same rules)."""
+    config = config_path(config, config_opt)
     from orchestrator.security.acl import mosquitto_acl, rights
 
     loaded = _load(config)
     print(mosquitto_acl(rights(loaded.config, loaded.topology),
                         header=f"robot {loaded.config.robot}, from {loaded.path}"), end="")
-
-
-async def _read_retained(urls: list[tuple[str, int]], cfg: RobotConfig, access: Any, filters: list[str],
-                         settle_s: float = 0.3) -> dict[str, bytes]:
-    from orchestrator.transport.client import MqttClient
-
-    got: dict[str, bytes] = {}
-    async with MqttClient(f"{cfg.robot}.cli.{os.getpid()}", urls, connect_timeout=3.0, fail_fast=True,
-                          username=access.username, password=access.password, tls=access.tls) as c:
-        async with c.messages(*filters) as stream:
-            while True:
-                try:
-                    m = await stream.get(timeout=settle_s)
-                except TimeoutError:
-                    break
-                got[m.topic] = m.payload
-    return got
-
-
-def _authentic(topics: Any, topic: str, raw: bytes) -> Any:
-    """The envelope of a retained message, if it decodes and comes from the identity its topic is reserved to."""
-    from orchestrator.protocol.codec import decode
-
-    env = decode(raw)
-    if not topics.authentic(topic, env.src):
-        raise ProtocolError(f"published by {env.src[:80]!r}, not by its owner")
-    return env
-
-
-@app.command()
-def status(
-    config: ConfigArg,
-    broker_url: BrokerOpt = None,
-    as_json: Annotated[bool, typer.Option("--json", help="machine-readable output")] = False,
-    identity: IdentityOpt = None,
-    credentials: CredentialsOpt = None,
-) -> None:
-    """Print every part's state from the retained topics."""
-    from orchestrator.protocol.messages import PartState, RobotStatus
-    from orchestrator.protocol.topics import Topics
-
-    loaded = _load(config)
-    cfg = loaded.config
-    t = Topics(cfg.robot, loaded.topology.primary)
-    urls = client_urls(cfg, broker_url)
-    got = _run(_read_retained(urls, cfg, _access(loaded, identity, credentials), [t.all_part_states(),
-                                                                                  t.robot_status()]))
-    parts: dict[str, Any] = {}
-    for name in loaded.topology.start_order():
-        raw = got.get(t.part_state(name))
-        if raw is None:
-            parts[name] = {"state": "unknown", "online": False}
-            continue
-        try:
-            env = _authentic(t, t.part_state(name), raw)
-            st = env.parse(PartState)
-        except ProtocolError as exc:  # a malformed or planted retained message: an error row, not a traceback
-            parts[name] = {"state": "invalid", "online": False, "reason": f"unreadable state: {exc.message[:200]}"}
-            continue
-        parts[name] = {"state": st.state.value, "online": st.state.value not in ("offline", "stopped"),
-                       "birth": env.birth, "pid": st.pid, "parent": st.parent, "reason": st.reason}
-    robot_state = None
-    if t.robot_status() in got:
-        try:
-            robot_state = _authentic(t, t.robot_status(), got[t.robot_status()]).parse(RobotStatus).state
-        except ProtocolError:
-            robot_state = "invalid (unreadable robot status)"
-    if as_json:
-        print(json.dumps({"robot": cfg.robot, "state": robot_state, "parts": parts}, indent=2))
-        return
-    table = Table(title=Text(f"robot {cfg.robot}: {robot_state or 'unknown'}"))
-    for col in ("part", "parent", "state", "pid", "reason"):
-        table.add_column(col)
-    for name, p in parts.items():
-        colour = "green" if p["state"] == "running" else "red" if p["state"] in ("offline", "unknown", "invalid") \
-            else "yellow"
-        table.add_row(name, str(p.get("parent") or "-"), Text(p["state"], style=colour), str(p.get("pid") or "-"),
-                      Text(str(p.get("reason") or "")))
-    console.print(table)
-
-
-@app.command()
-def shutdown(
-    config: ConfigArg,
-    broker_url: BrokerOpt = None,
-    reason: Annotated[str, typer.Option(help="recorded in the timeline")] = "orchestrator shutdown",
-    identity: IdentityOpt = None,
-    credentials: CredentialsOpt = None,
-) -> None:
-    """Ask the robot's primary to shut the robot down bottom-up (over MQTT)."""
-    from orchestrator.protocol.messages import ShutdownRequest
-
-    _send_request(config, broker_url, "shutdown", ShutdownRequest(reason=reason), identity, credentials)
-    console.print("shutdown requested")
-
-
-def _send_request(config: Path, broker_url: str | None, kind: str, body: Any, identity: str | None,
-                  credentials: Path | None) -> None:
-    """Publish a client request (``shutdown``, ``reload``) to the primary as the CLI's client identity."""
-    from orchestrator.protocol.codec import encode
-    from orchestrator.protocol.topics import Topics
-    from orchestrator.transport.client import MqttClient
-
-    loaded = _load(config)  # also refuses to ask for a reload of an invalid file
-    cfg = loaded.config
-    urls = client_urls(cfg, broker_url)
-    access = _access(loaded, identity, credentials)
-    me = access.identity
-    topics = Topics(cfg.robot)
-    topic = topics.client_shutdown(me.name) if kind == "shutdown" else topics.client_reload(me.name)
-
-    async def go() -> None:
-        async with MqttClient(f"{cfg.robot}.cli.{os.getpid()}", urls, connect_timeout=3.0, fail_fast=True,
-                              username=access.username, password=access.password, tls=access.tls) as c:
-            await c.publish(topic, encode(me.sender, body), qos=1, timeout=3.0)
-
-    _run(go())
-
-
-ConfigOpt = Annotated[Path, typer.Option("--config", "-c", envvar="ORCHESTRATOR_CONFIG",
-                                         help="robot configuration (YAML); or $ORCHESTRATOR_CONFIG")]
 
 
 @app.command()
@@ -628,147 +478,7 @@ def health(
     raise typer.Exit(0 if result.ok else 1)
 
 
-@app.command()
-def reload(
-    config: ConfigArg,
-    broker_url: BrokerOpt = None,
-    reason: Annotated[str, typer.Option(help="recorded in the parts' logs")] = "orchestrator reload",
-    identity: IdentityOpt = None,
-    credentials: CredentialsOpt = None,
-) -> None:
-    """Ask the robot to re-read its configuration: changed resources and their dependents are rebuilt."""
-    from orchestrator.protocol.messages import ReloadRequest
-
-    _send_request(config, broker_url, "reload", ReloadRequest(reason=reason), identity, credentials)
-    console.print("reload requested")
-
-
-@app.command()
-def resources(
-    config: ConfigOpt,
-    broker_url: BrokerOpt = None,
-    as_json: Annotated[bool, typer.Option("--json", help="machine-readable output")] = False,
-    identity: IdentityOpt = None,
-    credentials: CredentialsOpt = None,
-) -> None:
-    """List what every part hosts (from the retained topics)."""
-    from orchestrator.client import RobotClient
-
-    loaded = _load(config)
-    urls = client_urls(loaded.config, broker_url)
-    access = _access(loaded, identity, credentials)
-
-    async def go() -> dict[str, list[dict[str, Any]]]:
-        async with RobotClient.from_config(loaded, urls=urls, connect_timeout=3.0, sessions=False,
-                                           identity=access.identity.name, credentials=credentials) as client:
-            return await client.resources()
-
-    listing = _run(go())
-    if as_json:
-        print(json.dumps(listing, indent=2))
-        return
-    table = Table(title=f"resources of {loaded.config.robot}")
-    for col in ("part", "resource", "model", "status", "reason"):
-        table.add_column(col)
-    for part_name in loaded.topology.start_order():
-        for r in listing.get(part_name, []):
-            colour = "green" if r["status"] == "ready" else "red"
-            table.add_row(part_name, Text(r["name"]), Text(r["model"]), Text(r["status"], style=colour),
-                          Text(r.get("reason") or ""))
-    console.print(table)
-
-
-@app.command()
-def call(
-    target: Annotated[str, typer.Argument(help="PART/RESOURCE")],
-    method: Annotated[str, typer.Argument(help="method name, e.g. set_power")],
-    config: ConfigOpt,
-    args: Annotated[str, typer.Option("--args", help="keyword arguments as a JSON object")] = "{}",
-    timeout: Annotated[float, typer.Option(help="seconds")] = 10.0,
-    hold: Annotated[float | None, typer.Option(
-        help="make the call in a session and keep it alive this many seconds; what the call set moving "
-             "stops when the session closes (default: no session, the command persists)")] = None,
-    broker_url: BrokerOpt = None,
-    identity: IdentityOpt = None,
-    credentials: CredentialsOpt = None,
-) -> None:
-    """Make one call and print the result as JSON (exit 1 with the error code on failure)."""
-    from orchestrator.client import RobotClient
-    from orchestrator.protocol.codec import check_value
-    from orchestrator.protocol.topics import valid_level
-
-    try:
-        kwargs = json.loads(args)
-        if not isinstance(kwargs, dict):
-            raise ValueError("not an object")
-        check_value(kwargs, "--args")  # nesting, size, non-finite numbers: what the part would refuse
-    except (ValueError, RecursionError, ProtocolError) as exc:
-        why = "nested too deeply" if isinstance(exc, RecursionError) else str(exc)[:200]
-        err_console.print(f"--args must be a JSON object: {why}", style="red", highlight=False, markup=False)
-        raise typer.Exit(EXIT_CONFIG) from None
-    part_name, _, resource = target.partition("/")
-    if not valid_level(part_name) or not valid_level(resource):
-        err_console.print(f"{target[:100]!r}: expected PART/RESOURCE (names without '/', '+', '#')", style="red",
-                          highlight=False, markup=False)
-        raise typer.Exit(EXIT_CONFIG)
-    if not (math.isfinite(timeout) and 0 < timeout <= 3600) or (hold is not None and not
-                                                                (math.isfinite(hold) and 0 <= hold <= 86400)):
-        err_console.print("--timeout must be within (0, 3600] s and --hold within [0, 86400] s", style="red")
-        raise typer.Exit(EXIT_CONFIG)
-    loaded = _load(config)
-    urls = client_urls(loaded.config, broker_url)
-    access = _access(loaded, identity, credentials)
-
-    async def go() -> Any:
-        async with RobotClient.from_config(loaded, urls=urls, connect_timeout=3.0, sessions=hold is not None,
-                                           identity=access.identity.name, credentials=credentials) as client:
-            result = await client.call(target, method, kwargs, timeout=timeout)
-            if hold:
-                print(json.dumps(result, default=str), flush=True)
-                await asyncio.sleep(hold)  # the session's heartbeats run on their own thread meanwhile
-            return result
-
-    result = _run(go(), show_code=True)
-    if not hold:
-        print(json.dumps(result, default=str))
-
-
-@app.command()
-def sessions(
-    config: ConfigOpt,
-    broker_url: BrokerOpt = None,
-    as_json: Annotated[bool, typer.Option("--json", help="machine-readable output")] = False,
-    identity: IdentityOpt = None,
-    credentials: CredentialsOpt = None,
-) -> None:
-    """List open sessions: owner, age, last heartbeat, the resources each owns on each part."""
-    from orchestrator.client import RobotClient
-
-    loaded = _load(config)
-    urls = client_urls(loaded.config, broker_url)
-    access = _access(loaded, identity, credentials)
-
-    async def go() -> list[dict[str, Any]]:
-        async with RobotClient.from_config(loaded, urls=urls, connect_timeout=3.0, sessions=False,
-                                           identity=access.identity.name, credentials=credentials) as client:
-            await asyncio.sleep(0.2)  # let the retained part states arrive: they say which parts run
-            return await client.sessions.list()
-
-    rows = _run(go())
-    if as_json:
-        print(json.dumps(rows, indent=2))
-        return
-    table = Table(title=f"sessions of {loaded.config.robot}")
-    for col in ("session", "owner", "part", "age s", "last heartbeat s ago", "window s", "owns"):
-        table.add_column(col)
-    for r in sorted(rows, key=lambda r: (r["session"], r["part"])):
-        table.add_row(r["session"], r["owner"], r["part"], f"{r['age_s']:.1f}",
-                      "-" if r["last_heartbeat_s_ago"] is None else f"{r['last_heartbeat_s_ago']:.2f}",
-                      f"{r['window_s']:g}", ", ".join(r["resources"]) or "-")
-    console.print(table)
-
-
-from orchestrator import cli_plugins, cli_watch  # noqa: E402,F401  (their commands register themselves)
+from orchestrator import cli_client, cli_plugins, cli_watch  # noqa: E402,F401  (their commands register themselves)
 
 
 def main() -> None:

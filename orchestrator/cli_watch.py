@@ -14,81 +14,33 @@ import json
 import os
 import sys
 import time
-from dataclasses import dataclass
-from pathlib import Path
 from typing import Annotated, Any
 
 import typer
 
-from orchestrator.cli import (
+from orchestrator.cli import _run, app
+from orchestrator.cli_target import (
     EXIT_CONFIG,
     BrokerOpt,
+    ConfigOpt,
     CredentialsOpt,
     IdentityOpt,
-    _access,
-    _load,
-    _run,
-    app,
-    client_urls,
+    LegacyConfigArg,
+    RobotOpt,
+    Target,
     err_console,
-    parse_urls,
+    resolve,
 )
 from orchestrator.errors import ConfigError
 
-__all__ = ["WatchTarget", "resolve"]
-
-ConfigOpt = Annotated[Path | None, typer.Argument(help="robot configuration (YAML); or --robot and --broker")]
-RobotOpt = Annotated[str | None, typer.Option("--robot", help="the robot's name (instead of a config file)")]
-
-
-@dataclass(frozen=True)
-class WatchTarget:
-    robot: str
-    urls: list[tuple[str, int]]
-    username: str | None
-    password: str | None
-    tls: Any
-    identity: str
-
-
-def resolve(config: Path | None, robot: str | None, broker_url: str | None, identity: str | None,
-            credentials: Path | None) -> WatchTarget:
-    """Where the robot is and who we are: from the config file, or from ``--robot`` and ``--broker`` alone
-    (the identity's secret then comes from ``--credentials`` or ``$ORCHESTRATOR_CREDENTIALS``)."""
-    if config is not None:
-        loaded = _load(config)
-        access = _access(loaded, identity, credentials)
-        urls = client_urls(loaded.config, broker_url)
-        return WatchTarget(loaded.config.robot, urls, access.username, access.password, access.tls,
-                           access.identity.name)
-    if robot is None or broker_url is None:
-        err_console.print("give a robot configuration, or --robot NAME and --broker URL", style="red")
-        raise typer.Exit(EXIT_CONFIG)
-    from orchestrator.protocol.topics import ClientId, valid_level
-    from orchestrator.security.credentials import CredentialsMissing, CredentialStore
-
-    if not valid_level(robot):
-        err_console.print(f"--robot {robot[:80]!r}: not a robot name", style="red", highlight=False, markup=False)
-        raise typer.Exit(EXIT_CONFIG)
-    urls = parse_urls(broker_url)
-    name = identity or "operator"
-    chosen = credentials or os.environ.get("ORCHESTRATOR_CREDENTIALS")
-    if not chosen:  # a robot without security (insecure mode): anonymous
-        return WatchTarget(robot, urls, None, None, None, name)
-    me = ClientId(robot, name)
-    try:
-        password = CredentialStore(Path(chosen)).password(me)
-    except CredentialsMissing as exc:
-        err_console.print(str(exc), style="red", highlight=False, markup=False)
-        raise typer.Exit(EXIT_CONFIG) from None
-    return WatchTarget(robot, urls, me.username, password, None, name)
-
+WatchTarget = Target  # the name this module used before the resolver served every client command
 
 def _view(t: WatchTarget, **kwargs: Any) -> Any:
     from orchestrator.observe import RobotView
 
     return RobotView(t.robot, t.urls, username=t.username, password=t.password, tls=t.tls,
-                     client_id=f"{t.robot}.watch.{t.identity}.{os.getpid()}", connect_timeout=3.0, **kwargs)
+                     client_id=f"{t.robot}.watch.{t.identity}.{os.getpid()}", connect_timeout=3.0, fail_fast=True,
+                     **kwargs)
 
 
 # -- echo ------------------------------------------------------------------------------------------
@@ -121,7 +73,7 @@ def _render(topics: Any, topic: str, payload: bytes, retained: bool) -> dict[str
 def echo(
     patterns: Annotated[list[str], typer.Argument(help="topic filters below the robot's root, e.g. 'part/+/state' "
                                                        "or '#' (MQTT wildcards)")],
-    config: Annotated[Path | None, typer.Option("--config", "-c", help="robot configuration (YAML)")] = None,
+    config: ConfigOpt = None,
     robot: RobotOpt = None,
     broker_url: BrokerOpt = None,
     count: Annotated[int | None, typer.Option(help="stop after this many messages", min=1)] = None,
@@ -168,7 +120,7 @@ def echo(
 @app.command()
 def logs(
     part: Annotated[str | None, typer.Argument(help="only this part (default: every part)")] = None,
-    config: Annotated[Path | None, typer.Option("--config", "-c", help="robot configuration (YAML)")] = None,
+    config: ConfigOpt = None,
     robot: RobotOpt = None,
     broker_url: BrokerOpt = None,
     as_json: Annotated[bool, typer.Option("--json", help="JSON lines")] = False,
@@ -209,7 +161,8 @@ def logs(
 # -- monitor ---------------------------------------------------------------------------------------
 @app.command()
 def monitor(
-    config: ConfigOpt = None,
+    config: LegacyConfigArg = None,
+    config_opt: ConfigOpt = None,
     robot: RobotOpt = None,
     broker_url: BrokerOpt = None,
     as_json: Annotated[bool, typer.Option("--json", help="JSON lines for scripts instead of the terminal view")]
@@ -222,7 +175,7 @@ def monitor(
     """The robot live: parts, resources and who owns them, sessions, the upstream link, events, telemetry.
 
     Keys in the terminal view: / filter, s stop the selected resource, q quit."""
-    t = resolve(config, robot, broker_url, identity, credentials)
+    t = resolve(config or config_opt, robot, broker_url, identity, credentials)
     if as_json:
         with contextlib.suppress(KeyboardInterrupt):
             _run(_json_lines(t, interval, timeout))

@@ -16,12 +16,12 @@ import time
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, TypeVar
 
 from pydantic import BaseModel
 
 from orchestrator.errors import ProtocolError
-from orchestrator.protocol.codec import Envelope, decode
+from orchestrator.protocol.codec import Envelope
 from orchestrator.protocol.messages import (
     Counters,
     LivenessReport,
@@ -36,9 +36,12 @@ from orchestrator.protocol.messages import (
 )
 from orchestrator.protocol.refusals import Refusals
 from orchestrator.protocol.topics import Topics
+from orchestrator.protocol.trust import authentic_envelope, trusted
 from orchestrator.transport.client import Message, MqttClient
 
 __all__ = ["Event", "PartView", "RobotView"]
+
+M = TypeVar("M", bound=BaseModel)
 
 MAX_EVENTS = 500
 STALE_PULSE_S = 2.5  # the primary reports every second: past this, its reports stopped
@@ -78,6 +81,27 @@ class PartView:
         # as of the last report (once a second); once reports stop coming, an upper bound that keeps growing
         return round(self.pulse.age_s + (late if late > STALE_PULSE_S else 0.0), 3)
 
+    def liveness(self, status: RobotStatus | None, now: float) -> str:
+        """``live`` (heard from lately), ``silent`` (its heartbeats stopped: frozen or cut off, not yet
+        declared offline), ``offline`` (its Will, its own state, or the primary says so) or ``unknown``."""
+        if self.state is not None and self.state.state.value in ("offline", "stopped"):
+            return "offline"
+        if status is not None and self.name == status.primary:
+            return "offline" if status.state in ("offline", "stopped") else "live"
+        st = status.parts.get(self.name) if status is not None else None
+        if st is not None and not st.online:
+            return "offline"
+        if self.pulse is not None:
+            age = self.heartbeat_age(now)
+            if not self.pulse.online:
+                return "offline"
+            if age is not None and self.pulse.heartbeat_s and age > 3 * self.pulse.heartbeat_s + 0.1:
+                return "silent"
+            return "live"
+        if self.state is None or status is None or status.state in ("offline", "stopped"):
+            return "unknown"  # no primary is watching its heartbeats
+        return "live" if st is not None and st.online else "unknown"
+
     def to_json(self, status: RobotStatus | None) -> dict[str, Any]:
         st = status.parts.get(self.name) if status is not None else None
         now = time.time()
@@ -90,6 +114,7 @@ class PartView:
             "birth": self.birth, "pid": self.state.pid if self.state else None,
             "parent": self.state.parent if self.state else None,
             "reason": (st.reason if st else None) or (self.state.reason if self.state else None),
+            "liveness": self.liveness(status, now),
             "heartbeat_age_s": self.heartbeat_age(now),
             "heartbeat_jitter_s": self.pulse.jitter_s if self.pulse else None,
             "since": st.since if st else None,
@@ -108,11 +133,12 @@ class RobotView:
 
     def __init__(self, robot: str, urls: list[tuple[str, int]], *, username: str | None = None,
                  password: str | None = None, tls: Any = None, connect_timeout: float = 5.0,
-                 client_id: str | None = None, logs: bool = True, telemetry: bool = True) -> None:
+                 client_id: str | None = None, logs: bool = True, telemetry: bool = True,
+                 fail_fast: bool = False) -> None:
         self.topics = Topics(robot)
         self.robot = robot
         self.mqtt = MqttClient(client_id or f"{robot}.view.{id(self) & 0xFFFFFF:x}", urls, username=username,
-                               password=password, tls=tls, connect_timeout=connect_timeout)
+                               password=password, tls=tls, connect_timeout=connect_timeout, fail_fast=fail_fast)
         self.parts: dict[str, PartView] = {}
         self.status: RobotStatus | None = None
         self.upstream: UpstreamState | None = None
@@ -124,6 +150,7 @@ class RobotView:
         self._logs = logs
         self._telemetry = telemetry
         self.messages = 0
+        self.refused_topics: dict[str, str] = {}  # topic -> why its last message was not believed
 
     # -- lifecycle --------------------------------------------------------------------------------
     async def __aenter__(self) -> RobotView:
@@ -227,26 +254,31 @@ class RobotView:
 
     def _trusted(self, msg: Message) -> Envelope | None:
         self.messages += 1
-        try:
-            env = decode(msg.payload)
-        except ProtocolError as exc:
-            self.refusals.refuse(str(exc.details.get("reason", "malformed")), msg.topic)
+        version = self.refusals.version
+        env = authentic_envelope(self.topics, self.refusals, msg.topic, msg.payload)
+        if env is None:
+            self._refused(msg.topic, version)
             return None
-        if not self.topics.authentic(msg.topic, env.src):
-            self.refusals.refuse("forged_sender", msg.topic)
-            return None
+        self.refused_topics.pop(msg.topic, None)
         self.changed.set()
         return env
 
-    def _parse(self, msg: Message, model: type[BaseModel]) -> tuple[Envelope, Any] | None:
-        env = self._trusted(msg)
-        if env is None:
+    def _parse(self, msg: Message, model: type[M]) -> tuple[Envelope, M] | None:
+        self.messages += 1
+        version = self.refusals.version
+        got = trusted(self.topics, self.refusals, msg.topic, msg.payload, model)
+        if got is None:
+            self._refused(msg.topic, version)
             return None
-        try:
-            return env, env.parse(model)
-        except ProtocolError:
-            self.refusals.refuse(f"bad_{model.__name__}", msg.topic)
-            return None
+        self.refused_topics.pop(msg.topic, None)
+        self.changed.set()
+        return got
+
+    def _refused(self, topic: str, version: int) -> None:
+        """Remember why the last message of a topic was not believed (``status`` shows such a row as invalid)."""
+        if self.refusals.version != version and (topic in self.refused_topics or len(self.refused_topics) < 10_000):
+            self.refused_topics[topic] = self.refusals.last_reason or "refused"
+            self.changed.set()
 
     def _on_state(self, msg: Message) -> None:
         name = self.topics.part_of(msg.topic)

@@ -28,7 +28,7 @@ def test_compose_services_mirror_the_robot_topology() -> None:
     services = compose["services"]
     for part in topo.parts:
         svc = services[part]
-        assert svc["command"][:4] == ["part", "/config/rover.yaml", "--name", part]
+        assert svc["command"][:5] == ["part", "-c", "/config/rover.yaml", "--name", part]
         parent = topo.parent(part)
         deps = svc["depends_on"]
         # compose stops in reverse depends_on order: a child depending on its parent stops first
@@ -43,7 +43,7 @@ def test_committed_compose_file_is_what_orchestrator_compose_generates() -> None
     gen = generate(load_config(ROOT / "examples" / "rover.yaml"), ComposeOptions(out_dir=ROOT))
     expected = gen.compose_text(compose_header("rover", "examples/rover.yaml"))
     assert (ROOT / "docker-compose.yml").read_text() == expected, \
-        "docker-compose.yml is stale: run `orchestrator compose examples/rover.yaml -o docker-compose.yml`"
+        "docker-compose.yml is stale: run `orchestrator compose -c examples/rover.yaml -o docker-compose.yml`"
     assert gen.mosquitto_conf_path == ROOT / "broker_config" / "rover" / "mosquitto.conf"
     assert gen.mosquitto_conf_path.read_text() == gen.mosquitto_conf, "broker_config/rover/mosquitto.conf is stale"
 
@@ -74,7 +74,7 @@ def test_compose_command_writes_a_valid_file_for_any_robot(tmp_path: Path) -> No
         parent = topo.parent(part)
         # children depend on a healthy parent: compose stops them first (bottom-up), starts them after
         assert svc["depends_on"] == {parent or "broker": {"condition": "service_healthy"}}
-        assert svc["healthcheck"]["test"][:5] == ["CMD", "orchestrator", "health", "/config/mine.yaml", "--part"]
+        assert svc["healthcheck"]["test"][:6] == ["CMD", "orchestrator", "health", "-c", "/config/mine.yaml", "--part"]
         assert float(svc["stop_grace_period"].rstrip("s")) > topo.stop_budget(part)
         assert svc["restart"] == ("no" if part == "a" else "on-failure:3")
         assert svc["logging"] == {"driver": "json-file", "options": {"max-size": "10m", "max-file": "3"}}

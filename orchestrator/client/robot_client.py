@@ -58,13 +58,15 @@ class RobotClient:
         sessions: bool = True,
         primary: str | None = None,
         tls: TlsSettings | None = None,
+        fail_fast: bool = False,
     ) -> None:
         self.id = ClientId(robot, name or f"sdk-{os.getpid()}-{uuid.uuid4().hex[:6]}")
         self.topics = Topics(robot, primary)
         # the identity is the broker username; the MQTT client id is unique per connection, so several
         # processes can act as the same identity without taking each other's connection over
         self.mqtt = MqttClient(f"{robot}.client.{self.id.name}.{uuid.uuid4().hex[:6]}", urls, username=username,
-                               password=password, connect_timeout=connect_timeout, tls=tls)
+                               password=password, connect_timeout=connect_timeout, tls=tls,
+                               fail_fast=fail_fast)
         self.rpc = RpcClient(self.mqtt, self.topics, self.id.sender, default_timeout=timeout)
         self.robot_down = asyncio.Event()
         self.notices: list[Notice] = []

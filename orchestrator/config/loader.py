@@ -11,14 +11,17 @@ excerpt of what was found, never the input itself.
 
 from __future__ import annotations
 
+import copy
+import difflib
 import reprlib
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from types import UnionType
+from typing import Annotated, Any, Union, get_args, get_origin
 
 import yaml
-from pydantic import ValidationError
+from pydantic import BaseModel, ValidationError
 
 from orchestrator.config.models import RobotConfig
 from orchestrator.config.topology import Problem, Topology, check
@@ -157,13 +160,55 @@ def _line_of(root: yaml.Node | None, path: tuple[str | int, ...]) -> int | None:
     return line
 
 
+def _model_at(path: tuple[str | int, ...]) -> type[BaseModel] | None:
+    """The pydantic model that validates the mapping at ``path`` of a configuration, if one does."""
+    tp: Any = RobotConfig
+    for seg in path:
+        tp = _unwrap(tp)
+        if isinstance(tp, type) and issubclass(tp, BaseModel) and isinstance(seg, str):
+            field = tp.model_fields.get(seg)
+            if field is None:
+                return None
+            tp = field.annotation
+        elif get_origin(tp) in (list, tuple) and isinstance(seg, int):
+            tp = get_args(tp)[0] if get_args(tp) else None
+        elif get_origin(tp) is dict and isinstance(seg, str):
+            tp = get_args(tp)[1] if len(get_args(tp)) == 2 else None
+        else:
+            return None
+    tp = _unwrap(tp)
+    return tp if isinstance(tp, type) and issubclass(tp, BaseModel) else None
+
+
+def _unwrap(tp: Any) -> Any:
+    """``X | None``, ``Annotated[X, ...]``: X (the first model of a union)."""
+    for _ in range(8):
+        origin = get_origin(tp)
+        if origin is Annotated:
+            tp = get_args(tp)[0]
+        elif origin in (Union, UnionType):
+            args = [a for a in get_args(tp) if a is not type(None)]
+            tp = next((a for a in args if isinstance(a, type) and issubclass(a, BaseModel)), args[0] if args else tp)
+        else:
+            break
+    return tp
+
+
+def did_you_mean(word: object, choices: Iterable[str]) -> str:
+    """`` (did you mean 'x'?)`` for a close match among ``choices`` (difflib), else ``""``."""
+    close = difflib.get_close_matches(str(word)[:100], list(choices)[:10_000], n=1, cutoff=0.6)
+    return f" (did you mean {close[0]!r}?)" if close else ""
+
+
 def _pydantic_problems(exc: ValidationError) -> list[Problem]:
     out = []
     for err in exc.errors():
         loc = tuple(x for x in err["loc"] if not (isinstance(x, str) and x.startswith("function-")))
         msg = err["msg"]
         if err["type"] == "extra_forbidden":
-            msg = "unknown key (not part of the robot configuration schema)"
+            model = _model_at(loc[:-1])
+            hint = did_you_mean(loc[-1], model.model_fields) if model is not None and loc else ""
+            msg = f"unknown key (not part of the robot configuration schema){hint}"
         elif err["type"] == "missing":
             msg = "required key is missing"
         elif "input" in err and err["type"] not in ("model_type",):
@@ -208,7 +253,10 @@ def parse_config(
     try:
         config = RobotConfig.model_validate(data)
     except ValidationError as exc:
-        raise fail(_pydantic_problems(exc)) from None
+        schema = _pydantic_problems(exc)
+        # every problem at once: the rest of the file is still checked (topology, dependencies, models)
+        # with the keys in error taken out, where that leaves a configuration that validates
+        raise fail(schema + _beyond_schema(data, schema, model_check)) from None
     problems: list[Problem] = []
     if model_check is not None:
         problems += model_check(config)
@@ -218,6 +266,35 @@ def parse_config(
     if problems:
         raise fail(problems)
     return LoadedConfig(Path(source), config, Topology.build(config))
+
+
+def _beyond_schema(data: dict[str, Any], schema: list[Problem], model_check: ModelCheck | None) -> list[Problem]:
+    """The semantic problems of a file that failed its schema: the keys in error are removed (each at its
+    nearest mapping key, so no list index moves) and, if what is left validates, it is checked like a valid
+    file; problems under a removed key are left out (they would only echo the schema error)."""
+    removed: list[tuple[str | int, ...]] = []
+    for p in schema:
+        keys = [i for i, seg in enumerate(p.path) if isinstance(seg, str)]
+        if not keys or p.path[: keys[-1] + 1] in (("parts",), ("robot",)):
+            return []  # nothing sensible to check without it
+        removed.append(p.path[: keys[-1] + 1])
+    trimmed = copy.deepcopy(data)
+    for path in removed:
+        node: Any = trimmed
+        for seg in path[:-1]:
+            try:
+                node = node[seg]
+            except (KeyError, IndexError, TypeError):
+                node = None
+                break
+        if isinstance(node, dict):
+            node.pop(path[-1], None)
+    try:
+        config = RobotConfig.model_validate(trimmed)
+    except ValidationError:
+        return []
+    more = check(config) + (model_check(config) if model_check is not None else [])
+    return [p for p in more if not any(p.path[: len(r)] == r for r in removed)]
 
 
 def load_config(path: str | Path, *, check_models: bool = True) -> LoadedConfig:

@@ -202,7 +202,7 @@ class SecurityConfig(_Strict):
     credentials: str = Field(
         default=".orchestrator/{robot}/credentials",
         description="directory of secrets (owner-only), relative to the config file; `{robot}` is replaced. "
-        "Created by `orchestrator credentials CONFIG`; $ORCHESTRATOR_CREDENTIALS overrides it",
+        "Created by `orchestrator credentials -c CONFIG`; $ORCHESTRATOR_CREDENTIALS overrides it",
     )
     insecure: bool = Field(
         default=False,

@@ -6,6 +6,7 @@ this subtree take to stop"); it never re-derives the answer itself.
 
 from __future__ import annotations
 
+import difflib
 from collections.abc import Hashable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import TypeVar
@@ -220,6 +221,12 @@ def shown(names: Sequence[object], limit: int = SHOWN) -> str:
     return ", ".join(bits) + (f", ... ({more} more)" if more > 0 else "")
 
 
+def _close(word: str, choices: Iterable[str]) -> str:
+    """`` (did you mean 'x'?)`` for a close name (difflib), else ``""``."""
+    close = difflib.get_close_matches(word[:100], sorted(set(choices))[:10_000], n=1, cutoff=0.6)
+    return f" (did you mean {close[0]!r}?)" if close else ""
+
+
 def _chain(nodes: Sequence[object]) -> str:
     """``a -> b -> a`` for a cycle, bounded: the first and last few names of a long one."""
     names = [str(n)[:64] for n in nodes]
@@ -253,7 +260,8 @@ def check(config: RobotConfig) -> list[Problem]:
     for i, p in enumerate(config.parts):
         if p.parent is not None and p.parent not in index:
             problems.append(Problem(("parts", i, "parent"),
-                                    f"unknown parent {p.parent[:64]!r}: expected one of [{shown(sorted(index))}]"))
+                                    f"unknown parent {p.parent[:64]!r}{_close(p.parent, index)}: expected one of "
+                                    f"[{shown(sorted(index))}]"))
         if p.parent == p.name:
             problems.append(Problem(("parts", i, "parent"), f"part {p.name!r} is its own parent"))
     # cycles in the parent relation (only meaningful once parents are known): each part is walked up once
@@ -317,7 +325,9 @@ def check(config: RobotConfig) -> list[Problem]:
                     problems.append(
                         Problem(
                             ("parts", i, "resources", j, "depends_on", k),
-                            f"resource {p.name}/{r.name} depends on {d!r}, which no part hosts",
+                            f"resource {p.name}/{r.name} depends on {d!r}, which no part hosts"
+                            + _close(d, [x.name if x.part == p.name else str(x) for x in all_refs]
+                                     + [str(x) for x in all_refs]),
                         )
                     )
                 elif dep == ref:

@@ -521,26 +521,31 @@ class Launcher:
                 pp = self.procs.get(e.part)
                 if pp is not None and pp.killed:
                     e.killed = True
-            t0 = tl.started_at
-
-            def ms(t: float | None) -> str:
-                return "-" if t is None else f"{(t - t0) * 1000:.1f}"
-
-            table = Table(title=f"shutdown of {self.config.robot} ({tl.reason}) — ms since the request")
-            for col in ("part", "parent", "asked", "began", "stopped", "reported", "forced", "by", "stopped resources"):
-                table.add_column(col)
-            for e in sorted(tl.entries, key=lambda e: (e.began_at or e.asked_at or 0.0)):
-                table.add_row(e.part, e.parent or "-", ms(e.asked_at), ms(e.began_at), ms(e.stopped_at),
-                              ms(e.reported_at), "[red]FORCED[/]" + (" killed" if e.killed else "") if e.forced
-                              else "no", e.by or "parent", ", ".join(e.resources_stopped) or "-")
-            self.console.print(table)
+            self.console.print(timeline_table(self.config.robot, tl))
             if tl.clients_closed_at is not None:
-                self.say(f"clients closed at {ms(tl.clients_closed_at).strip()} ms")
+                self.say(f"clients closed at {(tl.clients_closed_at - tl.started_at) * 1000:.1f} ms")
             self.say(f"shutdown took {(time.time() - started) * 1000:.0f} ms")
             data = {"timeline": tl.model_dump(mode="json"),
                     "killed": [n for n, p in self.procs.items() if p.killed]}
         if self.timeline_json is not None:
             self.timeline_json.write_text(json.dumps(data, indent=2))
+
+
+def timeline_table(robot: str, tl: Timeline) -> Table:
+    """A shutdown timeline as a table (``up`` and ``shutdown --wait`` print it): ms since the request."""
+    t0 = tl.started_at
+
+    def ms(t: float | None) -> str:
+        return "-" if t is None else f"{(t - t0) * 1000:.1f}"
+
+    table = Table(title=f"shutdown of {robot} ({tl.reason}) — ms since the request")
+    for col in ("part", "parent", "asked", "began", "stopped", "reported", "forced", "by", "stopped resources"):
+        table.add_column(col)
+    for e in sorted(tl.entries, key=lambda e: (e.began_at or e.asked_at or 0.0)):
+        table.add_row(e.part, e.parent or "-", ms(e.asked_at), ms(e.began_at), ms(e.stopped_at),
+                      ms(e.reported_at), "[red]FORCED[/]" + (" killed" if e.killed else "") if e.forced
+                      else "no", e.by or "parent", ", ".join(e.resources_stopped) or "-")
+    return table
 
 
 async def run_up(loaded: LoadedConfig, *, timeline_json: Path | None = None, console: Console | None = None,

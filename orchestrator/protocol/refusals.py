@@ -27,6 +27,7 @@ class Refusals:
         self._logged_at: dict[str, float] = {}
         self._suppressed: dict[str, int] = {}
         self._last: tuple[object, str] | None = None  # the message refused last, and why
+        self.last_reason = ""  # why the last refusal was made
 
     @property
     def total(self) -> int:
@@ -37,6 +38,7 @@ class Refusals:
         """Count (and perhaps log) one refusal.  ``message``: the message refused; several handlers of one
         process that refuse the same message for the same reason count it once."""
         reason = reason[:48]
+        self.last_reason = reason
         if message is not None:
             previous = self._last
             if previous is not None and previous[0] is message and previous[1] == reason:

@@ -156,6 +156,8 @@ def default_registry() -> Registry:
 
 def check_models(config: RobotConfig, registry: Registry | None = None) -> list[Problem]:
     """Unknown models and invalid attributes, as config problems with their paths."""
+    from orchestrator.config.loader import did_you_mean
+
     reg = registry or default_registry()
     out: list[Problem] = []
     for i, p in enumerate(config.parts):
@@ -165,8 +167,8 @@ def check_models(config: RobotConfig, registry: Registry | None = None) -> list[
                 out.append(
                     Problem(
                         (*path, "model"),
-                        f"unknown model {r.model!r}: no installed plugin package provides it "
-                        f"(installed: {', '.join(reg.models()) or 'none'})",
+                        f"unknown model {r.model!r}{did_you_mean(r.model, reg.models())}: no installed plugin "
+                        f"package provides it (installed: {', '.join(reg.models()) or 'none'})",
                     )
                 )
                 continue

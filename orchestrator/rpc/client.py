@@ -16,6 +16,7 @@ Calls fail fast instead of waiting out their deadline when the robot already kno
 from __future__ import annotations
 
 import asyncio
+import difflib
 import itertools
 import logging
 import os
@@ -35,10 +36,11 @@ from orchestrator.errors import (
     UnknownResource,
     from_wire,
 )
-from orchestrator.protocol.codec import Envelope, check_value, decode, decode_body, encode
+from orchestrator.protocol.codec import Envelope, check_value, decode_body, encode
 from orchestrator.protocol.messages import CallReply, PartState, PartStateName, RobotStatus
 from orchestrator.protocol.refusals import Refusals
 from orchestrator.protocol.topics import Topics, valid_level
+from orchestrator.protocol.trust import authentic_envelope
 from orchestrator.sessions.context import current
 from orchestrator.transport.client import Message, MqttClient
 
@@ -63,6 +65,7 @@ class RpcClient:
         self._prefix = f"{os.getpid():x}.{id(self) & 0xFFFF:x}."
         self.part_states: dict[str, tuple[int, PartStateName]] = {}
         self.status: RobotStatus | None = None  # the primary's view, unless its Will says it is offline
+        self.status_seen = asyncio.Event()  # set once a robot status was read (a retained one comes at once)
         self.session: str | None = None
         self.session_ended: str | None = None  # the robot ended self.session: why (calls in it fail at once)
         # called once, on the first call made in this client's own session (a part heartbeats its
@@ -93,8 +96,11 @@ class RpcClient:
         if status is not None and status.state != "offline":
             known = status.parts.get(part)
             if known is None and part != status.primary:
-                return UnknownResource(f"robot {status.robot} has no part {part!r} "
-                                       f"(parts: {', '.join(sorted({status.primary, *status.parts}))})", part=part)
+                names = sorted({status.primary, *status.parts})
+                close = difflib.get_close_matches(part, names, n=1)
+                hint = f"did you mean {close[0]!r}? " if close else ""
+                return UnknownResource(f"robot {status.robot} has no part {part[:64]!r} ({hint}parts: "
+                                       f"{', '.join(names[:50])})", part=part)
             if known is not None and not known.online and (st is None or known.birth >= st[0]):
                 why = known.reason or ("not started" if not known.birth else known.state.value)
                 return PartOffline(f"part {part} is offline ({why})", part=part)
@@ -197,15 +203,7 @@ class RpcClient:
 
     def _trusted(self, msg: Message) -> Envelope | None:
         """The envelope, if it decodes and its sender is the identity the topic is reserved to."""
-        try:
-            env = decode(msg.payload)
-        except ProtocolError as exc:
-            self.refusals.refuse(str(exc.details.get("reason", "malformed")), msg.topic, message=msg)
-            return None
-        if not self.topics.authentic(msg.topic, env.src):
-            self.refusals.refuse("forged_sender", msg.topic, message=msg)
-            return None
-        return env
+        return authentic_envelope(self.topics, self.refusals, msg.topic, msg.payload, message=msg)
 
     def _on_state(self, msg: Message) -> None:
         part = self.topics.part_of(msg.topic)
@@ -237,6 +235,7 @@ class RpcClient:
             self.refusals.refuse("bad_status", msg.topic, message=msg)
             return
         self.status = status
+        self.status_seen.set()
         if status.state == "offline":
             self._fail(status.primary, PartOffline(f"part {status.primary} (the primary) went offline during "
                                                    "the call", part=status.primary))

@@ -1,4 +1,4 @@
-"""Entry point of one part process (``orchestrator part CONFIG --name NAME``)."""
+"""Entry point of one part process (``orchestrator part -c CONFIG --name NAME``)."""
 
 from __future__ import annotations
 

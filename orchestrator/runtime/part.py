@@ -31,9 +31,9 @@ from typing import Any, TypeVar
 from pydantic import BaseModel
 
 from orchestrator.config.loader import LoadedConfig
-from orchestrator.config.topology import MESSAGE_MARGIN_S
+from orchestrator.config.topology import MESSAGE_MARGIN_S, ResourceRef
 from orchestrator.errors import ConfigError, PartOffline, ProtocolError
-from orchestrator.protocol.codec import Envelope, Sequencer, decode, decode_light, encode
+from orchestrator.protocol.codec import Envelope, Sequencer, decode_light, encode
 from orchestrator.protocol.messages import (
     Control,
     ControlCommand,
@@ -49,7 +49,8 @@ from orchestrator.protocol.messages import (
 )
 from orchestrator.protocol.refusals import Refusals
 from orchestrator.protocol.topics import PartId, Topics
-from orchestrator.resources.base import Resource
+from orchestrator.protocol.trust import trusted
+from orchestrator.resources.base import Actuator, Resource
 from orchestrator.resources.registry import Registry
 from orchestrator.rpc.client import RpcClient
 from orchestrator.rpc.methods import MethodSpec
@@ -58,7 +59,7 @@ from orchestrator.rpc.stats import CallStats
 from orchestrator.runtime.conversation import Conversations
 from orchestrator.runtime.liveness import Liveness
 from orchestrator.runtime.monitoring import JsonMirror
-from orchestrator.runtime.reload import changed_resources
+from orchestrator.runtime.reload import affected_refs, stopped_through
 from orchestrator.runtime.resource_host import ResourceHost
 from orchestrator.runtime.telemetry import Telemetry
 from orchestrator.runtime.watchdog import LoopWatchdog
@@ -243,19 +244,7 @@ class Part:
     def trusted(self, msg: Message, model: type[M]) -> tuple[Envelope, M] | None:
         """Decode a message and believe it only from the identity its topic is reserved to (the broker's
         topic rights make sure nobody else can publish there); anything else is refused and counted."""
-        try:
-            env = decode(msg.payload)
-        except ProtocolError as exc:
-            self.refusals.refuse(str(exc.details.get("reason", "malformed")), msg.topic, message=msg)
-            return None
-        if not self.topics.authentic(msg.topic, env.src):
-            self.refusals.refuse("forged_sender", msg.topic, f"claims {env.src[:80]}", message=msg)
-            return None
-        try:
-            return env, env.parse(model)
-        except ProtocolError:
-            self.refusals.refuse(f"bad_{model.__name__}", msg.topic, message=msg)
-            return None
+        return trusted(self.topics, self.refusals, msg.topic, msg.payload, model, message=msg)
 
     # -- lifecycle --------------------------------------------------------------------------------
     async def __aenter__(self) -> Part:
@@ -463,9 +452,10 @@ class Part:
                                       timeout=2.0)
         self.mirror(self.topics.part_metrics(self.name), body, retain=True)
 
-    def event(self, kind: str, text: str, level: str = "info") -> None:
-        """Tell the people watching (``monitor``, ``logs``) what happened to this part; not retained."""
-        body = {"kind": kind, "text": text[:500], "level": level, "ts": time.time()}
+    def event(self, kind: str, text: str, level: str = "info", **details: Any) -> None:
+        """Tell the people watching (``monitor``, ``logs``, ``reload``) what happened to this part; not
+        retained.  ``details``: structured fields beside the text (a reload's rebuilt resources...)."""
+        body = {**details, "kind": kind, "text": text[:500], "level": level, "ts": time.time()}
         with contextlib.suppress(Exception):
             self.client.publish_nowait(self.topics.part_events(self.name),
                                        encode(self.sender, body, birth=self.client.birth, seq=self._seq.next()),
@@ -497,7 +487,12 @@ class Part:
             return None
         if new.topology.parent(self.name) != self.parent or new.topology.children(self.name) != self.children:
             log.warning("part %s: parent/children changes need a restart; reloading resources only", self.name)
-        affected = changed_resources(self.loaded, new, self.name)
+        affected_all = affected_refs(self.loaded, new)
+        affected = {ref.name for ref in affected_all if ref.part == self.name}
+        # what the rebuild stops besides what it rebuilds (a base rebuilt for one motor stops the other)
+        stopped = stopped_through(self.topology, self.name,
+                                  {n for n in affected if isinstance(self.host.resources.get(n), Actuator)},
+                                  affected_all, self._drives)
         new_part = new.config.part(self.name)
         rebuilt, removed = await self.host.reload(new_part, new.topology, new.config, affected)
         self.loaded, self.config, self.topology, self.part_config = new, new.config, new.topology, new_part
@@ -505,12 +500,27 @@ class Part:
         self.telemetry.restart()
         await self.publish_resources()
         log.info("part %s reloaded (%s): rebuilt %s, removed %s", self.name, reason, rebuilt, removed)
+        also = "; ".join(f"stopped {res} (through {', '.join(by)}, rebuilt)" for res, by in stopped.items())
+        if also:
+            log.warning("part %s: reload %s", self.name, also)
         self.event("reload", f"reloaded ({reason}): rebuilt {', '.join(rebuilt) or 'nothing'}"
-                   + (f", removed {', '.join(removed)}" if removed else ""))
+                   + (f", removed {', '.join(removed)}" if removed else "") + (f"; {also}" if also else ""),
+                   "warning" if stopped else "info", rebuilt=rebuilt[:1000], removed=removed[:1000],
+                   stopped=dict(list(stopped.items())[:1000]))
         for child in self.children:
             ctl = Control(cmd=ControlCommand.RELOAD, reason=reason)
             self.client.publish_nowait(self.topics.part_control(self.name, child), self.encode(ctl), qos=1)
         return rebuilt, removed
+
+    def _drives(self, ref: ResourceRef) -> bool:
+        """Is ``ref`` (as the running configuration has it) an actuator, something a stop stops?"""
+        if ref.part == self.name:
+            return isinstance(self.host.resources.get(ref.name), Actuator)
+        try:
+            model = next(r.model for r in self.config.part(ref.part).resources if r.name == ref.name)
+            return issubclass(self.host.registry.get(model).kind, Actuator)
+        except Exception:  # an unknown part, resource or model: not something we know to move
+            return False
 
     # -- children's liveness -----------------------------------------------------------------------
     async def _liveness_loop(self) -> None:

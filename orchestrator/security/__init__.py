@@ -1,8 +1,8 @@
 """Security: one identity per part and client, topic rights from the topology, secrets on disk.
 
 - :mod:`orchestrator.security.credentials`: the credentials directory (secrets, session key,
-  password file), created by ``orchestrator credentials CONFIG``;
-- :mod:`orchestrator.security.acl`: topic rights per identity (``orchestrator acl CONFIG`` prints
+  password file), created by ``orchestrator credentials -c CONFIG``;
+- :mod:`orchestrator.security.acl`: topic rights per identity (``orchestrator acl -c CONFIG`` prints
   them for mosquitto; the embedded broker enforces the same);
 - :mod:`orchestrator.security.passwords`: mosquitto-compatible password hashes.
 

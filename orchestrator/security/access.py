@@ -35,7 +35,7 @@ class Access:
             ca = ca if ca.is_absolute() else store.directory / ca
             if not ca.is_file():
                 raise CredentialsMissing(f"{ca}: no CA certificate to verify the broker with (make a development "
-                                         "one with `orchestrator certs CONFIG`)", path=str(ca))
+                                         "one with `orchestrator certs -c CONFIG`)", path=str(ca))
             tls = TlsSettings(str(ca))
         if config.security.insecure:
             return cls(identity, tls=tls)

@@ -102,7 +102,7 @@ class CredentialStore:
                 text = f.read(MAX_SECRET + 1)
         except FileNotFoundError:
             raise CredentialsMissing(
-                f"{p}: no {what} (create the robot's credentials with `orchestrator credentials CONFIG`, "
+                f"{p}: no {what} (create the robot's credentials with `orchestrator credentials -c CONFIG`, "
                 f"or point $ORCHESTRATOR_CREDENTIALS at the directory that holds them)", path=str(p)) from None
         except (OSError, UnicodeDecodeError) as exc:
             raise CredentialsMissing(f"{p}: cannot read the {what}: {exc}", path=str(p)) from None
@@ -133,7 +133,7 @@ class CredentialStore:
         try:
             return passwords.PasswordFile.load(p)
         except FileNotFoundError:
-            raise CredentialsMissing(f"{p}: no password file (run `orchestrator credentials CONFIG`)",
+            raise CredentialsMissing(f"{p}: no password file (run `orchestrator credentials -c CONFIG`)",
                                      path=str(p)) from None
         except (OSError, ValueError) as exc:
             raise CredentialsMissing(f"{p}: {exc}", path=str(p)) from None
