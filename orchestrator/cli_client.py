@@ -397,10 +397,13 @@ def resources(
     robot: RobotOpt = None,
     broker_url: BrokerOpt = None,
     as_json: Annotated[bool, typer.Option("--json", help="machine-readable output")] = False,
+    methods: Annotated[bool, typer.Option("--methods", help="each resource's methods: arguments, types, "
+                                                             "whether it moves")] = False,
     identity: IdentityOpt = None,
     credentials: CredentialsOpt = None,
 ) -> None:
-    """List what every part hosts (from the retained topics)."""
+    """List what every part hosts (from the retained topics): model, API, status, and with ``--methods``
+    what each resource can be called with (no plugin needed: the parts list it)."""
     t = resolve(config, robot, broker_url, identity, credentials)
 
     async def go() -> dict[str, list[dict[str, Any]]]:
@@ -411,14 +414,22 @@ def resources(
     if as_json:
         print(json.dumps(listing, indent=2))
         return
+    from orchestrator.cli_plugins import signature
+
     table = Table(title=f"resources of {t.robot}")
-    for col in ("part", "resource", "model", "status", "reason"):
+    for col in ("part", "resource", "model", "api", "status", "reason"):
         table.add_column(col)
+    if methods:
+        table.add_column("methods (* moves)")
     for part_name in _part_order(t, sorted(listing)):
         for r in listing.get(part_name, []):
             colour = "green" if r["status"] == "ready" else "red"
-            table.add_row(part_name, Text(r["name"]), Text(r["model"]), Text(r["status"], style=colour),
-                          Text(r.get("reason") or ""))
+            row = [part_name, Text(r["name"]), Text(r["model"]), Text(r.get("api") or "?"),
+                   Text(r["status"], style=colour), Text(r.get("reason") or "")]
+            if methods:
+                row.append(Text("\n".join(("* " if m.get("actuating") else "  ") + signature(m)
+                                          for m in r.get("methods") or [])))
+            table.add_row(*row)
     console.print(table)
 
 

@@ -16,7 +16,7 @@ plugin = typer.Typer(no_args_is_help=True, help="Plugin packages: start one from
 app.add_typer(plugin, name="plugin")
 
 
-def _signature(method: dict[str, Any]) -> str:
+def signature(method: dict[str, Any]) -> str:
     args = []
     for a in method["args"]:
         text = f"{a['name']}: {a['type']}"
@@ -62,7 +62,7 @@ def models(
         table.add_column("moves", justify="center")
         table.add_column("doc")
         for m in d["methods"]:
-            table.add_row(Text(_signature(m)), "yes" if m["actuating"] else "", Text(m["doc"]))
+            table.add_row(Text(signature(m)), "yes" if m["actuating"] else "", Text(m["doc"]))
         console.print(table)
         props = d["attributes"].get("properties", {})
         required = set(d["attributes"].get("required", []))

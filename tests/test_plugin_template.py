@@ -93,6 +93,15 @@ def test_a_robot_using_the_new_plugin_runs_under_up(plugin_env: tuple[Path, Path
             seen.append(line)
         res = run([*cli, "call", "main/counter", "get_readings", "-c", "example.yaml", "--broker", url], cwd=plugin)
         assert res.returncode == 0 and '"value"' in res.stdout, res.stdout + res.stderr
+        # what the part lists: the API and the methods (with nothing but the listing: no plugin needed)
+        res = run([*cli, "resources", "-c", "example.yaml", "--broker", url, "--json"], cwd=plugin)
+        assert res.returncode == 0, res.stderr
+        wheel = next(r for r in json.loads(res.stdout)["main"] if r["name"] == "wheel")
+        assert wheel["api"] == "orc:component:motor", wheel
+        listed = {m["name"]: m for m in wheel["methods"]}
+        assert listed["go_for"]["actuating"] and [a["name"] for a in listed["go_for"]["args"]] == ["rpm", "revolutions"]
+        res = run([*cli, "resources", "-c", "example.yaml", "--broker", url, "--methods"], cwd=plugin)
+        assert res.returncode == 0 and "set_power" in res.stdout and "orc:component:motor" in res.stdout, res.stdout
         res = run([*cli, "call", "main/wheel", "go_for", "--args", '{"rpm": 60, "revolutions": 0.5}',
                    "-c", "example.yaml", "--broker", url], cwd=plugin)
         assert res.returncode == 0, res.stdout + res.stderr
