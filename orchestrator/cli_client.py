@@ -424,7 +424,7 @@ def resources(
     for part_name in _part_order(t, sorted(listing)):
         for r in listing.get(part_name, []):
             colour = "green" if r["status"] == "ready" else "red"
-            row = [part_name, Text(r["name"]), Text(r["model"]), Text(r.get("api") or "?"),
+            row: list[str | Text] = [part_name, Text(r["name"]), Text(r["model"]), Text(r.get("api") or "?"),
                    Text(r["status"], style=colour), Text(r.get("reason") or "")]
             if methods:
                 row.append(Text("\n".join(("* " if m.get("actuating") else "  ") + signature(m)
