@@ -82,6 +82,19 @@ async def test_a_long_move_can_be_awaited_and_reports_progress(tmp_path: Path, b
         assert seen and seen[-1] == pytest.approx(2.0, abs=0.05) and took >= 0.15  # 2 rev at 600 rpm: 0.2 s
 
 
+async def test_servo_and_base_moves_are_awaited_the_same_way(tmp_path: Path, broker_kind: str) -> None:
+    async with running_robot(tmp_path, broker_kind, PARTS) as robot, robot.client() as client:
+        pan = client.resource("drive/pan", Servo)
+        seen: list[float] = []
+        await complete(pan, pan.move(angle_deg=45), progress=seen.append, timeout=10)  # 180 deg/s: 0.25 s
+        assert await pan.get_position() == pytest.approx(45, abs=0.5) and not await pan.is_moving()
+        assert seen[-1] == pytest.approx(45, abs=0.5)
+        base = client.resource("drive/base", Base)
+        await complete(base, base.move_straight(distance_mm=200, mm_per_s=1000), timeout=10)  # 1 rev at 600 rpm
+        assert not await base.is_moving()
+        assert await client.resource("drive/left", Motor).get_position() == pytest.approx(1.0, abs=0.05)
+
+
 async def test_cancelling_an_awaited_move_stops_the_actuator(tmp_path: Path, broker_kind: str) -> None:
     async with running_robot(tmp_path, broker_kind, PARTS) as robot, robot.client() as client:
         left = client.resource("drive/left", Motor)

@@ -9,7 +9,8 @@ ends when the actuator stops moving::
     await complete(motor, motor.go_for(rpm=60, revolutions=2), progress=print, timeout=10)
 
 - it returns once ``is_moving()`` is false (polled every ``poll_s``: one call each);
-- ``progress(position)`` is called at each poll for actuators with ``get_position()``;
+- ``progress(position)`` is called at each poll for actuators with ``get_position()``, and once
+  more with the final position;
 - **cancelling it (``task.cancel()``, Ctrl-C, a ``timeout``) stops the actuator** before the
   cancellation or :class:`TimeoutError` propagates: a move never outlives the code waiting for it.
 
@@ -34,13 +35,13 @@ STOP_BOUND_S = 5.0
 async def until_stopped(actuator: Actuator, *, poll_s: float = 0.05,
                         progress: Callable[[float], Any] | None = None) -> None:
     """Return when ``actuator`` stops moving (it is polled; nothing is stopped here)."""
-    position = getattr(actuator, "get_position", None)
-    while True:
-        if progress is not None and position is not None:
+    position = getattr(actuator, "get_position", None) if progress is not None else None
+    while await actuator.is_moving():
+        if position is not None and progress is not None:
             progress(await position())
-        if not await actuator.is_moving():
-            return
         await asyncio.sleep(poll_s)
+    if position is not None and progress is not None:
+        progress(await position())  # the last report is where the move ended
 
 
 async def complete(actuator: Actuator, start: Awaitable[Any], *, timeout: float | None = None,
