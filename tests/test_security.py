@@ -825,6 +825,30 @@ async def test_non_finite_arguments_are_refused(robot: InprocRobot) -> None:
     assert not await m.is_moving()
 
 
+@pytest.mark.timeout(30)
+async def test_the_sim_plugin_never_takes_nan_from_inside_a_part(tmp_path: Path) -> None:
+    """On main ``go_for(rpm=NaN)`` gave full power and ``revolutions=NaN`` never ended.  A call between
+    resources inside a part (a base driving its motors) is checked like one from the wire, and the sim
+    driver checks its own arguments as well.  In-process: the broker plays no part in it."""
+    parts = [{"name": "main", "resources": [
+        {"name": "left", "model": "orc:sim:motor"}, {"name": "right", "model": "orc:sim:motor"},
+        {"name": "wheels", "model": "orc:sim:base", "attributes": {"left": "left", "right": "right"}}]}]
+    async with running_robot(tmp_path, "amqtt", parts) as robot:
+        host = robot.parts["main"].host.resources
+        left, wheels = host["left"], host["wheels"]
+        assert isinstance(left, Motor)
+        for call in (lambda: left.go_for(rpm=NAN, revolutions=1), lambda: left.go_for(rpm=10, revolutions=NAN),
+                     lambda: left.go_for(rpm=INF, revolutions=1), lambda: left.set_power(NAN)):
+            with pytest.raises(InvalidArgument):
+                await call()
+        # finite arguments whose product overflows: the base's own arithmetic gives its motors inf
+        with pytest.raises(InvalidArgument):
+            await wheels.spin(angle_deg=1e-300, deg_per_s=1e308)  # type: ignore[attr-defined]
+        with pytest.raises(InvalidArgument):  # the driver itself, reached without the part's checks
+            await type(left).go_for(left, rpm=NAN, revolutions=1.0)
+        assert not await left.is_moving() and not await wheels.is_moving()  # type: ignore[attr-defined]
+
+
 # ---------------------------------------------------------------------------------------------- 7. payloads
 
 TOKEN = "HOSTILE"
