@@ -682,6 +682,35 @@ async def test_another_operator_cannot_read_the_reply_to_sessions_open(robot: In
         assert mine and all(x.endswith("/reply/client/other") for x in mine)
 
 
+@pytest.mark.timeout(30)
+async def test_a_session_secret_is_never_logged_nor_retained(
+        robot: InprocRobot, caplog: pytest.LogCaptureFixture) -> None:
+    """Defect 5: the reply to ``_sessions.open`` went where every ``#`` subscriber read it.  Beyond the
+    reply topics (test above): no log line of any part at DEBUG, and no retained message that a part
+    (the identity that may read the most) gets, carries a session's heartbeat secret or its full id."""
+    caplog.set_level(logging.DEBUG)
+    async with robot.client() as op:
+        assert op.session is not None
+        secret, sid = op.session._heart.secret, op.session.id
+        await op.call("base/left", "set_power", {"power": 0.2})
+        await op.call("base/left", "stop")
+        async with raw(robot.loaded, "part", "main", replies=False) as reader:
+            t = Topics(robot.loaded.config.robot)
+            got: list[Message] = []
+            for f in (f"{t.root}/part/+/#", f"{t.root}/robot/#", f"{t.root}/+/+/session/hb"):
+                with contextlib.suppress(OrchestratorError):  # the embedded broker refuses what it cannot cover
+                    await reader.mqtt.subscribe(f, got.append)
+            for f in (t.part_state("+"), t.part_resources("+"), t.part_counters("+"), t.session_state("+"),
+                      t.robot_status(), t.robot_timeline()):
+                await reader.mqtt.subscribe(f, got.append)
+            await until(lambda: any(m.topic == t.robot_status() for m in got), 5, "the retained robot status")
+    assert got
+    leaked = [m.topic for m in got if secret.encode() in m.payload or sid.encode() in m.payload]
+    assert leaked == [], leaked
+    lines = [r.getMessage() for r in caplog.records]
+    assert lines and not [x for x in lines if secret in x or sid in x], "a log line carries a session secret"
+
+
 @pytest.mark.timeout(40)
 async def test_forged_or_replayed_heartbeats_do_not_keep_a_dead_clients_session_alive(
         robot: InprocRobot, clients: ClientProcess) -> None:
