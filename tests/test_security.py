@@ -507,6 +507,44 @@ async def test_a_forged_stopped_report_before_a_shutdown_does_not_skip_the_child
         assert e.asked_at <= e.began_at <= e.reported_at and e.began_at > 1.0
 
 
+@pytest.mark.timeout(40)
+@pytest.mark.parametrize("kind", KINDS)
+async def test_a_report_overtaken_by_the_stopped_state_is_still_in_the_timeline(tmp_path: Path, kind: str) -> None:
+    """tests/test_nats_mqtt.py once saw a timeline without the grandchild 'odo': on a NATS cluster one
+    publisher's messages on two topics may arrive out of order, so base's "stopped" state reached main
+    before base's report; main then kept an entry for base without its report, and none for odo.
+    Here base's report is held back by hand until after its state: main waits for it (briefly), and
+    every part has its entry."""
+    parts = [dict(p) for p in PARTS[:2]] + [{"name": "odo", "parent": "base", "heartbeat_s": 0.1,
+                                             "heartbeat_misses": 5, "stop_deadline_s": 1.0,
+                                             "resources": [{"name": "odometer", "model": "orc:sim:sensor"}]}]
+    async with running_robot(tmp_path, kind, parts, start=False) as robot, run_parts(robot) as (ps, tasks):
+        t = Topics(robot.loaded.config.robot)
+        base = ps["base"]
+        publish = base.client.publish
+        held: list[tuple[str, bytes, dict[str, Any]]] = []
+
+        async def overtaken(topic: str, payload: bytes, **kw: Any) -> Any:
+            if topic == t.part_report("base"):
+                held.append((topic, payload, kw))  # held back: sent right after the "stopped" state
+                return None
+            result = await publish(topic, payload, **kw)
+            if topic == t.part_state("base") and held:
+                await publish(held[0][0], held[0][1], **held[0][2])  # one connection: delivered in this order
+            return result
+
+        base.client.publish = overtaken  # type: ignore[method-assign]
+        ps["main"].request_stop("the real shutdown")
+        assert await asyncio.wait_for(tasks["main"], 20) == 0
+        assert held
+        tl = ps["main"].timeline
+        assert tl is not None
+        by = {e.part: e for e in tl.entries}
+        assert set(by) == {"main", "base", "odo"}, by
+        assert by["base"].reported_at is not None and sorted(by["base"].resources_stopped) == ["left", "right"]
+        assert by["odo"].reported_at is not None and not by["odo"].forced and not by["odo"].errors
+
+
 # ---------------------------------------------------------------------------------------------- 4. liveness
 
 @pytest.mark.timeout(30)
