@@ -241,6 +241,43 @@ async def test_a_client_cannot_subscribe_to_everything(robot: InprocRobot) -> No
             assert private == [], private
 
 
+@pytest.mark.timeout(60)
+async def test_the_demo_makes_its_own_credentials_and_refuses_anonymous_clients(tmp_path: Path) -> None:
+    """`make demo`: `orchestrator credentials` then `orchestrator up` on examples/rover.yaml (here on a
+    free port): it runs with one secret per identity, an anonymous client is refused, the operator is served."""
+    import re
+    import shutil
+
+    from test_cli import invoke
+
+    cfg = tmp_path / "rover.yaml"
+    shutil.copy(HERE.parent / "examples" / "rover.yaml", cfg)
+    made = await asyncio.to_thread(subprocess.run, [sys.executable, "-m", "orchestrator", "credentials", str(cfg)],
+                                   capture_output=True, text=True, timeout=30)
+    assert made.returncode == 0, made.stderr
+    proc = await asyncio.create_subprocess_exec(sys.executable, "-m", "orchestrator", "up", str(cfg), "--port", "0",
+                                                stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT)
+    seen: list[str] = []
+    try:
+        assert proc.stdout is not None
+        while not any("running (5 parts" in line for line in seen):
+            line = (await asyncio.wait_for(proc.stdout.readline(), 30)).decode()
+            assert line, "".join(seen)
+            seen.append(line)
+        found = re.search(r"listening on mqtt://127\.0\.0\.1:(\d+)", "".join(seen))
+        assert found, "".join(seen)
+        url = f"mqtt://127.0.0.1:{found[1]}"
+        anon = MqttClient(f"anon-{uuid.uuid4().hex[:6]}", [("127.0.0.1", int(found[1]))], connect_timeout=3)
+        with pytest.raises(BrokerUnavailable, match="refused"):
+            await anon.start()
+        res = await asyncio.to_thread(invoke, "call", "base/left", "get_power", "-c", str(cfg), "--broker", url)
+        assert res.exit_code == 0 and res.output.strip() == "0.0", res.output
+    finally:
+        if proc.returncode is None:
+            proc.send_signal(signal.SIGINT)
+            assert await asyncio.wait_for(proc.wait(), 30) == 0
+
+
 # ---------------------------------------------------------------------------------------------- 2. forgery
 
 @pytest.mark.timeout(30)
