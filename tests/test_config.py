@@ -253,3 +253,88 @@ def test_validate_reads_a_bounded_amount_of_dev_urandom(tmp_path: Path) -> None:
     assert code == "2" and "/dev/urandom" in res.stderr and "Traceback" not in res.stderr, res.stderr
     assert int(rss_kb) < 200_000, f"validate /dev/urandom used {rss_kb} KB"
     assert resource  # the module is used in the child
+
+
+def test_key_env_a_equals_b_and_key_env_path_are_refused_before_anything_starts(tmp_path: Path) -> None:
+    """On main, ``sessions.key_env: 'A=B'`` crashed `up` after its broker had started, and ``key_env: PATH``
+    made the session key the value of $PATH.  The session key now comes only from the credentials
+    directory: the key is unknown, and `up` exits 2 before it starts a broker."""
+    for value in ("'A=B'", "PATH"):
+        path = write(tmp_path, GOOD + f"sessions: {{key_env: {value}}}\n")
+        found = _assert_refused(path, "sessions.key_env: unknown key")
+        assert len(found) == 1
+        for command in ("validate", "up"):
+            res = subprocess.run([sys.executable, "-m", "orchestrator", command, str(path)], capture_output=True,
+                                 text=True, timeout=30, env={"PATH": "/usr/bin:/bin", "A": "B"})
+            assert res.returncode == 2 and "sessions.key_env: unknown key" in res.stderr, res
+            assert "Traceback" not in res.stderr and "broker listening" not in res.stdout + res.stderr
+
+
+def test_up_refuses_a_parent_chain_of_330_levels_before_anything_starts(tmp_path: Path) -> None:
+    """On main a 330-level chain was a RecursionError inside `up`, which then SIGKILLed every part at Ctrl-C."""
+    import yaml
+
+    parts = [{"name": "p0"}] + [{"name": f"p{i}", "parent": f"p{i - 1}"} for i in range(1, 331)]
+    path = tmp_path / "chain.yaml"
+    path.write_text(yaml.safe_dump({"robot": "r", "broker": {"embedded": {"port": 0}}, "parts": parts}))
+    res = subprocess.run([sys.executable, "-m", "orchestrator", "up", str(path)], capture_output=True, text=True,
+                         timeout=30)
+    assert res.returncode == 2 and "330 levels below the primary" in res.stderr, res
+    assert "Traceback" not in res.stderr and "broker listening" not in res.stdout + res.stderr
+
+
+@pytest.mark.parametrize("missing", ["session.key", "part.child.secret"])
+def test_up_without_the_session_key_or_a_part_secret_exits_2_before_starting_a_broker(
+        tmp_path: Path, missing: str) -> None:
+    """Every part refuses to start without the session key (no guessable default) or its own secret; `up`
+    once started its broker anyway, restarted the failing primary, then ran on with no robot."""
+    from typer.testing import CliRunner
+
+    from orchestrator.cli import app
+
+    path = write(tmp_path, GOOD)
+    made = CliRunner().invoke(app, ["credentials", str(path)])
+    assert made.exit_code == 0, made.output
+    creds = tmp_path / ".orchestrator" / "r1" / "credentials"
+    (creds / missing).unlink()
+    res = subprocess.run([sys.executable, "-m", "orchestrator", "up", str(path)], capture_output=True, text=True,
+                         timeout=30)
+    assert res.returncode == 2 and str(creds / missing) in res.stderr, res
+    assert "Traceback" not in res.stderr and "broker listening" not in res.stdout + res.stderr
+
+
+def test_credentials_are_one_owner_only_secret_per_identity_kept_until_rotated(tmp_path: Path) -> None:
+    """Defect 1 of the security issue: one shared username/password for everyone.  `orchestrator
+    credentials` makes a secret per identity (0600, in a 0700 directory), the password file (mosquitto's
+    `$7$` hashes, one line per identity), and keeps them until --rotate; `orchestrator acl` gives nothing
+    to anonymous clients."""
+    import stat
+
+    from typer.testing import CliRunner
+
+    from orchestrator.cli import app
+
+    path = write(tmp_path, GOOD + "clients: [{name: operator}, {name: screen, role: viewer}]\n")
+    runner = CliRunner()
+    assert runner.invoke(app, ["credentials", str(path)]).exit_code == 0
+    creds = tmp_path / ".orchestrator" / "r1" / "credentials"
+    assert stat.S_IMODE(creds.stat().st_mode) == 0o700
+    files = {p.name: p for p in creds.iterdir()}
+    assert all(stat.S_IMODE(p.stat().st_mode) == 0o600 for p in files.values()), files
+    identities = {"part/main", "part/child", "client/operator", "client/screen", "client/up"}
+    for ident in identities:
+        assert ident.replace("/", ".") + ".secret" in files
+    users = [line.split(":")[0] for line in files["passwd"].read_text().splitlines()]
+    assert {f"r1/{i}" for i in identities} <= set(users) and len(users) == len(set(users))
+    assert all(":$7$" in line for line in files["passwd"].read_text().splitlines())
+    secrets = {n: p.read_text() for n, p in files.items() if n.endswith((".secret", ".key"))}
+    assert len(set(secrets.values())) == len(secrets), "two identities share a secret"
+    assert runner.invoke(app, ["credentials", str(path)]).exit_code == 0
+    assert {n: (creds / n).read_text() for n in secrets} == secrets  # kept
+    assert runner.invoke(app, ["credentials", str(path), "--rotate"]).exit_code == 0
+    assert all((creds / n).read_text() != v for n, v in secrets.items())  # every one replaced
+    acl = runner.invoke(app, ["acl", str(path)]).output
+    rules = [line for line in acl.splitlines() if line and not line.startswith("#")]
+    assert rules[0].startswith("user "), "a rule for anonymous clients"
+    assert "topic write orc/v1/r1/robot/#" in acl.split("user r1/part/child")[0]  # only the primary's block
+    assert acl.count("topic write orc/v1/r1/robot/#") == 1

@@ -241,6 +241,43 @@ async def test_a_client_cannot_subscribe_to_everything(robot: InprocRobot) -> No
             assert private == [], private
 
 
+@pytest.mark.timeout(60)
+async def test_the_demo_makes_its_own_credentials_and_refuses_anonymous_clients(tmp_path: Path) -> None:
+    """`make demo`: `orchestrator credentials` then `orchestrator up` on examples/rover.yaml (here on a
+    free port): it runs with one secret per identity, an anonymous client is refused, the operator is served."""
+    import re
+    import shutil
+
+    from test_cli import invoke
+
+    cfg = tmp_path / "rover.yaml"
+    shutil.copy(HERE.parent / "examples" / "rover.yaml", cfg)
+    made = await asyncio.to_thread(subprocess.run, [sys.executable, "-m", "orchestrator", "credentials", str(cfg)],
+                                   capture_output=True, text=True, timeout=30)
+    assert made.returncode == 0, made.stderr
+    proc = await asyncio.create_subprocess_exec(sys.executable, "-m", "orchestrator", "up", str(cfg), "--port", "0",
+                                                stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT)
+    seen: list[str] = []
+    try:
+        assert proc.stdout is not None
+        while not any("running (5 parts" in line for line in seen):
+            line = (await asyncio.wait_for(proc.stdout.readline(), 30)).decode()
+            assert line, "".join(seen)
+            seen.append(line)
+        found = re.search(r"listening on mqtt://127\.0\.0\.1:(\d+)", "".join(seen))
+        assert found, "".join(seen)
+        url = f"mqtt://127.0.0.1:{found[1]}"
+        anon = MqttClient(f"anon-{uuid.uuid4().hex[:6]}", [("127.0.0.1", int(found[1]))], connect_timeout=3)
+        with pytest.raises(BrokerUnavailable, match="refused"):
+            await anon.start()
+        res = await asyncio.to_thread(invoke, "call", "base/left", "get_power", "-c", str(cfg), "--broker", url)
+        assert res.exit_code == 0 and res.output.strip() == "0.0", res.output
+    finally:
+        if proc.returncode is None:
+            proc.send_signal(signal.SIGINT)
+            assert await asyncio.wait_for(proc.wait(), 30) == 0
+
+
 # ---------------------------------------------------------------------------------------------- 2. forgery
 
 @pytest.mark.timeout(30)
@@ -507,6 +544,44 @@ async def test_a_forged_stopped_report_before_a_shutdown_does_not_skip_the_child
         assert e.asked_at <= e.began_at <= e.reported_at and e.began_at > 1.0
 
 
+@pytest.mark.timeout(40)
+@pytest.mark.parametrize("kind", KINDS)
+async def test_a_report_overtaken_by_the_stopped_state_is_still_in_the_timeline(tmp_path: Path, kind: str) -> None:
+    """tests/test_nats_mqtt.py once saw a timeline without the grandchild 'odo': on a NATS cluster one
+    publisher's messages on two topics may arrive out of order, so base's "stopped" state reached main
+    before base's report; main then kept an entry for base without its report, and none for odo.
+    Here base's report is held back by hand until after its state: main waits for it (briefly), and
+    every part has its entry."""
+    parts = [dict(p) for p in PARTS[:2]] + [{"name": "odo", "parent": "base", "heartbeat_s": 0.1,
+                                             "heartbeat_misses": 5, "stop_deadline_s": 1.0,
+                                             "resources": [{"name": "odometer", "model": "orc:sim:sensor"}]}]
+    async with running_robot(tmp_path, kind, parts, start=False) as robot, run_parts(robot) as (ps, tasks):
+        t = Topics(robot.loaded.config.robot)
+        base = ps["base"]
+        publish = base.client.publish
+        held: list[tuple[str, bytes, dict[str, Any]]] = []
+
+        async def overtaken(topic: str, payload: bytes, **kw: Any) -> Any:
+            if topic == t.part_report("base"):
+                held.append((topic, payload, kw))  # held back: sent right after the "stopped" state
+                return None
+            result = await publish(topic, payload, **kw)
+            if topic == t.part_state("base") and held:
+                await publish(held[0][0], held[0][1], **held[0][2])  # one connection: delivered in this order
+            return result
+
+        base.client.publish = overtaken  # type: ignore[method-assign]
+        ps["main"].request_stop("the real shutdown")
+        assert await asyncio.wait_for(tasks["main"], 20) == 0
+        assert held
+        tl = ps["main"].timeline
+        assert tl is not None
+        by = {e.part: e for e in tl.entries}
+        assert set(by) == {"main", "base", "odo"}, by
+        assert by["base"].reported_at is not None and sorted(by["base"].resources_stopped) == ["left", "right"]
+        assert by["odo"].reported_at is not None and not by["odo"].forced and not by["odo"].errors
+
+
 # ---------------------------------------------------------------------------------------------- 4. liveness
 
 @pytest.mark.timeout(30)
@@ -682,6 +757,35 @@ async def test_another_operator_cannot_read_the_reply_to_sessions_open(robot: In
         assert mine and all(x.endswith("/reply/client/other") for x in mine)
 
 
+@pytest.mark.timeout(30)
+async def test_a_session_secret_is_never_logged_nor_retained(
+        robot: InprocRobot, caplog: pytest.LogCaptureFixture) -> None:
+    """Defect 5: the reply to ``_sessions.open`` went where every ``#`` subscriber read it.  Beyond the
+    reply topics (test above): no log line of any part at DEBUG, and no retained message that a part
+    (the identity that may read the most) gets, carries a session's heartbeat secret or its full id."""
+    caplog.set_level(logging.DEBUG)
+    async with robot.client() as op:
+        assert op.session is not None
+        secret, sid = op.session._heart.secret, op.session.id
+        await op.call("base/left", "set_power", {"power": 0.2})
+        await op.call("base/left", "stop")
+        async with raw(robot.loaded, "part", "main", replies=False) as reader:
+            t = Topics(robot.loaded.config.robot)
+            got: list[Message] = []
+            for f in (f"{t.root}/part/+/#", f"{t.root}/robot/#", f"{t.root}/+/+/session/hb"):
+                with contextlib.suppress(OrchestratorError):  # the embedded broker refuses what it cannot cover
+                    await reader.mqtt.subscribe(f, got.append)
+            for f in (t.part_state("+"), t.part_resources("+"), t.part_counters("+"), t.session_state("+"),
+                      t.robot_status(), t.robot_timeline()):
+                await reader.mqtt.subscribe(f, got.append)
+            await until(lambda: any(m.topic == t.robot_status() for m in got), 5, "the retained robot status")
+    assert got
+    leaked = [m.topic for m in got if secret.encode() in m.payload or sid.encode() in m.payload]
+    assert leaked == [], leaked
+    lines = [r.getMessage() for r in caplog.records]
+    assert lines and not [x for x in lines if secret in x or sid in x], "a log line carries a session secret"
+
+
 @pytest.mark.timeout(40)
 async def test_forged_or_replayed_heartbeats_do_not_keep_a_dead_clients_session_alive(
         robot: InprocRobot, clients: ClientProcess) -> None:
@@ -823,6 +927,30 @@ async def test_non_finite_arguments_are_refused(robot: InprocRobot) -> None:
             rep = await r.call("base", "left", {"method": "set_power", "args": args})
             assert rep is not None and rep["error"]["code"] == "invalid_argument", (args, rep)
     assert not await m.is_moving()
+
+
+@pytest.mark.timeout(30)
+async def test_the_sim_plugin_never_takes_nan_from_inside_a_part(tmp_path: Path) -> None:
+    """On main ``go_for(rpm=NaN)`` gave full power and ``revolutions=NaN`` never ended.  A call between
+    resources inside a part (a base driving its motors) is checked like one from the wire, and the sim
+    driver checks its own arguments as well.  In-process: the broker plays no part in it."""
+    parts = [{"name": "main", "resources": [
+        {"name": "left", "model": "orc:sim:motor"}, {"name": "right", "model": "orc:sim:motor"},
+        {"name": "wheels", "model": "orc:sim:base", "attributes": {"left": "left", "right": "right"}}]}]
+    async with running_robot(tmp_path, "amqtt", parts) as robot:
+        host = robot.parts["main"].host.resources
+        left, wheels = host["left"], host["wheels"]
+        assert isinstance(left, Motor)
+        for call in (lambda: left.go_for(rpm=NAN, revolutions=1), lambda: left.go_for(rpm=10, revolutions=NAN),
+                     lambda: left.go_for(rpm=INF, revolutions=1), lambda: left.set_power(NAN)):
+            with pytest.raises(InvalidArgument):
+                await call()
+        # finite arguments whose product overflows: the base's own arithmetic gives its motors inf
+        with pytest.raises(InvalidArgument):
+            await wheels.spin(angle_deg=1e-300, deg_per_s=1e308)  # type: ignore[attr-defined]
+        with pytest.raises(InvalidArgument):  # the driver itself, reached without the part's checks
+            await type(left).go_for(left, rpm=NAN, revolutions=1.0)
+        assert not await left.is_moving() and not await wheels.is_moving()  # type: ignore[attr-defined]
 
 
 # ---------------------------------------------------------------------------------------------- 7. payloads

@@ -94,6 +94,13 @@ class Launcher:
         # `up` talks to the broker as the reserved client identity "up" (it reads reports, asks for reloads)
         self.me = ClientId(self.config.robot, LAUNCHER_CLIENT)
         self.access = Access.of(self.config, loaded.path, self.me, credentials)
+        if not self.config.security.insecure:
+            # every part would refuse to start without these: say so now, before a broker is started
+            # (on main the primary then failed its restarts and `up` ran on with no robot)
+            store = store_for(self.config, loaded.path, credentials)
+            store.session_key()
+            for name in self.topology.start_order():
+                store.password(PartId(self.config.robot, name))
         self.primary_sender = PartId(self.config.robot, self.topology.primary).sender
 
     # -- output -----------------------------------------------------------------------------------

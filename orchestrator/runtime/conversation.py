@@ -26,7 +26,8 @@ ALIVE_RECHECK_S = 0.1  # past its budget, how often a child's liveness is looked
 class _Open(Generic[R]):
     children: set[str]
     reports: dict[str, tuple[float, R]] = field(default_factory=dict)
-    events: dict[str, asyncio.Event] = field(default_factory=dict)
+    events: dict[str, asyncio.Event] = field(default_factory=dict)  # a report, or the child is gone
+    received: dict[str, asyncio.Event] = field(default_factory=dict)  # a report only
 
 
 class Conversations(Generic[R]):
@@ -37,7 +38,8 @@ class Conversations(Generic[R]):
 
     def open(self, conversation: str, children: Iterable[str]) -> None:
         kids = set(children)
-        self._open[conversation] = _Open(kids, events={c: asyncio.Event() for c in kids})
+        self._open[conversation] = _Open(kids, events={c: asyncio.Event() for c in kids},
+                                         received={c: asyncio.Event() for c in kids})
 
     def close(self, conversation: str) -> None:
         self._open.pop(conversation, None)
@@ -53,7 +55,26 @@ class Conversations(Generic[R]):
             return False
         conv.reports[child] = (time.time(), report)
         conv.events[child].set()
+        conv.received[child].set()
         return True
+
+    def report(self, conversation: str, child: str) -> tuple[float, R] | None:
+        conv = self._open.get(conversation)
+        return conv.reports.get(child) if conv is not None else None
+
+    async def late(self, conversation: str, children: Iterable[str], grace: float) -> None:
+        """Wait at most ``grace`` s for the reports of ``children`` that are known to be on their way: each
+        said it stopped, which a part does only after it has published its report.  A broker may deliver
+        one publisher's messages on two topics out of order (a NATS cluster: one JetStream consumer per
+        subscription), so the "stopped" state can overtake the report."""
+        conv = self._open.get(conversation)
+        if conv is None:
+            return
+        waits = [conv.received[c].wait() for c in children if c in conv.received and c not in conv.reports]
+        if waits:
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(grace):
+                    await asyncio.gather(*waits)
 
     def child_gone(self, child: str) -> None:
         """A child's Will arrived: stop waiting for it in every open conversation."""

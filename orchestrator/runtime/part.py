@@ -81,6 +81,7 @@ M = TypeVar("M", bound=BaseModel)
 
 COUNTERS_PERIOD_S = 5.0
 CAP_MARGIN_S = 2.0  # the primary leaves `up` this much of the robot's shutdown bound
+LATE_REPORT_S = 1.0  # how long a child that said "stopped" may take to bring the report it sent before
 ALL_SESSIONS = "*"
 
 
@@ -713,6 +714,12 @@ class Part:
             got = await self.stop_talks.wait(shutdown_id, self.topology.stop_budget, self._child_gone,
                                              alive=self._child_alive,
                                              cap=cap - self.part_config.stop_deadline_s - MESSAGE_MARGIN_S)
+            late = [c for c in self.children if got.get(c) is None and c not in self._unasked_reports
+                    and self.children_liveness.status(c).state == PartStateName.STOPPED]
+            if late:  # it said "stopped" after reporting: the report may still be on its way
+                grace = min(LATE_REPORT_S, max(0.0, cap - time.monotonic() - self.part_config.stop_deadline_s))
+                await self.stop_talks.late(shutdown_id, late, grace)
+                got.update({c: self.stop_talks.report(shutdown_id, c) for c in late})
         finally:
             self.stop_talks.close(shutdown_id)
         entries: list[TimelineEntry] = []
@@ -734,6 +741,9 @@ class Part:
             elif self.children_liveness.status(child).state == PartStateName.STOPPED:
                 entries.append(TimelineEntry(part=child, parent=self.name, asked_at=asked.get(child),
                                              errors=["had stopped before it was asked (no report of it)"]))
+                for d in self.topology.descendants(child):  # one entry per part, whatever was lost
+                    entries.append(TimelineEntry(part=d, parent=self.topology.parent(d),
+                                                 errors=[f"no report of it: {child} stopped without one"]))
             else:
                 gone = self._child_gone(child)
                 why = "offline before it reported" if gone else (

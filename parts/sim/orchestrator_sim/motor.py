@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import math
 import time
 
 from pydantic import BaseModel, ConfigDict, Field
@@ -62,6 +63,10 @@ class SimMotor(Motor):
 
     @actuating
     async def go_for(self, rpm: float, revolutions: float) -> None:
+        # the part checks every call's arguments (from the wire and between resources); a driver checks
+        # its own too: a NaN rpm clamped to full power, a NaN target never reached
+        if not (math.isfinite(rpm) and math.isfinite(revolutions)):
+            raise InvalidArgument(f"{self.name}.go_for: rpm and revolutions must be finite numbers")
         self._integrate()
         rpm = max(-self.attributes.max_rpm, min(self.attributes.max_rpm, rpm))
         direction = 1.0 if (rpm >= 0) == (revolutions >= 0) else -1.0
