@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import yaml
 from brokers import free_port
 from dockerlab import ROOT, ComposeProject, docker
 
@@ -262,3 +263,33 @@ async def test_a_crashed_part_is_restarted_by_its_policy(compose: ComposeProject
     info = inspect()
     assert info["RestartCount"] == 1 and info["State"]["Status"] == "running", info["State"]
     assert info["State"]["Pid"] != pid
+
+
+@pytest.mark.timeout(240)
+async def test_compose_stack_with_broker_tls_parts_connect_over_tls(compose: ComposeProject, tmp_path: Path) -> None:
+    # broker.tls: the generated file gives the broker a TLS listener (certificates as secrets) and the parts
+    # an mqtts:// URL; healthy parts are parts connected over TLS (the health check connects the same way)
+    (tmp_path / "examples").mkdir()
+    cfg = tmp_path / "examples" / "tlsbot.yaml"
+    cfg.write_text(yaml.safe_dump({
+        "robot": "tlsbot",
+        "broker": {"urls": ["mqtts://broker:8883"], "tls": {"ca_file": "ca.crt"}},
+        "parts": [{"name": "hub"},
+                  {"name": "wheels", "parent": "hub", "resources": [{"name": "left", "model": "orc:sim:motor"}]}],
+    }))
+    for args in (("credentials", str(cfg)), ("certs", str(cfg), "--host", "broker", "--host", "127.0.0.1"),
+                 ("compose", str(cfg), "-o", str(tmp_path / "compose.yaml"), "--chown-secrets")):
+        res = cli(*args)
+        assert res.returncode == 0, res.stdout + res.stderr
+    port = free_port()
+    compose.extra_env["ORCHESTRATOR_BROKER_TLS_PORT"] = str(port)
+    await asyncio.to_thread(compose, tmp_path, "up", "--detach", "--wait", "--wait-timeout", "150", timeout=200)
+    ps = [json.loads(line) for line in compose(tmp_path, "ps", "--format", "json").stdout.splitlines() if line]
+    assert {p["Service"] for p in ps} == {"broker", "hub", "wheels"}
+    assert all(p["Health"] == "healthy" for p in ps), ps
+    broker = f"mqtts://127.0.0.1:{port}"  # a client on the host, over TLS, verifying the broker
+    res = await asyncio.to_thread(cli, "call", "wheels/left", "set_power", "--config", str(cfg), "--broker", broker,
+                                  "--args", '{"power": 0.3}')
+    assert res.returncode == 0, res.stdout + res.stderr
+    res = await asyncio.to_thread(cli, "call", "wheels/left", "is_moving", "--config", str(cfg), "--broker", broker)
+    assert res.stdout.strip() == "true", res.stdout + res.stderr
