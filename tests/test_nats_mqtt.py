@@ -30,7 +30,7 @@ from typing import Any
 
 import paho.mqtt.client as paho
 import pytest
-from brokers import REPO_ROOT, BrokerInfo
+from brokers import REPO_ROOT, BrokerInfo, free_port
 from natslab import NatsLab, NatsNode, acl_subjects, mqtt_to_nats_subject, start_nats, start_nats_cluster
 from paho.mqtt.enums import CallbackAPIVersion
 from robot import Up, Watcher, alive, three_level_parts, unique_robot, write_config
@@ -869,3 +869,58 @@ async def test_subscribe_deny_does_not_hold_for_mqtt(secured: NatsLab) -> None:
     measured("deny leaks by subscription QoS", str(leaks))
     assert leaks[0] == [(b"retained-secret", True)]
     assert leaks[1] == [(b"retained-secret", True), (b"live-secret", False)]
+
+
+# ============================================================================= a fleet on the cluster
+
+
+@pytest.mark.timeout(150)
+async def test_fleet_two_robots_bridged_to_the_cluster_driven_by_a_remote_client(cluster: NatsLab,
+                                                                                 tmp_path: Path) -> None:
+    """The cluster as the upstream ("cloud") broker of a fleet: two robots, each on its own embedded
+    broker, bridged to different nodes; a remote client on the third node drives a motor of either one
+    through the cluster (and each robot's bridge)."""
+    from orchestrator import Motor
+    from orchestrator.client import RobotClient
+
+    parts = [{"name": "main", "heartbeat_s": 0.1, "resources": [{"name": "health", "model": "orc:sim:sensor"}]},
+             {"name": "base", "parent": "main", "heartbeat_s": 0.1,
+              "resources": [{"name": "left", "model": "orc:sim:motor"}]}]
+    ups: list[Up] = []
+    cfgs: list[Path] = []
+    try:
+        for i in range(2):
+            d = tmp_path / f"robot{i}"
+            d.mkdir()
+            port = free_port()
+            # anonymous cluster (its authorization is tested above): robots without broker identities
+            cfg = write_config(d / "robot.yaml", unique_robot(), {"embedded": {"host": "127.0.0.1", "port": port}},
+                               parts, security={"insecure": True}, clients=[{"name": "alice", "remote": True}],
+                               upstream={"url": cluster.nodes[i].url, "keepalive_s": 2})
+            cfgs.append(cfg)
+            ups.append(Up(cfg, d))
+        for cfg in cfgs:
+            loaded = load_config(cfg)
+            async with Watcher(loaded.config.robot, loaded.config.broker.client_urls()[0]) as w:
+                await w.all_running(["main", "base"], timeout=60)
+        started = time.perf_counter()
+        for cfg in cfgs:  # the remote client is on node 2: neither robot's bridge is
+            async with RobotClient.from_config(cfg, identity="alice", urls=[cluster.nodes[2].address],
+                                               connect_timeout=30) as remote:
+                motor = remote.resource("base/left", Motor)
+                for attempt in range(30):  # the bridge's subscriptions reach the cluster (JetStream consumers)
+                    try:
+                        await motor.set_power(0.4)
+                        break
+                    except OrchestratorError:
+                        assert attempt < 29
+                        await asyncio.sleep(1.0)
+                assert await motor.get_power() == 0.4
+                assert await motor.is_moving()
+                await motor.stop()
+                assert not await motor.is_moving()
+        measured("fleet: a remote client on node 3 drove both robots (bridges on nodes 1 and 2)",
+                 time.perf_counter() - started)
+    finally:
+        for up in ups:
+            up.close()
