@@ -76,9 +76,15 @@ def _disconnection() -> dict[str, Any]:
     return disconnection.run()
 
 
+def _deploy() -> dict[str, Any]:
+    from bench import deploy
+
+    return deploy.run()
+
+
 BENCHMARKS: dict[str, Callable[[], dict[str, Any]]] = {"core": _core, "calls": _calls, "sessions": _sessions,
                                                        "broker": _broker, "operating": _operating,
-                                                       "disconnection": _disconnection}
+                                                       "disconnection": _disconnection, "deploy": _deploy}
 
 
 def main(argv: list[str]) -> int:

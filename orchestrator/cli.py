@@ -10,7 +10,7 @@ import os
 import sys
 from collections.abc import Coroutine
 from pathlib import Path
-from typing import Annotated, Any, TypeVar
+from typing import TYPE_CHECKING, Annotated, Any, TypeVar
 
 import typer
 from rich.console import Console
@@ -36,6 +36,9 @@ from orchestrator.errors import ConfigError, OrchestratorError
 
 __all__ = ["EXIT_CONFIG", "BrokerOpt", "CredentialsOpt", "IdentityOpt", "RobotOpt", "app", "client_urls",
            "err_console", "main", "parse_urls"]
+
+if TYPE_CHECKING:
+    from orchestrator.security.credentials import CredentialStore
 
 app = typer.Typer(add_completion=False, no_args_is_help=True,
                   help="Run a robot made of several parts over a local MQTT broker.")
@@ -228,10 +231,8 @@ def broker_config(
     """Write a mosquitto configuration for this robot: identities, topic rights, and the bridge to its
     upstream broker (the bridge block holds a secret: it goes into the credentials directory)."""
     config = config_path(config, config_opt)
-    from orchestrator.broker.mosquitto_conf import MosquittoFiles, bridge_conf, main_conf
-    from orchestrator.launcher.bridge import UPSTREAM_SECRET
+    from orchestrator.broker.mosquitto_conf import MosquittoFiles, main_conf
     from orchestrator.security.access import store_for
-    from orchestrator.security.credentials import _write_private
 
     loaded = _load(config)
     cfg = loaded.config
@@ -248,16 +249,25 @@ def broker_config(
     (target / "mosquitto.conf").write_text(main_conf(cfg, files))
     console.print(f"wrote {target / 'mosquitto.conf'}", highlight=False)
     if cfg.upstream is not None:
-        try:
-            password = None if cfg.security.insecure else store._read(UPSTREAM_SECRET, "upstream password")
-        except ConfigError as exc:
-            err_console.print(f"[red]{exc}[/] (write the robot's password on its upstream broker there)",
-                              highlight=False, markup=False)
-            raise typer.Exit(EXIT_CONFIG) from None
-        d = store.directory / "mosquitto.d"
-        d.mkdir(mode=0o700, exist_ok=True)
-        _write_private(d / "bridge.conf", bridge_conf(cfg, password))
-        console.print(f"wrote {d / 'bridge.conf'} (owner-only: it holds the upstream password)", highlight=False)
+        _write_bridge_conf(cfg, store)
+
+
+def _write_bridge_conf(cfg: RobotConfig, store: CredentialStore) -> None:
+    """The mosquitto bridge block of a robot with an upstream, into its credentials (it holds a password)."""
+    from orchestrator.broker.mosquitto_conf import bridge_conf
+    from orchestrator.launcher.bridge import UPSTREAM_SECRET
+    from orchestrator.security.credentials import _write_private
+
+    try:
+        password = None if cfg.security.insecure else store._read(UPSTREAM_SECRET, "upstream password")
+    except ConfigError as exc:
+        err_console.print(f"[red]{exc}[/] (write the robot's password on its upstream broker there)",
+                          highlight=False, markup=False)
+        raise typer.Exit(EXIT_CONFIG) from None
+    d = store.directory / "mosquitto.d"
+    d.mkdir(mode=0o700, exist_ok=True)
+    _write_private(d / "bridge.conf", bridge_conf(cfg, password))
+    console.print(f"wrote {d / 'bridge.conf'} (owner-only: it holds the upstream password)", highlight=False)
 
 
 @app.command()
@@ -296,8 +306,10 @@ def compose(
     gen.mosquitto_conf_path.write_text(gen.mosquitto_conf)
     out.write_text(gen.compose_text(compose_header(loaded.config.robot, _display(config))))
     console.print(f"wrote {out} and {gen.mosquitto_conf_path}", highlight=False)
+    store = store_for(loaded.config, loaded.path, credentials)
+    if loaded.config.upstream is not None and not loaded.config.security.insecure:
+        _write_bridge_conf(loaded.config, store)
     if chown_secrets and not loaded.config.security.insecure:
-        store = store_for(loaded.config, loaded.path, credentials)
         try:
             for name, uid in secret_owners(loaded).items():
                 os.chown(store.path(name), uid, uid)

@@ -1,6 +1,8 @@
 """The generated compose file run for real on the Docker engine: the example rover comes up healthy, a
-client on the host drives its motors through the published port, and `docker compose stop` stops it
-bottom-up, proven from the wire.  Images come from tests/dockerlab.py (built when missing, never skipped)."""
+client on the host drives its motors through the published port, a frozen (`docker pause`) sub-part is
+marked offline and comes back after `docker unpause`, `docker compose stop` and `down` stop it bottom-up,
+proven from the wire, and `up` again republishes the retained state.  Images come from tests/dockerlab.py
+(built when missing, never skipped)."""
 
 from __future__ import annotations
 
@@ -16,12 +18,13 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import yaml
 from brokers import free_port
 from dockerlab import ROOT, ComposeProject, docker
 
 from orchestrator.config import load_config
 from orchestrator.protocol.codec import decode
-from orchestrator.protocol.messages import PartState, RobotStatus, StopReport
+from orchestrator.protocol.messages import PartResources, PartState, RobotStatus, StopReport
 from orchestrator.protocol.topics import ClientId, Topics
 from orchestrator.security.access import Access
 from orchestrator.transport.client import Message, MqttClient
@@ -65,7 +68,9 @@ class WireObserver:
             self.events.append(("status", "", env.parse(RobotStatus)))
         if part is None:
             return
-        if msg.topic == self.topics.part_report(part):
+        if msg.topic == self.topics.part_resources(part):
+            self.events.append(("resources", part, sorted(r.name for r in env.parse(PartResources).resources)))
+        elif msg.topic == self.topics.part_report(part):
             self.events.append(("report", part, env.parse(StopReport)))
         elif msg.topic == self.topics.part_state(part):
             self.events.append(("state", part, env.parse(PartState).state.value))
@@ -74,6 +79,7 @@ class WireObserver:
         await self.client.subscribe(self.topics.all_part_states(), self._on)
         await self.client.subscribe(self.topics.all_part_reports(), self._on)
         await self.client.subscribe(self.topics.robot_status(), self._on)
+        await self.client.subscribe(self.topics.all_part_resources(), self._on)
         await self.client.start()
         return self
 
@@ -86,8 +92,38 @@ class WireObserver:
                 return i
         return None
 
+    async def until(self, what: str, cond: Any, timeout: float) -> None:
+        start = time.monotonic()
+        while not cond():
+            assert time.monotonic() - start < timeout, (what, self.events[-30:])
+            await asyncio.sleep(0.1)  # polling the observer's list: the events come from its own callbacks
 
-@pytest.mark.timeout(240)
+    def primary_says(self, part: str, online: bool, after: int) -> bool:
+        return any(k == "status" and part in b.parts and b.parts[part].online is online
+                   for k, _, b in self.events[after:])
+
+
+def assert_bottom_up(wire: WireObserver, parts: list[str], parent_of: Any, mark: int) -> None:
+    """Proven from the wire: every part's stop report precedes its parent's stop (its first "stopping"),
+    has no error and lists the motors the part hosts."""
+    for part in parts:
+        parent = parent_of(part)
+        stopping = wire.first("state", part, "stopping", mark)
+        stopped = wire.first("state", part, "stopped", mark)
+        assert stopping is not None and stopped is not None and stopping < stopped, (part, wire.events[mark:])
+        if parent is None:
+            continue
+        report = wire.first("report", part, None, mark)
+        parent_stopping = wire.first("state", parent, "stopping", mark)
+        assert report is not None and parent_stopping is not None, (part, wire.events[mark:])
+        assert report < parent_stopping, (part, parent, wire.events[mark:])
+        body = wire.events[report][2]
+        assert not body.errors, body
+        # every actuator stopped, said by the part that hosts it
+        assert set(MOTORS.get(part, [])) <= set(body.resources_stopped), body
+
+
+@pytest.mark.timeout(360)
 async def test_compose_stack_comes_up_healthy_drives_motors_and_stops_bottom_up(compose: ComposeProject,
                                                                                tmp_path: Path) -> None:
     cfg = rover_project(tmp_path)
@@ -110,29 +146,46 @@ async def test_compose_stack_comes_up_healthy_drives_motors_and_stops_bottom_up(
                 res = await asyncio.to_thread(cli, "call", f"{part}/{motor}", "is_moving", "--config", str(cfg),
                                               "--broker", broker)
                 assert res.stdout.strip() == "true", res.stdout + res.stderr
+        # docker pause: arm is frozen with its motors running; it cannot stop them itself (see docs/deploy.md)
+        arm = compose(tmp_path, "ps", "--quiet", "arm").stdout.strip()
+        mark = len(wire.events)
+        docker("pause", arm)
+        paused = time.monotonic()
+        await wire.until("primary marks the frozen arm offline", lambda: wire.primary_says("arm", False, mark), 30)
+        frozen_s = time.monotonic() - paused
+        docker("unpause", arm)
+        back = len(wire.events)
+        await wire.until("primary marks arm online", lambda: wire.primary_says("arm", True, back), 60)
+        for motor in MOTORS["arm"]:
+            res = await asyncio.to_thread(cli, "call", f"arm/{motor}", "is_moving", "--config", str(cfg),
+                                          "--broker", broker)
+            # thawed, it answers calls again; its motors kept their last command (nothing stopped them: the
+            # broker had not dropped its connection, and a call outside a session binds no watchdog)
+            assert res.returncode == 0 and res.stdout.strip() in ("true", "false"), res.stdout + res.stderr
         mark = len(wire.events)
         await asyncio.to_thread(compose, tmp_path, "stop", timeout=120)
         await asyncio.sleep(0.5)  # the observer's last deliveries (the broker stopped after every part)
-    # proven from the wire: every part's stop report precedes its parent's stop (its first "stopping")
-    for part in topo.parts:
-        parent = topo.parent(part)
-        stopping = wire.first("state", part, "stopping", mark)
-        stopped = wire.first("state", part, "stopped", mark)
-        assert stopping is not None and stopped is not None and stopping < stopped, (part, wire.events[mark:])
-        if parent is None:
-            continue
-        report = wire.first("report", part, None, mark)
-        parent_stopping = wire.first("state", parent, "stopping", mark)
-        assert report is not None and parent_stopping is not None, (part, wire.events[mark:])
-        assert report < parent_stopping, (part, parent, wire.events[mark:])
-        body = wire.events[report][2]
-        assert not body.errors, body
-        # every actuator stopped, said by the part that hosts it
-        assert set(MOTORS.get(part, [])) <= set(body.resources_stopped), body
+    assert_bottom_up(wire, list(topo.parts), topo.parent, mark)
     # every container exited on its own (0), none killed at the end of its grace period
     for p in ps:
         state = json.loads(docker("inspect", p["Name"]).stdout)[0]["State"]
         assert state["Status"] == "exited" and state["ExitCode"] == 0, (p["Name"], state)
+    # `up` again: the broker has no persistence (persistence false in the generated mosquitto.conf), every
+    # part publishes its retained state and resource listing again; a late subscriber sees all of it
+    await asyncio.to_thread(compose, tmp_path, "up", "--detach", "--wait", "--wait-timeout", "150", timeout=200)
+    listing = {part: sorted(r.name for r in load_config(cfg).config.part(part).resources) for part in topo.parts}
+    async with WireObserver(cfg, port) as wire:
+        await wire.until("retained states and listings", lambda: all(
+            wire.first("state", p, "running") is not None and wire.first("resources", p, listing[p]) is not None
+            for p in topo.parts), 30)
+        await wire.until("robot status all online", lambda: all(wire.primary_says(p, True, 0) for p in topo.parts
+                                                                if p != topo.primary), 30)
+        mark = len(wire.events)
+        await asyncio.to_thread(compose, tmp_path, "down", timeout=120)
+        await asyncio.sleep(0.5)
+    assert_bottom_up(wire, list(topo.parts), topo.parent, mark)
+    assert not compose.leftovers()["containers"]
+    assert frozen_s < 15
     assert up_s < 150
 
 
@@ -210,3 +263,33 @@ async def test_a_crashed_part_is_restarted_by_its_policy(compose: ComposeProject
     info = inspect()
     assert info["RestartCount"] == 1 and info["State"]["Status"] == "running", info["State"]
     assert info["State"]["Pid"] != pid
+
+
+@pytest.mark.timeout(240)
+async def test_compose_stack_with_broker_tls_parts_connect_over_tls(compose: ComposeProject, tmp_path: Path) -> None:
+    # broker.tls: the generated file gives the broker a TLS listener (certificates as secrets) and the parts
+    # an mqtts:// URL; healthy parts are parts connected over TLS (the health check connects the same way)
+    (tmp_path / "examples").mkdir()
+    cfg = tmp_path / "examples" / "tlsbot.yaml"
+    cfg.write_text(yaml.safe_dump({
+        "robot": "tlsbot",
+        "broker": {"urls": ["mqtts://broker:8883"], "tls": {"ca_file": "ca.crt"}},
+        "parts": [{"name": "hub"},
+                  {"name": "wheels", "parent": "hub", "resources": [{"name": "left", "model": "orc:sim:motor"}]}],
+    }))
+    for args in (("credentials", str(cfg)), ("certs", str(cfg), "--host", "broker", "--host", "127.0.0.1"),
+                 ("compose", str(cfg), "-o", str(tmp_path / "compose.yaml"), "--chown-secrets")):
+        res = cli(*args)
+        assert res.returncode == 0, res.stdout + res.stderr
+    port = free_port()
+    compose.extra_env["ORCHESTRATOR_BROKER_TLS_PORT"] = str(port)
+    await asyncio.to_thread(compose, tmp_path, "up", "--detach", "--wait", "--wait-timeout", "150", timeout=200)
+    ps = [json.loads(line) for line in compose(tmp_path, "ps", "--format", "json").stdout.splitlines() if line]
+    assert {p["Service"] for p in ps} == {"broker", "hub", "wheels"}
+    assert all(p["Health"] == "healthy" for p in ps), ps
+    broker = f"mqtts://127.0.0.1:{port}"  # a client on the host, over TLS, verifying the broker
+    res = await asyncio.to_thread(cli, "call", "wheels/left", "set_power", "--config", str(cfg), "--broker", broker,
+                                  "--args", '{"power": 0.3}')
+    assert res.returncode == 0, res.stdout + res.stderr
+    res = await asyncio.to_thread(cli, "call", "wheels/left", "is_moving", "--config", str(cfg), "--broker", broker)
+    assert res.stdout.strip() == "true", res.stdout + res.stderr

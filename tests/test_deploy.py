@@ -88,3 +88,53 @@ def test_compose_command_writes_a_valid_file_for_any_robot(tmp_path: Path) -> No
     conf = (out.parent / "broker_config" / "mine" / "mosquitto.conf").read_text()
     assert "allow_anonymous false" in conf and "password_file /run/secrets/passwd" in conf
     assert "acl_file /run/secrets/acl" in conf
+
+
+def test_compose_with_tls_and_an_upstream_emits_the_tls_listener_and_the_bridge(tmp_path: Path) -> None:
+    # the parts reach the broker over TLS only (certificates as secrets); the bridge block is a secret too
+    cfg = tmp_path / "tlsbot.yaml"
+    cfg.write_text(yaml.safe_dump({
+        "robot": "tlsbot",
+        "broker": {"urls": ["mqtts://broker:8883"], "tls": {"ca_file": "ca.crt"}},
+        "upstream": {"url": "mqtt://cloud.example:1883"},
+        "parts": [{"name": "hub"}, {"name": "leaf", "parent": "hub"}],
+    }))
+
+    def cli(*args: str) -> subprocess.CompletedProcess[str]:
+        res = subprocess.run([sys.executable, "-m", "orchestrator", *args], capture_output=True, text=True, timeout=60)
+        assert res.returncode == 0, res.stdout + res.stderr
+        return res
+
+    cli("credentials", str(cfg))
+    cli("certs", str(cfg), "--host", "broker", "--host", "127.0.0.1")
+    store = tmp_path / ".orchestrator" / "tlsbot" / "credentials"
+    (store / "upstream.secret").write_text("cloud-password\n")
+    (store / "upstream.secret").chmod(0o600)
+    out = tmp_path / "compose.yaml"
+    cli("compose", str(cfg), "-o", str(out))
+    res = subprocess.run([sys.executable, "-m", "check_jsonschema", "--builtin-schema", "vendor.compose-spec",
+                          str(out)], capture_output=True, text=True, timeout=60)
+    assert res.returncode == 0, res.stdout + res.stderr
+    doc = yaml.safe_load(out.read_text())
+    broker = doc["services"]["broker"]
+    assert broker["secrets"] == ["passwd", "acl", "ca.crt", "broker.crt", "broker.key", "bridge.conf"]
+    assert broker["ports"] == ["127.0.0.1:${ORCHESTRATOR_BROKER_TLS_PORT:-18883}:8883"]  # no plain port published
+    creds = "${ORCHESTRATOR_CREDENTIALS:-./.orchestrator/tlsbot/credentials}"
+    assert doc["secrets"]["bridge.conf"] == {"file": f"{creds}/mosquitto.d/bridge.conf"}
+    assert doc["secrets"]["broker.key"] == {"file": f"{creds}/broker.key"}
+    for part in ("hub", "leaf"):
+        svc = doc["services"][part]
+        assert svc["command"][-2:] == ["--broker", "mqtts://broker:8883"]
+        assert svc["environment"]["ORCHESTRATOR_BROKER"] == "mqtts://broker:8883"
+        assert "mqtts://broker:8883" in svc["healthcheck"]["test"]
+        assert svc["secrets"] == ["session.key", f"part.{part}.secret", "ca.crt"]  # never the broker's key
+    conf = (tmp_path / "broker_config" / "tlsbot" / "mosquitto.conf").read_text()
+    # plain MQTT only inside the broker's container (its health check), TLS for the network
+    assert "listener 1883 127.0.0.1\n" in conf and "listener 8883\n" in conf
+    for line in ("cafile /run/secrets/ca.crt", "certfile /run/secrets/broker.crt", "keyfile /run/secrets/broker.key",
+                 "include_dir /run/secrets", "allow_anonymous false"):
+        assert line + "\n" in conf, line
+    bridge = (store / "mosquitto.d" / "bridge.conf").read_text()
+    assert "connection tlsbot-upstream\n" in bridge and "address cloud.example:1883\n" in bridge
+    assert "remote_password cloud-password\n" in bridge
+    assert (store / "mosquitto.d" / "bridge.conf").stat().st_mode & 0o077 == 0

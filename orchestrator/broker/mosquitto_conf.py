@@ -31,6 +31,7 @@ class MosquittoFiles:
     port: int = 1883
     bind: str = ""  # "" : every address
     tls_port: int | None = None
+    tls_bind: str | None = None  # None: as ``bind`` (compose: plain MQTT on loopback only, TLS for the network)
     cafile: str | None = None
     certfile: str | None = None
     keyfile: str | None = None
@@ -63,7 +64,8 @@ def main_conf(config: RobotConfig, files: MosquittoFiles) -> str:
         f"listener {files.port}" + (f" {files.bind}" if files.bind else ""),
     ]
     if files.tls_port is not None and files.certfile and files.keyfile:
-        lines += ["", f"listener {files.tls_port}" + (f" {files.bind}" if files.bind else "")]
+        tls_bind = files.bind if files.tls_bind is None else files.tls_bind
+        lines += ["", f"listener {files.tls_port}" + (f" {tls_bind}" if tls_bind else "")]
         if files.cafile:
             lines.append(f"cafile {files.cafile}")
         lines += [f"certfile {files.certfile}", f"keyfile {files.keyfile}", "tls_version tlsv1.2"]

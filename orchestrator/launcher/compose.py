@@ -20,6 +20,7 @@ The file is built as data and written with PyYAML: no text template to keep in s
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import os
 from dataclasses import dataclass
@@ -34,9 +35,10 @@ from orchestrator.config.models import RestartPolicy
 from orchestrator.errors import ConfigError
 from orchestrator.protocol.topics import PartId
 from orchestrator.security.credentials import ACL, PASSWD, SESSION_KEY
+from orchestrator.security.tls import BROKER_CERT, BROKER_KEY
 
-__all__ = ["BROKER_SERVICE", "MOSQUITTO_UID", "PART_UID", "ComposeOptions", "Generated", "compose_header", "generate",
-           "secret_owners"]
+__all__ = ["BRIDGE_CONF", "BROKER_SERVICE", "MOSQUITTO_UID", "PART_UID", "TLS_PORT", "ComposeOptions", "Generated",
+           "compose_header", "generate", "secret_owners"]
 
 BROKER_SERVICE = "broker"
 # The users of the images (Dockerfile, docker/mosquitto.Dockerfile): who must be able to read a secret.
@@ -47,6 +49,10 @@ CONFIG_DIR = "/config"
 # Seconds of grace above a part's stop budget (process exit, the report's trip, a loaded machine).
 GRACE_MARGIN_S = 2.0
 HEALTH_TIMEOUT_S = 3
+TLS_PORT = 8883
+# `orchestrator broker-config` and `orchestrator compose` write the bridge block there (owner-only)
+BRIDGE_CONF = "mosquitto.d/bridge.conf"
+BRIDGE_SECRET = "bridge.conf"  # mounted at /run/secrets/bridge.conf: the only *.conf that include_dir finds
 
 
 @dataclass(frozen=True)
@@ -58,6 +64,7 @@ class ComposeOptions:
     mosquitto_image: str = "${ORCHESTRATOR_MOSQUITTO_IMAGE:-eclipse-mosquitto:2}"
     # the broker's port published on the host (127.0.0.1 only), overridable when the file is used
     host_port: str = "${ORCHESTRATOR_BROKER_PORT:-18830}"
+    tls_host_port: str = "${ORCHESTRATOR_BROKER_TLS_PORT:-18883}"  # with broker.tls, instead of host_port
     bind: str = "127.0.0.1"
     max_restarts: int | None = None  # None: each part's restart.max_restarts
     log_max_size: str = "10m"
@@ -102,10 +109,10 @@ def _seconds(value: float) -> str:
 def generate(loaded: LoadedConfig, options: ComposeOptions) -> Generated:
     cfg = loaded.config
     topo = loaded.topology
-    if cfg.broker.tls is not None:
-        raise ConfigError(f"{loaded.path}: `orchestrator compose` does not generate TLS listeners yet "
-                          "(broker.tls is set); use `orchestrator broker-config --tls-port` and edit the file",
-                          None)
+    tls = cfg.broker.tls
+    if tls is not None and cfg.security.insecure:
+        raise ConfigError(f"{loaded.path}: broker.tls with security.insecure: the compose file's TLS listener "
+                          "needs the credentials directory (its certificates are secrets)", None)
     out = options.out_dir
     config_dir = _rel(loaded.path.parent, out)
     config_in = str(PurePosixPath(CONFIG_DIR) / loaded.path.name)
@@ -114,7 +121,9 @@ def generate(loaded: LoadedConfig, options: ComposeOptions) -> Generated:
         store_dir = loaded.path.resolve().parent / store_dir
     creds = "${ORCHESTRATOR_CREDENTIALS:-" + _rel(store_dir, out) + "}"
     conf_path = out / "broker_config" / cfg.robot / "mosquitto.conf"
-    broker_url = f"mqtt://{BROKER_SERVICE}:1883"
+    # with broker.tls the parts reach the broker over TLS only (the certificate must name `broker`); the plain
+    # listener stays inside the broker's container (its health check)
+    broker_url = f"mqtts://{BROKER_SERVICE}:{TLS_PORT}" if tls is not None else f"mqtt://{BROKER_SERVICE}:1883"
     logging = {"driver": "json-file", "options": {"max-size": options.log_max_size,
                                                  "max-file": str(options.log_max_files)}}
     secure = not cfg.security.insecure
@@ -128,7 +137,8 @@ def generate(loaded: LoadedConfig, options: ComposeOptions) -> Generated:
     broker: dict[str, Any] = {
         "image": options.mosquitto_image,
         "volumes": [f"{_rel(conf_path, out)}:/mosquitto/config/mosquitto.conf:ro"],
-        "ports": [f"{options.bind}:{options.host_port}:1883"],
+        "ports": [f"{options.bind}:{options.tls_host_port}:{TLS_PORT}" if tls is not None else
+                  f"{options.bind}:{options.host_port}:1883"],
         # anonymous clients are refused: a CONNACK "not authorised" proves the broker answers MQTT
         "healthcheck": {
             "test": ["CMD-SHELL", "mosquitto_sub -h localhost -p 1883 -i healthcheck -t '$$SYS/broker/uptime' "
@@ -144,6 +154,12 @@ def generate(loaded: LoadedConfig, options: ComposeOptions) -> Generated:
     }
     if secure:
         broker["secrets"] = [secret(PASSWD), secret(ACL)]
+    if tls is not None:
+        broker["secrets"] += [secret(tls.ca_file), secret(BROKER_CERT), secret(BROKER_KEY)]
+    if cfg.upstream is not None and secure:
+        # the bridge block holds the robot's password on the upstream: a secret, pulled in by include_dir
+        secrets[BRIDGE_SECRET] = {"file": f"{creds}/{BRIDGE_CONF}"}
+        broker["secrets"].append(BRIDGE_SECRET)
     services: dict[str, Any] = {BROKER_SERVICE: broker}
     for name in topo.start_order():  # parents before children: the file reads top-down
         pc = cfg.part(name)
@@ -180,12 +196,19 @@ def generate(loaded: LoadedConfig, options: ComposeOptions) -> Generated:
         }
         if secure:
             svc["secrets"] = [secret(SESSION_KEY), secret(PartId(cfg.robot, name).secret_file)]
+        if tls is not None:
+            svc["secrets"].append(secret(tls.ca_file))  # the parts verify the broker
         services[name] = svc
     compose: dict[str, Any] = {"name": cfg.robot, "services": services}
     if secrets:
         compose["secrets"] = secrets
     seen = SECRETS_DIR
-    files = MosquittoFiles(password_file=f"{seen}/{PASSWD}", acl_file=f"{seen}/{ACL}", port=1883)
+    files = MosquittoFiles(password_file=f"{seen}/{PASSWD}", acl_file=f"{seen}/{ACL}", port=1883,
+                           include_dir=seen if cfg.upstream is not None and secure else None)
+    if tls is not None:
+        files = dataclasses.replace(files, bind="127.0.0.1", tls_port=TLS_PORT, tls_bind="",
+                                    cafile=f"{seen}/{tls.ca_file}", certfile=f"{seen}/{BROKER_CERT}",
+                                    keyfile=f"{seen}/{BROKER_KEY}")
     conf = main_conf(cfg, files)
     if not secure:
         conf = conf.replace("allow_anonymous false", "allow_anonymous true  # security.insecure: true") \
@@ -197,6 +220,11 @@ def secret_owners(loaded: LoadedConfig) -> dict[str, int]:
     """secret file name -> the uid of the container that reads it (compose bind-mounts file secrets with
     the host's owner and mode: 0600 files must belong to the container's user)."""
     owners = {PASSWD: MOSQUITTO_UID, ACL: MOSQUITTO_UID, SESSION_KEY: PART_UID}
+    # ca.crt and broker.crt are public (0644: parts and broker read them); the broker's key is not
+    if loaded.config.broker.tls is not None:
+        owners[BROKER_KEY] = MOSQUITTO_UID
+    if loaded.config.upstream is not None:
+        owners[BRIDGE_CONF] = MOSQUITTO_UID
     for name in loaded.topology.parts:
         owners[PartId(loaded.config.robot, name).secret_file] = PART_UID
     return owners
