@@ -21,6 +21,7 @@ class _Entry:
     heartbeat_s: float
     misses: int
     jitter_s: float = 0.0  # smoothed |interval - heartbeat_s| of the heartbeats heard (RFC 3550 style, 1/16)
+    last_sent: float | None = None  # the sender's uptime in its last heartbeat
 
 
 Listener = Callable[[str, PartStatus, PartStatus | None], None]
@@ -51,6 +52,16 @@ class Liveness:
                              round(max(0.0, now - e.status.last_heartbeat), 4),
                              jitter_s=round(e.jitter_s, 4), heartbeat_s=e.heartbeat_s)
                 for k, e in self._e.items()}
+
+    def pulse_dict(self, now: float | None = None) -> dict[str, dict[str, object]]:
+        """:meth:`pulse` as plain dicts of :class:`PartPulse`'s fields (what goes on the wire every second)."""
+        now = time.time() if now is None else now
+        out: dict[str, dict[str, object]] = {}
+        for k, e in self._e.items():
+            last = e.status.last_heartbeat
+            out[k] = {"online": e.status.online, "age_s": None if last is None else round(max(0.0, now - last), 4),
+                      "jitter_s": round(e.jitter_s, 4), "heartbeat_s": e.heartbeat_s}
+        return out
 
     def snapshot(self) -> dict[str, PartStatus]:
         return {k: v.status.model_copy() for k, v in self._e.items()}
@@ -94,17 +105,23 @@ class Liveness:
         self._set(part, new)
         return True
 
-    def on_heartbeat(self, part: str, birth: int, now: float | None = None) -> None:
+    def on_heartbeat(self, part: str, birth: int, now: float | None = None, sent: float | None = None) -> None:
+        """A heartbeat heard at ``now``; ``sent``: the sender's uptime in it.  With ``sent`` the jitter is
+        that of the intervals as the part sent them (heartbeats read in batches arrive in bunches), else
+        that of the arrivals."""
         if part not in self._e:
             return
         now = time.time() if now is None else now
-        cur = self._e[part].status
+        e = self._e[part]
+        cur = e.status
         if birth < cur.birth:
             self.ignored_stale += 1
             return
+        last_sent, e.last_sent = e.last_sent, sent
         if birth == cur.birth and cur.online:
-            e = self._e[part]
-            if cur.last_heartbeat is not None:
+            if sent is not None and last_sent is not None and sent > last_sent:
+                e.jitter_s += (abs((sent - last_sent) - e.heartbeat_s) - e.jitter_s) / 16
+            elif sent is None and cur.last_heartbeat is not None:
                 e.jitter_s += (abs((now - cur.last_heartbeat) - e.heartbeat_s) - e.jitter_s) / 16
             cur.last_heartbeat = now
             return

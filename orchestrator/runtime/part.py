@@ -80,6 +80,16 @@ log = logging.getLogger("orchestrator.part")
 M = TypeVar("M", bound=BaseModel)
 
 COUNTERS_PERIOD_S = 5.0
+BEAT_SLACK = 0.25  # a heartbeat interval may stretch by this fraction of a period to get onto the shared beat
+
+
+def next_beat_delay(period: float, now: float) -> float:
+    """Seconds until the next heartbeat: on the shared beat (the multiples of ``period`` of the wall clock),
+    so the parts of a robot beat together and the broker and the primary read their heartbeats a batch per
+    wake-up instead of one each.  A beat less than a quarter period away is skipped (the interval stretches
+    to at most 1.25 periods; it never shrinks below 0.25 of one)."""
+    delay = (-now) % period
+    return delay + period if delay < BEAT_SLACK * period else delay
 CAP_MARGIN_S = 2.0  # the primary leaves `up` this much of the robot's shutdown bound
 LATE_REPORT_S = 1.0  # how long a child that said "stopped" may take to bring the report it sent before
 ALL_SESSIONS = "*"
@@ -129,6 +139,7 @@ class Part:
         self.stop_talks: Conversations[StopReport] = Conversations()
         self.end_talks: Conversations[SessionEndReport] = Conversations()
         self._unasked_reports: dict[str, tuple[float, StopReport]] = {}
+        self._following_children = False  # hearing the children's heartbeats (from the start of a shutdown)
         self.children_liveness = Liveness(
             [(c, self.config.part(c).heartbeat_s, self.config.part(c).heartbeat_misses) for c in self.children]
         )
@@ -291,8 +302,6 @@ class Part:
         await self.publish_resources()
         self.spawn(self._heartbeat_loop(), "heartbeat")
         self.spawn(self._counters_loop(), "counters")
-        if self.children:
-            self.spawn(self._liveness_loop(), "children-liveness")
         self.telemetry.restart()
         reason = f"{len(degraded)} resource(s) degraded" if degraded else None
         await self.publish_state(PartStateName.RUNNING, reason)
@@ -308,7 +317,8 @@ class Part:
             await self.client.subscribe(t.part_report(c), self._on_report)
             await self.client.subscribe(t.session_report(c), self._on_session_report)
             await self.client.subscribe(t.part_state(c), self._on_child_state)
-            await self.client.subscribe(t.part_heartbeat(c), self._on_child_heartbeat, qos=0)
+        # the children's heartbeats: only from the start of a shutdown (follow_children); the primary hears
+        # every part's on a connection of its own
 
     def spawn(self, coro: Any, what: str) -> asyncio.Task[Any]:
         task = asyncio.create_task(coro, name=f"part[{self.name}].{what}")
@@ -361,22 +371,26 @@ class Part:
 
     # -- heartbeats and the link ------------------------------------------------------------------
     async def _heartbeat_loop(self) -> None:
+        """A heartbeat every ``heartbeat_s``, on the robot's shared beat (:func:`next_beat_delay`)."""
         topic = self.topics.part_heartbeat(self.name)
         period = self.part_config.heartbeat_s
-        next_at = time.monotonic()
+        watchdog = self.watchdog
+        if watchdog is not None:  # touched here on every beat: its own task need not wake the loop too
+            watchdog.touched_every(period * (1 + BEAT_SLACK))
+        beat_at = time.monotonic()
         while True:
+            if watchdog is not None:
+                watchdog.touch()
             if self.client.is_connected:
                 self._check_link()
                 body = Heartbeat(uptime_s=time.monotonic() - self._started_mono)
                 if self.client.publish_nowait(topic, self.encode(body), qos=0) and self._unechoed_since is None:
                     self._unechoed_since = time.monotonic()
-            next_at += period
-            delay = next_at - time.monotonic()
-            if delay < 0:  # the loop was blocked: do not burst, resynchronise; our own stall is not the link's
-                next_at = time.monotonic()
-                self._unechoed_since = None
-                delay = 0
-            await asyncio.sleep(delay)
+            await asyncio.sleep(next_beat_delay(period, time.time()))
+            now = time.monotonic()
+            if now - beat_at > (1.5 + BEAT_SLACK) * period:
+                self._unechoed_since = None  # the loop was blocked: our own stall is not the link's
+            beat_at = now
 
     def _on_own_heartbeat(self, msg: Message) -> None:
         since = self._unechoed_since
@@ -542,23 +556,43 @@ class Part:
             self.stop_talks.child_gone(child)
             self.end_talks.child_gone(child)
 
-    def heartbeat_birth(self, msg: Message) -> int | None:
-        """The birth of an authentic heartbeat (the many-a-second path: no pydantic), else None (counted)."""
+    def follow_children(self) -> None:
+        """From the start of a shutdown, hear the children's heartbeats: a child that is alive and working
+        towards its report is waited for past its budget (``_child_alive``).  While the robot runs a parent
+        needs only its children's states (their Wills); the primary supervises every part's heartbeats, so a
+        parent does not pay for hearing them (nor the broker for sending them a second time).  Each online
+        child starts with a fresh detection interval, as after a reconnect."""
+        if self._following_children or not self.children:
+            return
+        self._following_children = True
+        self.children_liveness.resync(time.time())
+
+        async def subscribe() -> None:
+            await asyncio.gather(*(self.client.subscribe(self.topics.part_heartbeat(c), self._on_child_heartbeat,
+                                                         qos=0) for c in self.children))
+
+        self.spawn(subscribe(), "follow-children")
+        self.spawn(self._liveness_loop(), "children-liveness")
+
+    def heartbeat_body(self, msg: Message) -> tuple[int, float | None] | None:
+        """(birth, the sender's uptime when it sent it) of an authentic heartbeat, else None (counted)."""
         try:
-            src, birth, _body = decode_light(msg.payload)
+            src, birth, body = decode_light(msg.payload)
         except ProtocolError as exc:
             self.refusals.refuse(str(exc.details.get("reason", "malformed")), msg.topic)
             return None
         if not self.topics.authentic(msg.topic, src):
             self.refusals.refuse("forged_sender", msg.topic, f"claims {src[:80]}")
             return None
-        return birth
+        sent = body.get("uptime_s")
+        return birth, float(sent) if isinstance(sent, int | float) and not isinstance(sent, bool) and \
+            0 <= sent < 1e12 else None
 
     def _on_child_heartbeat(self, msg: Message) -> None:
         child = self.topics.part_of(msg.topic)
-        birth = self.heartbeat_birth(msg)
-        if birth is not None and child is not None:
-            self.children_liveness.on_heartbeat(child, birth)
+        got = self.heartbeat_body(msg)
+        if got is not None and child is not None:
+            self.children_liveness.on_heartbeat(child, got[0], sent=got[1])
 
     def _subtree_cap(self) -> float:
         """When this part's whole subtree must have stopped: the time its parent gave it, or (the primary,
@@ -768,6 +802,7 @@ class Part:
             assert self.entry is not None
             return self.entry
         self._stop_requested.set()
+        self.follow_children()
         asked_at = self._asked_at or time.time()
         shutdown_id = self._shutdown_id or uuid.uuid4().hex[:12]
         self._shutdown_id = shutdown_id

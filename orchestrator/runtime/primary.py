@@ -32,7 +32,6 @@ from orchestrator.protocol.codec import encode
 from orchestrator.protocol.messages import (
     AdminDisconnect,
     Heartbeat,
-    LivenessReport,
     Notice,
     PartState,
     PartStateName,
@@ -58,6 +57,7 @@ R = TypeVar("R", bound=BaseModel)
 
 STATUS_MIN_INTERVAL_S = 0.05
 PULSE_S = 1.0
+WATCH_BATCH_S = 0.05  # the supervision connection is read at most this often (a few heartbeats per read)
 MAX_UNKNOWN_ENDS = 16  # robot-wide ends of sessions the primary does not know, under way at once
 
 
@@ -92,6 +92,18 @@ class Primary(Part):
             username=self.access.username, password=self.access.password, tls=self.access.tls,
             will=self._status_will,
         )
+        # every part's heartbeats arrive on a connection of their own, read in batches: supervising 50 parts
+        # costs a few wake-ups a second, and calls to the primary's own resources keep their latency
+        self.watch = MqttClient(
+            f"{self.config.robot}.part.{self.name}.watch", self.urls, keepalive=self.config.broker.keepalive_s,
+            username=self.access.username, password=self.access.password, tls=self.access.tls,
+            batch_reads_s=WATCH_BATCH_S,
+        )
+        self.watch.on_connect(self._on_watch_connect)
+        self.watch.after_batch = self._supervise  # judge the silences right after reading what arrived
+        self._supervisor: asyncio.TimerHandle | None = None
+        self._supervise_period = min([self.config.part(p).heartbeat_s for p in self.topology.parts] + [0.5]) / 2
+        self._watch_proven_at = time.time()  # our own heartbeats echoed on the supervision connection up to then
 
     def _status_will(self, birth: int) -> Will:
         body = RobotStatus(robot=self.config.robot, primary=self.name, state="offline", upstream=self.upstream,
@@ -103,7 +115,7 @@ class Primary(Part):
         await super()._subscribe()
         # one wildcard per kind, not one subscription per part (amqtt matching is linear in subscriptions)
         await self.client.subscribe(t.all_part_states(), self._on_any_state)
-        await self.client.subscribe(t.all_part_heartbeats(), self._on_any_heartbeat, qos=0)
+        await self.watch.subscribe(t.all_part_heartbeats(), self._on_any_heartbeat, qos=0)
         await self.client.subscribe(t.all_client_shutdowns(), self._on_shutdown_request)
         await self.client.subscribe(t.all_client_reloads(), self._on_reload_request)
         if self.config.upstream is not None:
@@ -114,6 +126,7 @@ class Primary(Part):
 
     async def start(self) -> None:
         await self.status_link.start()
+        await self.watch.start(wait=False)  # until it connects, nobody is judged on heartbeats (heard_until)
         await super().start()
         mon = self.config.monitoring
         if mon.metrics is not None:
@@ -124,15 +137,19 @@ class Primary(Part):
                 self.client.publish_nowait(topic, payload, qos=1, retain=True)
         self.spawn(self._status_loop(), "status")
         self.spawn(self._pulse_loop(), "liveness-report")
-        self.spawn(self._watch_loop(), "liveness")
+        self._supervise()
         if self.config.upstream is not None:
             self.spawn(self._probe_loop(), "upstream-probe")
         self._status_dirty.set()
 
     async def close(self) -> None:
+        if self._supervisor is not None:
+            self._supervisor.cancel()
+            self._supervisor = None
         if self.metrics is not None:
             self.metrics.close()
         await super().close()
+        await self.watch.close()
         await self.status_link.close()
 
     # -- supervision ------------------------------------------------------------------------------
@@ -146,27 +163,59 @@ class Primary(Part):
         self.liveness.on_state(part, got[0], got[1])  # (its children's own subscriptions feed children_liveness)
 
     def _on_any_heartbeat(self, msg: Message) -> None:
+        """Every part's heartbeat, read in batches on the supervision connection (``watch``)."""
         part = self.topics.part_of(msg.topic)
-        if part is None or part == self.name or part not in self.liveness:
+        if part is None:
             return
-        birth = self.heartbeat_birth(msg)
-        if birth is None:
+        got = self.heartbeat_body(msg)
+        if got is None:
             return
-        self.liveness.on_heartbeat(part, birth)
+        birth, sent = got
+        if part == self.name:
+            if birth == self.client.birth and sent is not None:
+                # our own heartbeat, sent at `sent` (our uptime): what was published before then reached us
+                ago = time.monotonic() - (self._started_mono + sent)
+                self._watch_proven_at = max(self._watch_proven_at, time.time() - max(0.0, ago))
+            return
+        if part not in self.liveness:
+            return
+        self.liveness.on_heartbeat(part, birth, sent=sent)
+        if part in self.children_liveness:
+            self.children_liveness.on_heartbeat(part, birth, sent=sent)
 
-    async def _watch_loop(self) -> None:
-        period = min([self.config.part(p).heartbeat_s for p in self.topology.parts] + [0.5]) / 2
-        while True:
-            await asyncio.sleep(period)
-            if not (self.client.is_connected and self._link_ok):
-                continue  # we hear nobody while we are cut off: that says nothing about them
-            heard = self.heard_until()  # silence after that may be our own link's
-            for part in self.liveness.check_timeouts(heard):
-                log.warning("primary: %s missed its heartbeats: offline", part)
-            self.children_liveness.check_timeouts(heard)
-            if self._resync_until and time.monotonic() >= self._resync_until:
-                self._resync_until = 0.0
-                self._status_dirty.set()
+    async def _on_watch_connect(self, birth: int) -> None:
+        if self.watch.connections > 1:  # we heard nobody's heartbeats while it was down: that says nothing
+            now = time.time()
+            self.liveness.resync(now)
+            self.children_liveness.resync(now)
+
+    def follow_children(self) -> None:
+        """The primary hears its children's heartbeats all along (on ``watch``)."""
+
+    def heard_until(self) -> float:
+        """As :meth:`Part.heard_until`, and no later than what the supervision connection proves: the
+        echo of our own heartbeats on it, plus a period and a half."""
+        return min(super().heard_until(), self._watch_proven_at + 1.5 * self.part_config.heartbeat_s)
+
+    def _supervise(self) -> None:
+        """Judge every part's silence: after each batch of heartbeats read (``watch``), and at least every
+        half of the shortest heartbeat period (a timer re-armed here: no wake-up of its own while
+        heartbeats arrive)."""
+        if self._supervisor is not None:
+            self._supervisor.cancel()
+        self._supervisor = None
+        if self._closing:
+            return
+        self._supervisor = asyncio.get_running_loop().call_later(self._supervise_period, self._supervise)
+        if not (self.client.is_connected and self._link_ok and self.watch.is_connected):
+            return  # we hear nobody while we are cut off: that says nothing about them
+        heard = self.heard_until()  # silence after that may be our own link's
+        for part in self.liveness.check_timeouts(heard):
+            log.warning("primary: %s missed its heartbeats: offline", part)
+        self.children_liveness.check_timeouts(heard)
+        if self._resync_until and time.monotonic() >= self._resync_until:
+            self._resync_until = 0.0
+            self._status_dirty.set()
 
     def _on_change(self, part: str, new: PartStatus, old: PartStatus | None) -> None:
         if old is not None and old.online and not new.online:
@@ -197,8 +246,11 @@ class Primary(Part):
         while True:
             await asyncio.sleep(PULSE_S)
             if self.client.is_connected:
-                body = LivenessReport(at=time.time(), parts=self.liveness.pulse())
-                self.client.publish_nowait(self.topics.robot_liveness(), self.encode(body), qos=0)
+                # a plain dict of LivenessReport's shape (built every second: no pydantic on the way out)
+                body = {"at": time.time(), "parts": self.liveness.pulse_dict()}
+                self.client.publish_nowait(self.topics.robot_liveness(),
+                                           encode(self.sender, body, birth=self.client.birth, seq=self._seq.next()),
+                                           qos=0)
                 self.mirror(self.topics.robot_liveness(), body)
 
     async def _status_loop(self) -> None:

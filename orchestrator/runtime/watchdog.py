@@ -40,6 +40,18 @@ class LoopWatchdog:
         self._task = asyncio.create_task(self._touch(), name=f"part[{self.part}].watchdog-touch")
         self._thread.start()
 
+    def touch(self) -> None:
+        """The loop is alive (called from a task on it)."""
+        self._last = time.monotonic()
+
+    def touched_every(self, seconds: float) -> None:
+        """The caller's task touches from now on at least every ``seconds`` (the heartbeat loop): when that
+        is no longer than ``period_s``, the watchdog's own task stops waking the loop."""
+        self.touch()
+        if seconds <= self.period_s and self._task is not None:
+            self._task.cancel()
+            self._task = None
+
     async def _touch(self) -> None:
         while True:
             self._last = time.monotonic()

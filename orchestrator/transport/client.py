@@ -66,6 +66,9 @@ class Will:
 
 
 MAX_QUEUED = 10_000
+MISC_MIN_S = 0.01
+MISC_MAX_S = 1.0  # the keep-alive timer's longest sleep (it wakes when paho's next duty is due)
+MISC_IDLE_S = 0.25  # while there is no socket
 
 Handler = Callable[[Message], Awaitable[None] | None]
 ConnectHook = Callable[[int], Awaitable[None]]
@@ -108,10 +111,16 @@ class MqttClient:
         threaded: bool = False,
         tls: TlsSettings | None = None,
         fail_fast: bool = False,
+        batch_reads_s: float = 0.0,
     ) -> None:
         """``fail_fast``: the first connection fails at once (``BrokerUnavailable``) when every URL
         refused it, instead of retrying until ``connect_timeout`` (a command line asking "is anybody
-        there?"; a part keeps retrying)."""
+        there?"; a part keeps retrying).
+
+        ``batch_reads_s``: after reading, leave the socket alone this long, then read everything that
+        arrived meanwhile at once: a connection that hears many small messages and needs no low latency
+        (the primary's heartbeat supervision) wakes the process at most ``1 / batch_reads_s`` times a
+        second instead of once per message.  Each message is then handled up to that much later."""
         if not urls:
             raise ValueError("at least one broker URL is needed")
         self.client_id = client_id
@@ -153,6 +162,9 @@ class MqttClient:
         self._connector: asyncio.Task[None] | None = None
         self._misc: asyncio.Task[None] | None = None
         self._connack = asyncio.Event()
+        self.batch_reads_s = max(0.0, batch_reads_s) if not threaded else 0.0
+        self._rearm: asyncio.TimerHandle | None = None
+        self.after_batch: Callable[[], None] | None = None  # called after each batched read (on the loop)
 
         self._paho = paho.Client(
             callback_api_version=CallbackAPIVersion.VERSION2,
@@ -493,9 +505,24 @@ class MqttClient:
     async def _misc_loop(self) -> None:
         """paho's housekeeping: keep-alive pings, and noticing a broker that stopped answering them."""
         while not self._closed:
-            await asyncio.sleep(0.25)
+            await asyncio.sleep(self._misc_delay())
             if self._paho.socket() is not None:
                 self._paho.loop_misc()
+
+    def _misc_delay(self) -> float:
+        """Until paho's next keep-alive duty (a PINGREQ after ``keepalive`` without traffic either way, or
+        giving up on an unanswered one), at most MISC_MAX_S: a connection that publishes or hears something
+        every keep-alive period is not woken four times a second for nothing."""
+        p = self._paho
+        if p.socket() is None:
+            return MISC_IDLE_S
+        try:
+            due = min(p._last_msg_out, p._last_bytes_received) + self.keepalive  # paho's clock: time.monotonic
+            if p._ping_t > 0:
+                due = min(due, p._ping_t + self.keepalive)
+            return min(max(due - time.monotonic(), MISC_MIN_S), MISC_MAX_S)
+        except (AttributeError, TypeError):  # another paho: the old fixed pace
+            return MISC_IDLE_S
 
     def _in_loop(self, fn: Callable[..., Any], *args: Any) -> None:
         loop = self._loop
@@ -529,6 +556,30 @@ class MqttClient:
                     return
             self._paho.loop_read()
 
+    def _read_batch(self, fd: int) -> None:
+        """``batch_reads_s``: read what is there, then stop watching the socket for a while."""
+        self._read()
+        if self.after_batch is not None:
+            try:
+                self.after_batch()
+            except Exception:
+                log.exception("%s: after_batch failed", self.client_id)
+        loop = self._loop
+        if loop is None or loop.is_closed() or self._rearm is not None:
+            return
+        with contextlib.suppress(Exception):
+            loop.remove_reader(fd)
+        self._rearm = loop.call_later(self.batch_reads_s, self._watch_again, fd)
+
+    def _watch_again(self, fd: int) -> None:
+        self._rearm = None
+        sock = self._paho.socket()
+        if sock is None or self._closed:
+            return
+        with contextlib.suppress(Exception):
+            if sock.fileno() == fd:  # not a closed socket's number, reused by another one
+                self._watch_socket(fd)
+
     def _write(self) -> None:
         self._paho.loop_write()
 
@@ -536,9 +587,15 @@ class MqttClient:
     # from the executor thread runs later on the loop, when paho may already have closed the socket.
     def _watch_socket(self, fd: int) -> None:
         if self._loop is not None and not self._loop.is_closed() and fd >= 0:
-            self._loop.add_reader(fd, self._read)
+            if self.batch_reads_s:
+                self._loop.add_reader(fd, self._read_batch, fd)
+            else:
+                self._loop.add_reader(fd, self._read)
 
     def _forget_fd(self, fd: int) -> None:
+        if self._rearm is not None:
+            self._rearm.cancel()
+            self._rearm = None
         if self._loop is None or self._loop.is_closed() or fd < 0:
             return
         with contextlib.suppress(Exception):
