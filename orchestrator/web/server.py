@@ -1,0 +1,67 @@
+"""Serve the control panel's static files and a generated ``config.json`` over plain HTTP.
+
+The stdlib :class:`http.server.ThreadingHTTPServer` on a daemon thread: the files are small and
+static, so nothing here touches the robot's event loop.  ``/config.json`` tells the page the robot's
+name and the broker's MQTT-over-WebSocket URL; everything else comes from :data:`STATIC_DIR`.
+"""
+
+from __future__ import annotations
+
+import json
+import threading
+from functools import partial
+from http.server import SimpleHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+from typing import Any
+
+STATIC_DIR = Path(__file__).resolve().parent / "static"
+
+
+class _Handler(SimpleHTTPRequestHandler):
+    page_config: bytes = b"{}"
+
+    def do_GET(self) -> None:
+        if self.path.split("?", 1)[0] == "/config.json":
+            self.send_response(200)
+            self.send_header("Content-Type", "application/json")
+            self.send_header("Cache-Control", "no-store")
+            self.send_header("Content-Length", str(len(self.page_config)))
+            self.end_headers()
+            self.wfile.write(self.page_config)
+            return
+        super().do_GET()
+
+    def log_message(self, format: str, *args: Any) -> None:
+        pass  # the panel's requests are not the robot's log
+
+
+class WebServer:
+    """The panel on ``host:port`` (port 0 picks a free one); :meth:`start` / :meth:`close`."""
+
+    def __init__(
+        self,
+        *,
+        host: str,
+        port: int,
+        robot: str,
+        websocket_url: str,
+        static_dir: Path = STATIC_DIR,
+    ) -> None:
+        config = json.dumps({"robot": robot, "websocket_url": websocket_url}).encode()
+        handler = type("PanelHandler", (_Handler,), {"page_config": config})
+        self._httpd = ThreadingHTTPServer((host, port), partial(handler, directory=str(static_dir)))
+        self._httpd.daemon_threads = True
+        self._thread = threading.Thread(target=self._httpd.serve_forever, name="web-panel", daemon=True)
+
+    @property
+    def port(self) -> int:
+        return int(self._httpd.server_address[1])
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def close(self) -> None:
+        if self._thread.is_alive():
+            self._httpd.shutdown()
+            self._thread.join(timeout=5)
+        self._httpd.server_close()
