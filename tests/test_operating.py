@@ -310,7 +310,9 @@ async def test_monitor_in_a_terminal_shows_the_robot_and_a_frozen_part(tmp_path:
                     await asyncio.to_thread(s.wait_for, lambda s: "running" in s.row("drive")
                                             and " yes " in s.row("drive"), 20, "drive running")
                     assert f"robot {setup.robot}: running" in s.text()
-                    assert "drive/m1" in s.text() and "orc:sim:motor" in s.text()
+                    # the resources arrive on their own topic: drawn when they come, not with the parts
+                    await asyncio.to_thread(s.wait_for, lambda s: "drive/m1" in s.text()
+                                            and "orc:sim:motor" in s.text(), 10, "drive's motor")
                     os.kill(pid, signal.SIGSTOP)  # frozen: its row must not say it runs
                     try:
                         await asyncio.to_thread(s.wait_for, lambda s: "(silent)" in s.row("drive")
