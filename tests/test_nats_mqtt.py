@@ -652,7 +652,7 @@ async def test_killed_node_fail_over_retained_and_subscriptions_survive() -> Non
     - A part connected to it fails over through the transport's URL list.  On the survivors
       CONNECT, QoS 1 PUBLISH and QoS 1 SUBSCRIBE wait for the JetStream leaders the dead node
       held (Raft elections, 4-9 s in nats-server 2.9): the part reconnects in about 6-7 s.
-    - Its Will is never published: the node that held it is gone.
+    - Its Will is usually not published (the node that held it is gone), but once was: recorded.
     - QoS 0 between survivors goes on at once (plain NATS).  A QoS 1 publisher on a surviving node
       stalls 4 s on its PUBLISH, even with no subscriber (every QoS 1 PUBLISH is stored in
       $MQTT_msgs, which has no leader), and loses its connection (server timeout, or its own
@@ -724,8 +724,9 @@ async def test_killed_node_fail_over_retained_and_subscriptions_survive() -> Non
                 assert (await late.get(10.0)).payload == b"before"
             await watcher.publish(t.part_state("marker"), b"m", qos=0)
             seen = [m.topic for m in await wills.until(t.part_state("marker"), 15.0)]
+            # whether main's Will comes out depends on where the cluster kept its session (it did in one CI run
+            # of three): recorded, not asserted; a part ignores a Will older than the birth it knows
             measured("Wills seen after the node kill", str(seen))
-            assert t.part_state("main") not in seen  # the dead node held main's Will
 
             # a retained message set while the node is down, then the node restarted
             await watcher.publish(t.robot_status(), b"while-down", qos=1, retain=True, timeout=WAIT)
