@@ -82,6 +82,26 @@ def percentile(sorted_values: list[float], q: float) -> float:
     return sorted_values[k]
 
 
+def summary_ms(samples_s: list[float], bound_s: float | None = None,
+               raw_s: list[float] | None = None) -> dict[str, Any]:
+    """p50/p99 (nearest rank) in ms of samples in seconds; with a bound, the ratios to it; with raw
+    samples (the paho baseline of the same run), ours / raw at p50 and p99."""
+    s = sorted(samples_s)
+    if not s:
+        return {"n": 0}
+    p50, p99 = percentile(s, 50), percentile(s, 99)
+    out: dict[str, Any] = {"n": len(s), "p50_ms": round(p50 * 1000, 1), "p99_ms": round(p99 * 1000, 1),
+                           "max_ms": round(s[-1] * 1000, 1)}
+    if bound_s is not None:
+        out |= {"bound_ms": round(bound_s * 1000, 1), "ratio_p50": round(p50 / bound_s, 3),
+                "ratio_p99": round(p99 / bound_s, 3)}
+    if raw_s:
+        r = sorted(raw_s)
+        out |= {"ratio_p50_to_raw": round(p50 / percentile(r, 50), 3),
+                "ratio_p99_to_raw": round(p99 / percentile(r, 99), 3)}
+    return out
+
+
 def summary_us(samples_us: list[float]) -> dict[str, float | int]:
     s = sorted(samples_us)
     return {"n": len(s), "p50": round(percentile(s, 50), 1), "p90": round(percentile(s, 90), 1),

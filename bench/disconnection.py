@@ -65,7 +65,7 @@ if str(ROOT / "tests") not in sys.path:
 from netrobot import NetRobot, net_robot  # noqa: E402
 from robot import Watcher  # noqa: E402
 
-from bench.calls import percentile  # noqa: E402
+from bench.calls import summary_ms as _stats  # noqa: E402
 from bench.rawpaho import raw_client  # noqa: E402
 from orchestrator import Motor, PartOffline  # noqa: E402
 from orchestrator.client import RobotClient  # noqa: E402
@@ -79,24 +79,6 @@ BROKERS = [b for b in os.environ.get("BENCH_DISCONNECT_BROKERS", "mosquitto").sp
 RECONNECT_MAX_S = 2.0  # orchestrator.transport.client.MqttClient's default back-off ceiling
 CALL_BOUND_S = 0.1
 STEP_TIMEOUT_S = 20.0  # any single wait longer than this fails the run
-
-
-def _stats(samples_s: list[float], bound_s: float | None = None, raw_s: list[float] | None = None) -> dict[str, Any]:
-    """p50/p99 (nearest rank) in ms; with a bound, the ratios to it; with raw samples, ours / raw (p50, p99)."""
-    s = sorted(samples_s)
-    if not s:
-        return {"n": 0}
-    p50, p99 = percentile(s, 50), percentile(s, 99)
-    out: dict[str, Any] = {"n": len(s), "p50_ms": round(p50 * 1000, 1), "p99_ms": round(p99 * 1000, 1),
-                           "max_ms": round(s[-1] * 1000, 1)}
-    if bound_s is not None:
-        out |= {"bound_ms": round(bound_s * 1000, 1), "ratio_p50": round(p50 / bound_s, 3),
-                "ratio_p99": round(p99 / bound_s, 3)}
-    if raw_s:
-        r = sorted(raw_s)
-        out |= {"ratio_p50_to_raw": round(p50 / percentile(r, 50), 3),
-                "ratio_p99_to_raw": round(p99 / percentile(r, 99), 3)}
-    return out
 
 
 async def _until(cond: Any, what: str, timeout: float = STEP_TIMEOUT_S, poll: float = 0.005) -> float:

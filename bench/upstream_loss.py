@@ -42,8 +42,10 @@ if str(ROOT / "tests") not in sys.path:
     sys.path.insert(0, str(ROOT / "tests"))
 
 from cloud import FLEET_PASSWORD, FLEET_USER, Cloud, LinkWatch, cloud_robot  # noqa: E402
+from netrobot import read_trace  # noqa: E402
 
 from bench.calls import percentile  # noqa: E402
+from bench.calls import summary_ms as stats  # noqa: E402
 from bench.rawpaho import raw_client  # noqa: E402
 from orchestrator import Motor  # noqa: E402
 from orchestrator.client import RobotClient  # noqa: E402
@@ -66,14 +68,7 @@ def parts(traces: Path) -> list[dict[str, Any]]:
 
 
 def trace(traces: Path, motor: str) -> list[tuple[float, float]]:
-    path = traces / f"{motor}.trace"
-    if not path.exists():
-        return []
-    out = []
-    for line in path.read_text().splitlines():
-        t, p = line.split()
-        out.append((float(t), float(p)))
-    return out
+    return read_trace(traces / f"{motor}.trace")
 
 
 def power(traces: Path, motor: str) -> float:
@@ -86,19 +81,6 @@ def stopped_after(traces: Path, motor: str, t0: float) -> float | None:
     if not tr or tr[-1][1] != 0.0:
         return None
     return next(t for t, p in tr if p == 0.0)
-
-
-def stats(samples_s: list[float], bound_s: float | None = None) -> dict[str, Any]:
-    s = sorted(samples_s)
-    if not s:
-        return {"n": 0}
-    p50, p99 = percentile(s, 50), percentile(s, 99)
-    out: dict[str, Any] = {"n": len(s), "p50_ms": round(p50 * 1000, 1), "p99_ms": round(p99 * 1000, 1),
-                           "max_ms": round(s[-1] * 1000, 1)}
-    if bound_s is not None:
-        out |= {"bound_ms": round(bound_s * 1000, 1), "ratio_p50": round(p50 / bound_s, 3),
-                "ratio_p99": round(p99 / bound_s, 3)}
-    return out
 
 
 async def _until(cond: Any, what: str, timeout: float = STEP_TIMEOUT_S) -> float:

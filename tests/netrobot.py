@@ -73,6 +73,17 @@ def net_parts(trace_dir: Path) -> list[dict[str, Any]]:
     ]
 
 
+def read_trace(path: Path) -> list[tuple[float, float]]:
+    """(time, power) lines a sim motor's ``trace_file`` holds; none if it wrote nothing yet."""
+    if not path.exists():
+        return []
+    out = []
+    for line in path.read_text().splitlines():
+        t, p = line.split()
+        out.append((float(t), float(p)))
+    return out
+
+
 @dataclass
 class NetRobot:
     lab: NetLab
@@ -198,14 +209,7 @@ class NetRobot:
 
     # -- what the motors did -------------------------------------------------------------------------
     def trace(self, motor: str) -> list[tuple[float, float]]:
-        path = self.trace_path(motor)
-        if not path.exists():
-            return []
-        out = []
-        for line in path.read_text().splitlines():
-            t, p = line.split()
-            out.append((float(t), float(p)))
-        return out
+        return read_trace(self.trace_path(motor))
 
     def power(self, motor: str) -> float:
         tr = self.trace(motor)
