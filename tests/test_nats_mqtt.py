@@ -927,7 +927,7 @@ async def test_fleet_two_robots_bridged_to_the_cluster_driven_by_a_remote_client
             up.close()
 
 
-@pytest.mark.timeout(240)
+@pytest.mark.timeout(300)
 async def test_parts_and_a_client_on_different_nodes_a_killed_node_moves_its_part(tmp_path: Path) -> None:
     """The primary on node 1, base on node 2, the camera and a client on node 3, each with every node in
     its fail-over list: the robot runs across the cluster; killing node 2 moves base to a surviving
@@ -971,15 +971,18 @@ async def test_parts_and_a_client_on_different_nodes_a_killed_node_moves_its_par
                                   120, "base back on a surviving node")  # seen: 19 to 53 s (JetStream elections)
                     measured("node kill to base running again on a survivor", time.perf_counter() - killed)
                     await w.until(base_online, 30, "the primary sees base online again")
-                    for attempt in range(20):
+                    # JetStream may still move MQTT sessions between nodes (a part's connection is taken over and
+                    # comes back): the client retries, renewing its session when the robot ended it, for a bounded time
+                    recover_by = time.monotonic() + 60
+                    for attempt in range(200):
                         try:
+                            if client.session is not None and not client.session.alive:
+                                await client.renew_session()
                             await motor.set_power(0.2)
                             break
                         except OrchestratorError as exc:
                             measured(f"call after the fail-over, attempt {attempt}", type(exc).__name__)
-                            assert attempt < 19
-                            if client.session is not None and not client.session.alive:
-                                await client.renew_session()
+                            assert time.monotonic() < recover_by, "the client could not drive base again within 60 s"
                             await asyncio.sleep(0.5)
                     assert await motor.get_power() == 0.2
                     measured("node kill to the client driving base again", time.perf_counter() - killed)
