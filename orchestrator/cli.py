@@ -142,12 +142,16 @@ def part(
     verbose: Verbose = False,
     config: LegacyConfigArg = None,
     config_opt: ConfigOpt = None,
+    health_file: Annotated[Path | None, typer.Option(envvar="ORCHESTRATOR_HEALTH_FILE",
+                                                     help="keep this part's health line in this file, for a "
+                                                          "container health check (docs/deploy.md)")] = None,
 ) -> None:
     """Run one part (a process of its own)."""
     config = config_path(config, config_opt)
     from orchestrator.runtime.main import part_main
 
-    raise typer.Exit(part_main(str(config), name, broker_url, verbose, str(credentials) if credentials else None))
+    raise typer.Exit(part_main(str(config), name, broker_url, verbose, str(credentials) if credentials else None,
+                               str(health_file) if health_file else None))
 
 
 @app.command()

@@ -102,3 +102,83 @@ def test_health_with_wrong_arguments_says_why_in_one_line(tmp_path: Path) -> Non
         assert res.returncode == 1 and "no MQTT broker reachable" in one_line(res), res
         res = health(str(setup.cfg), "--part", "base", "--credentials", str(tmp_path / "none"))
         assert res.returncode == 2 and "unhealthy" in one_line(res), res
+
+
+def health_line(path: Path) -> subprocess.CompletedProcess[str]:
+    """The compose health check of a part container, as docker runs it (`sh -c` of the generated line)."""
+    from orchestrator.runtime.healthfile import shell_check
+
+    return subprocess.run(["sh", "-c", shell_check(str(path))], capture_output=True, text=True, timeout=10)
+
+
+def start_part(cfg: Path, part: str, url: str, health_file: Path) -> subprocess.Popen[bytes]:
+    """`orchestrator part` as a part container runs it: the health file named by the environment."""
+    return subprocess.Popen([sys.executable, "-m", "orchestrator", "part", "-c", str(cfg), "--name", part,
+                             "--broker", url], env={**os.environ, "ORCHESTRATOR_HEALTH_FILE": str(health_file)},
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, stdin=subprocess.DEVNULL)
+
+
+async def until_health(path: Path, code: int, within: float, what: str) -> str:
+    """Await the health line's answer becoming ``code`` (bounded); its one line."""
+    deadline = time.monotonic() + within
+    while True:
+        res = await asyncio.to_thread(health_line, path)
+        if res.returncode == code:
+            return one_line(res)
+        assert time.monotonic() < deadline, f"{what}: still {res.returncode} after {within} s: {res.stdout}"
+        await asyncio.sleep(0.1)
+
+
+@pytest.mark.timeout(90)
+async def test_health_file_check_of_a_part_container_follows_running_frozen_cut_and_stopped(tmp_path: Path) -> None:
+    """The compose health check (no Python per check: 50 containers each running `orchestrator health` every
+    few seconds never came up healthy on 2 cores) says healthy only while the part runs and its heartbeats
+    come back through the broker: unhealthy when frozen, when its link carries nothing, when it stops."""
+    from faultproxy import FaultProxy
+
+    parts = [{"name": "main", "heartbeat_s": 0.2},
+             {"name": "base", "parent": "main", "heartbeat_s": 0.2,
+              "resources": [{"name": "left", "model": "orc:sim:motor"}]}]
+    with robot_setup("mosquitto", tmp_path / "robot.yaml", parts, keepalive_s=5) as setup, \
+            FaultProxy(setup.where) as proxy:
+        files = {p: tmp_path / f"{p}.health" for p in ("main", "base")}
+        assert "no health file" in one_line(health_line(files["base"]))
+        procs: dict[str, subprocess.Popen[bytes]] = {}
+        try:
+            for part in ("main", "base"):  # base through the proxy: its link can be cut
+                url = f"mqtt://{proxy.address[0]}:{proxy.address[1]}" if part == "base" else setup.url
+                procs[part] = start_part(setup.cfg, part, url, files[part])
+            for part in procs:
+                line = await until_health(files[part], 0, 30, f"{part} healthy")
+                assert line.startswith("healthy: running birth=") and f"pid={procs[part].pid}" in line
+            # frozen: nothing renews the line, it expires by itself (window 0.2 x 3, link timeout, 1 s slack)
+            os.kill(procs["base"].pid, signal.SIGSTOP)
+            try:
+                frozen = time.monotonic()
+                line = await until_health(files["base"], 1, 10, "frozen base unhealthy")
+                assert time.monotonic() - frozen < 5 and line.startswith("unhealthy: running")  # a stale line
+            finally:
+                os.kill(procs["base"].pid, signal.SIGCONT)
+            await until_health(files["base"], 0, 10, "base healthy again after SIGCONT")
+            # the link carries nothing (the connection stays open): the part says so itself
+            proxy.stall()
+            try:
+                line = await until_health(files["base"], 1, 10, "cut base unhealthy")
+            finally:
+                proxy.resume()
+            await until_health(files["base"], 0, 20, "base healthy again after the link returns")
+            assert await until_health(files["main"], 0, 1, "main unaffected")
+            # stopped: the reason is in the line
+            procs["base"].terminate()
+            assert await asyncio.to_thread(procs["base"].wait, 30) == 0
+            line = one_line(health_line(files["base"]))
+            assert health_line(files["base"]).returncode == 1 and line.startswith("unhealthy: stopped 0"), line
+        finally:
+            for proc in reversed(procs.values()):
+                proc.terminate()
+            for proc in procs.values():
+                try:
+                    proc.wait(15)
+                except subprocess.TimeoutExpired:
+                    proc.kill()
+                    proc.wait(5)

@@ -22,14 +22,14 @@ log = logging.getLogger("orchestrator.part")
 
 
 def make_part(loaded: LoadedConfig, name: str, urls: list[tuple[str, int]] | None = None,
-              credentials: str | None = None) -> Part:
+              credentials: str | None = None, health_file: str | None = None) -> Part:
     cls = Primary if loaded.topology.parent(name) is None else Part
-    return cls(loaded, name, urls=urls, credentials=credentials)
+    return cls(loaded, name, urls=urls, credentials=credentials, health_file=health_file)
 
 
 async def run_part(loaded: LoadedConfig, name: str, urls: list[tuple[str, int]] | None = None,
-                   credentials: str | None = None) -> int:
-    part = make_part(loaded, name, urls, credentials)
+                   credentials: str | None = None, health_file: str | None = None) -> int:
+    part = make_part(loaded, name, urls, credentials, health_file)
     level = loaded.config.monitoring.log_level
     if level is not None:  # what this part logs at that level and above also goes to part/<p>/log
         handler = TopicLogHandler(part, getattr(logging, level))
@@ -59,8 +59,10 @@ def parse_urls(text: str) -> list[tuple[str, int]]:
     return out
 
 
-def part_main(config: str, name: str, broker: str | None, verbose: bool, credentials: str | None = None) -> int:
-    """Run one part as this process; the exit code (2: invalid configuration or credentials, 1: no broker)."""
+def part_main(config: str, name: str, broker: str | None, verbose: bool, credentials: str | None = None,
+              health_file: str | None = None) -> int:
+    """Run one part as this process; the exit code (2: invalid configuration or credentials, 1: no broker).
+    ``health_file``: where to keep its health line for a container health check (runtime/healthfile.py)."""
     setup_logging(f"part {name}", verbose)
     try:
         loaded = load_effective(config, credentials)
@@ -78,7 +80,7 @@ def part_main(config: str, name: str, broker: str | None, verbose: bool, credent
         print(str(exc), file=sys.stderr)
         return EXIT_CONFIG
     try:
-        return asyncio.run(run_part(loaded, name, urls, credentials))
+        return asyncio.run(run_part(loaded, name, urls, credentials, health_file))
     except CredentialsMissing as exc:
         print(f"part {name}: {exc}", file=sys.stderr)
         return EXIT_CONFIG

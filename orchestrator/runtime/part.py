@@ -57,6 +57,7 @@ from orchestrator.rpc.methods import MethodSpec
 from orchestrator.rpc.server import RpcServer
 from orchestrator.rpc.stats import CallStats
 from orchestrator.runtime.conversation import Conversations
+from orchestrator.runtime.healthfile import HealthFile
 from orchestrator.runtime.liveness import Liveness
 from orchestrator.runtime.monitoring import JsonMirror
 from orchestrator.runtime.reload import affected_refs, stopped_through
@@ -107,6 +108,7 @@ class Part:
         registry: Registry | None = None,
         session_key: SessionKey | None = None,
         credentials: str | Path | None = None,
+        health_file: str | Path | None = None,
     ) -> None:
         self.loaded = loaded
         self.credentials = credentials
@@ -150,6 +152,9 @@ class Part:
         # wall clock: what we sent up to then came back, so we would have heard others' messages up to then
         self._link_proven_at = time.time()
         self.link_drops = 0
+        # for a container health check: renewed on each echo while running (runtime/healthfile.py)
+        self.health = HealthFile(health_file, max(self.link_timeout_s,
+                                                  self.part_config.heartbeat_s * self.part_config.heartbeat_misses))
         # this part's own broker identity (username = identity) and the robot's session key
         self.access = Access.of(self.config, loaded.path, self.id, credentials)
         self.client = MqttClient(
@@ -220,6 +225,8 @@ class Part:
 
     async def publish_state(self, state: PartStateName, reason: str | None = None) -> None:
         self.state = state
+        if state != PartStateName.RUNNING:
+            self.health.not_running(state.value, reason or "")
         self._state_reason = reason
         body = self._state_body(reason)
         with contextlib.suppress(Exception):
@@ -398,6 +405,8 @@ class Part:
         self._link_proven_at = now if since is None else max(self._link_proven_at,
                                                                  now - (time.monotonic() - since))
         self._unechoed_since = None
+        if self.state == PartStateName.RUNNING:
+            self.health.running(self.client.birth, os.getpid())
         if not self._link_ok:
             self._link_ok = True
             log.warning("part %s: the broker carries our heartbeats again (nothing restarts by itself)", self.name)
@@ -411,6 +420,7 @@ class Part:
             return
         self._link_ok = False
         self.link_drops += 1
+        self.health.not_running("disconnected", f"no echo of our heartbeats for {silent:.2f} s")
         # stop what moves (safety first); the connection itself is left to the keep-alive: dropping it on a
         # busy machine would only add reconnections to the load that delayed the echo
         log.warning("part %s: no echo of our heartbeats for %.2f s: the link carries nothing; stopping our "
@@ -635,6 +645,7 @@ class Part:
         if self._closing:
             return
         log.warning("part %s lost the broker (%s): stopping its actuators", self.name, reason)
+        self.health.not_running("disconnected", f"lost the broker ({reason})")
         await self._stop_actuators("broker lost")
 
     # -- control from the parent -------------------------------------------------------------------
