@@ -38,10 +38,9 @@ demo: install
 	$(BIN)/orchestrator credentials -c $(CONFIG)
 	$(BIN)/orchestrator up -c $(CONFIG)
 
-test: install-test test-tools
-	$(BIN)/ruff check orchestrator tests bench parts
-	$(BIN)/mypy
-	$(BIN)/python -m pytest -q
+# install-test and test-tools (plus the Docker engine and base images) overlap: tests/make_test.sh
+test: venv
+	MAKE="$(MAKE)" VENV="$(VENV)" tests/make_test.sh
 
 lint: install-test
 	$(BIN)/ruff check orchestrator tests bench parts
