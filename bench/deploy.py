@@ -4,7 +4,7 @@
   children), `orchestrator credentials` and `orchestrator compose --chown-secrets` (root), then
   `docker compose up --wait` until every service is healthy and `docker compose down` until every
   container is gone.  Sizes from ``BENCH_DEPLOY_SIZES`` (default ``5,50``).  Images from
-  ``docker/images.sh`` (built when missing).
+  ``docker/images.sh`` (built when missing).  ``BENCH_DEPLOY_NATS=0`` leaves out the NATS figures.
 - **nats_calls**: on a three-node nats-server cluster (tests/natslab.py), a part (one simulated motor)
   on node 1 and the SDK's client on node 2, sequential ``is_moving`` round trips; beside it raw paho
   (bench.raw_responder on node 1, bench.calls.RawRequester on node 2), QoS 1 both.
@@ -179,8 +179,8 @@ def run() -> dict[str, Any]:
 
     sizes = [int(s) for s in os.environ.get("BENCH_DEPLOY_SIZES", "5,50").split(",") if s.strip()]
     out: dict[str, Any] = {"pyc": "PYTHONDONTWRITEBYTECODE" not in os.environ}
-    with tempfile.TemporaryDirectory(prefix="bench-nats-") as tmp:
-        with start_nats_cluster() as nats:
+    if os.environ.get("BENCH_DEPLOY_NATS", "1") != "0":
+        with tempfile.TemporaryDirectory(prefix="bench-nats-") as tmp, start_nats_cluster() as nats:
             out["nats_calls"] = asyncio.run(nats_calls(nats, Path(tmp)))
             out["nats_node_kill"] = asyncio.run(nats_node_kill(nats, Path(tmp)))
     if sizes:
