@@ -268,8 +268,7 @@ async def test_a_crashed_part_is_restarted_by_its_policy(compose: ComposeProject
 @pytest.mark.timeout(240)
 async def test_compose_stack_with_broker_tls_parts_connect_over_tls(compose: ComposeProject, tmp_path: Path) -> None:
     # broker.tls: the generated file gives the broker a TLS listener (certificates as secrets) and the parts
-    # an mqtts:// URL; healthy parts are parts connected over TLS (their health line is renewed by the
-    # heartbeats the broker echoes back to them)
+    # an mqtts:// URL; healthy parts are parts connected over TLS (the health check connects the same way)
     (tmp_path / "examples").mkdir()
     cfg = tmp_path / "examples" / "tlsbot.yaml"
     cfg.write_text(yaml.safe_dump({
