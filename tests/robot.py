@@ -241,3 +241,25 @@ def alive(pid: int) -> bool:
             return f.read().split(")")[-1].split()[0] != "Z"
     except FileNotFoundError:
         return False
+
+
+def start_part_process(cfg: Path, part: str, urls: str, *, log: Any = None,
+                       env: dict[str, str] | None = None) -> subprocess.Popen[bytes]:
+    """`orchestrator part` as its own process, the way a container or a node of a cluster runs it (``log``: a
+    binary file for its output, else it is discarded; ``env``: added to this process' environment)."""
+    return subprocess.Popen([sys.executable, "-m", "orchestrator", "part", "-c", str(cfg), "--name", part,
+                             "--broker", urls], stdout=log if log is not None else subprocess.DEVNULL,
+                            stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+                            env={**os.environ, **env} if env else None)
+
+
+def stop_processes(procs: list[subprocess.Popen[bytes]]) -> None:
+    """SIGTERM to each (in the order given: leaves first), then a bounded wait; SIGKILL to what is left."""
+    for proc in procs:
+        proc.terminate()
+    for proc in procs:
+        try:
+            proc.wait(15)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait(5)

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 from brokers import free_port
-from robot import Up, robot_setup, three_level_parts
+from robot import Up, robot_setup, start_part_process, stop_processes, three_level_parts
 
 PARTS = ["main", "base", "odo", "arm", "cam"]
 
@@ -105,17 +105,10 @@ def test_health_with_wrong_arguments_says_why_in_one_line(tmp_path: Path) -> Non
 
 
 def health_line(path: Path) -> subprocess.CompletedProcess[str]:
-    """The compose health check of a part container, as docker runs it (`sh -c` of the generated line)."""
+    """The health line's check, as a container health check runs it (`sh -c` of `shell_check`)."""
     from orchestrator.runtime.healthfile import shell_check
 
     return subprocess.run(["sh", "-c", shell_check(str(path))], capture_output=True, text=True, timeout=10)
-
-
-def start_part(cfg: Path, part: str, url: str, health_file: Path) -> subprocess.Popen[bytes]:
-    """`orchestrator part` as a part container runs it: the health file named by the environment."""
-    return subprocess.Popen([sys.executable, "-m", "orchestrator", "part", "-c", str(cfg), "--name", part,
-                             "--broker", url], env={**os.environ, "ORCHESTRATOR_HEALTH_FILE": str(health_file)},
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, stdin=subprocess.DEVNULL)
 
 
 async def until_health(path: Path, code: int, within: float, what: str) -> str:
@@ -131,7 +124,7 @@ async def until_health(path: Path, code: int, within: float, what: str) -> str:
 
 @pytest.mark.timeout(90)
 async def test_health_file_check_of_a_part_container_follows_running_frozen_cut_and_stopped(tmp_path: Path) -> None:
-    """The compose health check (no Python per check: 50 containers each running `orchestrator health` every
+    """The health line's check (no Python per check: 50 containers each running `orchestrator health` every
     few seconds never came up healthy on 2 cores) says healthy only while the part runs and its heartbeats
     come back through the broker: unhealthy when frozen, when its link carries nothing, when it stops."""
     from faultproxy import FaultProxy
@@ -147,7 +140,8 @@ async def test_health_file_check_of_a_part_container_follows_running_frozen_cut_
         try:
             for part in ("main", "base"):  # base through the proxy: its link can be cut
                 url = f"mqtt://{proxy.address[0]}:{proxy.address[1]}" if part == "base" else setup.url
-                procs[part] = start_part(setup.cfg, part, url, files[part])
+                env = {"ORCHESTRATOR_HEALTH_FILE": str(files[part])}
+                procs[part] = start_part_process(setup.cfg, part, url, env=env)
             for part in procs:
                 line = await until_health(files[part], 0, 30, f"{part} healthy")
                 assert line.startswith("healthy: running birth=") and f"pid={procs[part].pid}" in line
@@ -174,11 +168,4 @@ async def test_health_file_check_of_a_part_container_follows_running_frozen_cut_
             line = one_line(health_line(files["base"]))
             assert health_line(files["base"]).returncode == 1 and line.startswith("unhealthy: stopped 0"), line
         finally:
-            for proc in reversed(procs.values()):
-                proc.terminate()
-            for proc in procs.values():
-                try:
-                    proc.wait(15)
-                except subprocess.TimeoutExpired:
-                    proc.kill()
-                    proc.wait(5)
+            stop_processes(list(reversed(procs.values())))  # leaves first

@@ -33,7 +33,7 @@ import pytest
 from brokers import REPO_ROOT, BrokerInfo, free_port
 from natslab import NatsLab, NatsNode, acl_subjects, mqtt_to_nats_subject, start_nats, start_nats_cluster
 from paho.mqtt.enums import CallbackAPIVersion
-from robot import Up, Watcher, alive, three_level_parts, unique_robot, write_config
+from robot import Up, Watcher, alive, start_part_process, stop_processes, three_level_parts, unique_robot, write_config
 from test_robot import PARTS, assert_bottom_up
 
 from orchestrator.config import load_config
@@ -950,7 +950,7 @@ async def test_parts_and_a_client_on_different_nodes_a_killed_node_moves_its_par
         try:
             for part, nodes in order.items():
                 urls = ",".join(lab.nodes[i].url for i in nodes)
-                procs[part] = _start_part(cfg, part, urls, logs[part])
+                procs[part] = start_part_process(cfg, part, urls, log=logs[part])
             async with Watcher(robot, lab.nodes[2].address) as w:
                 await w.all_running(list(order), timeout=60)
 
@@ -988,22 +988,6 @@ async def test_parts_and_a_client_on_different_nodes_a_killed_node_moves_its_par
                     measured("node kill to the client driving base again", time.perf_counter() - killed)
                     assert procs["main"].poll() is None and procs["cam"].poll() is None
         finally:
-            _stop_parts([procs[p] for p in ("cam", "base", "main") if p in procs])  # leaves first
+            stop_processes([procs[p] for p in ("cam", "base", "main") if p in procs])  # leaves first
             for f in logs.values():
                 f.close()
-
-
-def _start_part(cfg: Path, part: str, urls: str, log: Any) -> subprocess.Popen[bytes]:
-    return subprocess.Popen([sys.executable, "-m", "orchestrator", "part", str(cfg), "--name", part, "--broker", urls],
-                            stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
-
-
-def _stop_parts(procs: list[subprocess.Popen[bytes]]) -> None:
-    for proc in procs:
-        proc.terminate()
-    for proc in procs:
-        try:
-            proc.wait(15)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait(5)
