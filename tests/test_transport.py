@@ -95,3 +95,96 @@ async def test_reconnect_restores_subscriptions_and_streams_raise_connection_los
         assert msg.topic == f"{prefix}/again"
         assert len(births) >= 2 and births[-1] > births[0]
         await c.close()
+
+
+class _ScriptedBroker:
+    """A minimal MQTT 3.1.1 server for one behaviour no real broker shows on demand: it refuses the
+    first SUBSCRIBE of its second connection (what a NATS cluster does while JetStream elects leaders,
+    docs/brokers.md) and grants every other one; it then sends one PUBLISH to each granted filter."""
+
+    def __init__(self) -> None:
+        self.connections = 0
+        self.subscribes: list[tuple[int, str]] = []  # (connection, filter)
+        self.drop_first = asyncio.Event()
+        self.server: asyncio.Server | None = None
+
+    async def __aenter__(self) -> _ScriptedBroker:
+        self.server = await asyncio.start_server(self._serve, "127.0.0.1", 0)
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        assert self.server is not None
+        self.server.close()
+
+    @property
+    def port(self) -> int:
+        assert self.server is not None
+        return int(self.server.sockets[0].getsockname()[1])
+
+    @staticmethod
+    async def _packet(r: asyncio.StreamReader) -> tuple[int, bytes]:
+        head = (await r.readexactly(1))[0]
+        length, shift = 0, 0
+        while True:
+            b = (await r.readexactly(1))[0]
+            length |= (b & 0x7F) << shift
+            shift += 7
+            if not b & 0x80:
+                return head, await r.readexactly(length)
+
+    async def _serve(self, r: asyncio.StreamReader, w: asyncio.StreamWriter) -> None:
+        self.connections += 1
+        n = self.connections
+        refused_once = False
+        try:
+            while True:
+                head, body = await self._packet(r)
+                kind = head >> 4
+                if kind == 1:  # CONNECT
+                    w.write(b"\x20\x02\x00\x00")
+                elif kind == 8:  # SUBSCRIBE: packet id, then (length, filter, qos)
+                    pid, flen = body[:2], int.from_bytes(body[2:4], "big")
+                    filter_ = body[4:4 + flen].decode()
+                    self.subscribes.append((n, filter_))
+                    refuse = n == 2 and not refused_once
+                    refused_once = refused_once or refuse
+                    w.write(b"\x90\x03" + pid + (b"\x80" if refuse else b"\x00"))
+                    if not refuse and n > 1:
+                        topic = filter_.encode()
+                        msg = len(topic).to_bytes(2, "big") + topic + f"hello {n}".encode()
+                        w.write(bytes([0x30, len(msg)]) + msg)
+                elif kind == 12:  # PINGREQ
+                    w.write(b"\xd0\x00")
+                elif kind == 14:  # DISCONNECT
+                    return
+                await w.drain()
+                if n == 1 and self.subscribes:
+                    await self.drop_first.wait()
+                    return  # the connection drops: the client reconnects and restores its subscription
+        except (asyncio.IncompleteReadError, ConnectionError):
+            return
+        finally:
+            w.close()
+
+
+@pytest.mark.timeout(20)
+async def test_a_restored_subscription_refused_by_the_broker_is_made_again() -> None:
+    """Regression (docs/brokers.md, NATS): the transport ignored the SUBACKs of the subscriptions it
+    restores on reconnect; one refused (0x80) left the client connected and deaf on that topic."""
+    async with _ScriptedBroker() as broker:
+        got: list[bytes] = []
+        heard = asyncio.Event()
+
+        def on_message(m: Message) -> None:
+            got.append(m.payload)
+            heard.set()
+
+        async with MqttClient(f"rs-{uuid.uuid4().hex[:6]}", [("127.0.0.1", broker.port)],
+                              reconnect_min_s=0.05, reconnect_max_s=0.2) as c:
+            await c.subscribe("robot/ctl", on_message, qos=1)
+            broker.drop_first.set()
+            await asyncio.wait_for(heard.wait(), 10)
+            assert got == [b"hello 2"]
+            assert broker.subscribes == [(1, "robot/ctl"), (2, "robot/ctl"), (2, "robot/ctl")]
+            assert c.resubscribe_refusals == 1
+            assert c.connections == 2

@@ -59,6 +59,7 @@ class RobotClient:
         primary: str | None = None,
         tls: TlsSettings | None = None,
         fail_fast: bool = False,
+        subscribe_qos: int = 1,
     ) -> None:
         self.id = ClientId(robot, name or f"sdk-{os.getpid()}-{uuid.uuid4().hex[:6]}")
         self.topics = Topics(robot, primary)
@@ -66,7 +67,7 @@ class RobotClient:
         # processes can act as the same identity without taking each other's connection over
         self.mqtt = MqttClient(f"{robot}.client.{self.id.name}.{uuid.uuid4().hex[:6]}", urls, username=username,
                                password=password, connect_timeout=connect_timeout, tls=tls,
-                               fail_fast=fail_fast)
+                               fail_fast=fail_fast, max_subscribe_qos=subscribe_qos)
         self.rpc = RpcClient(self.mqtt, self.topics, self.id.sender, default_timeout=timeout)
         self.robot_down = asyncio.Event()
         self.notices: list[Notice] = []
@@ -95,6 +96,7 @@ class RobotClient:
         kwargs.setdefault("password", access.password)
         kwargs.setdefault("tls", access.tls)
         kwargs.setdefault("primary", loaded.topology.primary)
+        kwargs.setdefault("subscribe_qos", cfg.broker.subscribe_qos)
         return cls(cfg.robot, kwargs.pop("urls", None) or cfg.broker.client_urls(), name=name, **kwargs)
 
     @classmethod

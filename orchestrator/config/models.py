@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from enum import StrEnum
-from typing import Any
+from typing import Any, Literal
 from urllib.parse import urlsplit
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
@@ -63,6 +63,10 @@ class BrokerConfig(_Strict):
     urls: list[str] = Field(default_factory=list, description="mqtt://host:port or mqtts://host:port, tried in "
                             "order")
     keepalive_s: int = Field(default=2, ge=1, le=600, description="MQTT keep-alive of every part")
+    subscribe_qos: Literal[0, 1] = Field(
+        default=1, description="the highest QoS of the subscriptions of parts and clients: 0 on a NATS cluster, "
+        "where each QoS 1 subscription is a replicated JetStream consumer that cannot be made while a node is "
+        "down (docs/brokers.md); the robot detects loss itself (heartbeats, call deadlines)")
     tls: BrokerTls | None = Field(default=None, description="connect with TLS and verify the broker")
 
     @field_validator("urls")

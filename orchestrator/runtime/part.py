@@ -161,6 +161,7 @@ class Part:
             f"{self.config.robot}.part.{name}",
             self.urls,
             keepalive=self.config.broker.keepalive_s,
+            max_subscribe_qos=self.config.broker.subscribe_qos,
             username=self.access.username,
             password=self.access.password,
             tls=self.access.tls,

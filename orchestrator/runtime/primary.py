@@ -89,6 +89,7 @@ class Primary(Part):
         # the robot status travels on a connection of its own, whose Will covers it
         self.status_link = MqttClient(
             f"{self.config.robot}.part.{self.name}.status", self.urls, keepalive=self.config.broker.keepalive_s,
+            max_subscribe_qos=self.config.broker.subscribe_qos,
             username=self.access.username, password=self.access.password, tls=self.access.tls,
             will=self._status_will,
         )
@@ -96,6 +97,7 @@ class Primary(Part):
         # costs a few wake-ups a second, and calls to the primary's own resources keep their latency
         self.watch = MqttClient(
             f"{self.config.robot}.part.{self.name}.watch", self.urls, keepalive=self.config.broker.keepalive_s,
+            max_subscribe_qos=self.config.broker.subscribe_qos,
             username=self.access.username, password=self.access.password, tls=self.access.tls,
             batch_reads_s=WATCH_BATCH_S,
         )

@@ -112,6 +112,7 @@ class MqttClient:
         tls: TlsSettings | None = None,
         fail_fast: bool = False,
         batch_reads_s: float = 0.0,
+        max_subscribe_qos: int = 1,
     ) -> None:
         """``fail_fast``: the first connection fails at once (``BrokerUnavailable``) when every URL
         refused it, instead of retrying until ``connect_timeout`` (a command line asking "is anybody
@@ -120,7 +121,10 @@ class MqttClient:
         ``batch_reads_s``: after reading, leave the socket alone this long, then read everything that
         arrived meanwhile at once: a connection that hears many small messages and needs no low latency
         (the primary's heartbeat supervision) wakes the process at most ``1 / batch_reads_s`` times a
-        second instead of once per message.  Each message is then handled up to that much later."""
+        second instead of once per message.  Each message is then handled up to that much later.
+
+        ``max_subscribe_qos``: every subscription at most at this QoS (0: no broker-side acknowledgement
+        state per subscription, which a NATS cluster keeps in JetStream; ``broker.subscribe_qos``)."""
         if not urls:
             raise ValueError("at least one broker URL is needed")
         self.client_id = client_id
@@ -141,6 +145,8 @@ class MqttClient:
         self._pending_pub: dict[int, asyncio.Future[None]] = {}
         self._pending_sub: dict[int, asyncio.Future[list[int]]] = {}
         self._early_sub: dict[int, list[int]] = {}
+        self._restoring: dict[int, tuple[str, int]] = {}  # mid of a resubscription on connect -> (filter, connection)
+        self.resubscribe_refusals = 0  # SUBACKs that refused a subscription restored on reconnect
         self._pending_unsub: dict[int, asyncio.Future[None]] = {}
         self._connect_hooks: list[ConnectHook] = []
         self._disconnect_hooks: list[DisconnectHook] = []
@@ -166,6 +172,7 @@ class MqttClient:
         self._rearm: asyncio.TimerHandle | None = None
         self.after_batch: Callable[[], None] | None = None  # called after each batched read (on the loop)
 
+        self.max_subscribe_qos = max_subscribe_qos
         self._paho = paho.Client(
             callback_api_version=CallbackAPIVersion.VERSION2,
             client_id=client_id,
@@ -386,8 +393,10 @@ class MqttClient:
             self._paho.loop_write()
 
     async def subscribe(self, filter_: str, handler: Handler | None = None, qos: int = 1) -> None:
-        """Subscribe (restored after every reconnect) and wait for the SUBACK."""
+        """Subscribe (restored after every reconnect) and wait for the SUBACK.  ``qos`` is capped at
+        ``max_subscribe_qos``."""
         self._check_open()
+        qos = min(qos, self.max_subscribe_qos)
         with self._subs_lock:
             sub = self._subs.get(filter_)
             if sub is None:
@@ -665,8 +674,14 @@ class MqttClient:
             self.connections += 1
             with self._subs_lock:
                 subs = list(self._subs.values())
+            connection = self.connections
+            with self._subs_lock:
+                self._restoring.clear()  # the SUBACKs of an earlier connection will never come
             for s in subs:
-                client.subscribe(s.filter, s.qos)
+                rc_sub, mid = client.subscribe(s.filter, s.qos)
+                if rc_sub == MQTTErrorCode.MQTT_ERR_SUCCESS and mid is not None:
+                    with self._subs_lock:
+                        self._restoring[mid] = (s.filter, connection)
             self._post(self._connected, self.birth)
         except Exception:
             log.exception("%s: on_connect failed", self.client_id)
@@ -745,11 +760,44 @@ class MqttClient:
             fut.set_result(None)
 
     def _subscribed(self, mid: int, codes: list[int]) -> None:
+        with self._subs_lock:
+            restored = self._restoring.pop(mid, None)
+        if restored is not None:
+            if any(c >= 0x80 for c in codes):
+                self.resubscribe_refusals += 1
+                log.warning("%s: the broker refused the restored subscription to %s (SUBACK %s): retrying",
+                            self.client_id, restored[0], codes)
+                self._spawn(self._restore_again(*restored), f"mqtt[{self.client_id}].resubscribe[{restored[0]}]")
+            return
         fut = self._pending_sub.pop(mid, None)
         if fut is None:
             self._early_sub[mid] = codes
         elif not fut.done():
             fut.set_result(codes)
+
+    async def _restore_again(self, filter_: str, connection: int) -> None:
+        """A subscription restored on reconnect was refused (a NATS cluster does so while JetStream elects
+        its leaders): subscribe again, backing off up to ``reconnect_max_s``, for as long as this connection
+        lasts and the filter is wanted; a new connection restores it anyway.  Left deaf on that topic, a
+        part would look connected and hear nothing."""
+        delay = max(self._reconnect_min_s, 0.25)
+        while not self._closed and self.is_connected and self.connections == connection:
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, max(self._reconnect_max_s, 0.25))
+            with self._subs_lock:
+                sub = self._subs.get(filter_)
+            if sub is None or not self.is_connected or self.connections != connection:
+                return
+            try:
+                await self.subscribe(filter_, qos=sub.qos)
+            except ConnectionLost:
+                return
+            except OrchestratorError as exc:
+                self.resubscribe_refusals += 1
+                log.warning("%s: %s: retrying", self.client_id, exc)
+                continue
+            log.warning("%s: the subscription to %s is restored", self.client_id, filter_)
+            return
 
     def _dispatch(self, msg: Message) -> None:
         with self._subs_lock:
