@@ -231,6 +231,14 @@ def run_robot(kind: str, n: int, idle_s: float = 0.0) -> dict[str, Any]:
                     _reap_parts(pids, cfg)
             result: dict[str, Any] = {"parts": n, "depth": tree_depth(parts), "fan_out": branching(n),
                                       "up_to_all_running_s": round(start_s, 3)}
+            keep = os.environ.get("BENCH_KEEP")
+            if keep:  # the timeline and `up`'s log of each robot, for reading afterwards
+                dest = Path(keep) / f"{kind}-{n}-{time.strftime('%H%M%S')}"
+                dest.mkdir(parents=True, exist_ok=True)
+                for f in ("tl.json", "up.log"):
+                    if (tmp / f).exists():
+                        (dest / f).write_bytes((tmp / f).read_bytes())
+                log(f"kept {dest}")
             tl = json.loads((tmp / "tl.json").read_text()).get("timeline") if (tmp / "tl.json").exists() else None
             if tl is None or tl.get("finished_at") is None:
                 result.update({"bottom_up_shutdown_s": None, "forced": None,
