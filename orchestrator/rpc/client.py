@@ -16,12 +16,13 @@ Calls fail fast instead of waiting out their deadline when the robot already kno
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import difflib
 import itertools
 import logging
 import os
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterable
 from typing import Any
 
 from pydantic import ValidationError
@@ -72,13 +73,26 @@ class RpcClient:
         # own session only once it drives something on another part)
         self.session_activate: Callable[[], Awaitable[None]] | None = None
         self.on_state_change: list[Callable[[str, PartStateName], None]] = []
+        self._followed: set[str] | None = None  # the parts whose states are read (None: all), see start
+        self._follows: set[asyncio.Task[None]] = set()
 
-    async def start(self, *, follow_status: bool = True) -> None:
+    async def start(self, *, follow_status: bool = True, follow_parts: Iterable[str] | None = None) -> None:
         """``follow_status``: also read the primary's robot status (which parts missed their heartbeats,
         which names exist) for calls that fail fast; a part that calls no other part skips it (a status
-        of N parts, published on every change, read by N parts, is N^2 work on a busy robot)."""
+        of N parts, published on every change, read by N parts, is N^2 work on a busy robot).
+
+        ``follow_parts``: the parts whose states to read (calls to them fail fast when they go); None: every
+        part's.  A part follows the parts it depends on and the primary, not all of them: every state change
+        of N parts read by N parts is N^2 deliveries at each start-up and shutdown of the robot.  A call to a
+        part not followed yet starts following it (its retained state fails the call if it is gone)."""
         await self.client.subscribe(self.topics.replies_to(self.sender), self._on_reply)
-        await self.client.subscribe(self.topics.all_part_states(), self._on_state)
+        if follow_parts is None:
+            self._followed = None
+            await self.client.subscribe(self.topics.all_part_states(), self._on_state)
+        else:
+            self._followed = set(follow_parts)
+            for part in sorted(self._followed):
+                await self.client.subscribe(self.topics.part_state(part), self._on_state)
         if follow_status:
             await self.client.subscribe(self.topics.robot_status(), self._on_status)
         self.client.on_disconnect(self._on_disconnect)
@@ -131,6 +145,8 @@ class RpcClient:
         if not 0 < timeout <= MAX_TIMEOUT_S:  # NaN included: no comparison holds
             raise InvalidArgument(f"{part}/{resource}.{method}: timeout must be within (0, {MAX_TIMEOUT_S:g}] s, "
                                   f"got {timeout!r}"[:300], part=part, resource=resource, method=method)
+        if self._followed is not None and part not in self._followed:
+            self._follow(part)
         rid = self._prefix + str(next(self._ids))
         fut: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
         self._pending[rid] = (part, fut)
@@ -162,6 +178,19 @@ class RpcClient:
                                        part=part, resource=resource, method=method) from None
         finally:
             self._pending.pop(rid, None)
+
+    def _follow(self, part: str) -> None:
+        """Start reading ``part``'s state (not awaited: the call goes out at once)."""
+        assert self._followed is not None
+        self._followed.add(part)
+
+        async def subscribe() -> None:
+            with contextlib.suppress(Exception):  # the call itself reports a lost connection
+                await self.client.subscribe(self.topics.part_state(part), self._on_state)
+
+        task = asyncio.get_running_loop().create_task(subscribe(), name=f"rpc[{self.sender}].follow[{part}]")
+        self._follows.add(task)
+        task.add_done_callback(self._follows.discard)
 
     def _fail(self, part: str | None, exc: Exception) -> None:
         for rid, (p, fut) in list(self._pending.items()):

@@ -296,7 +296,7 @@ class Part:
         await self.sessions.subscribe()
         remote = any(dep.part != self.name for ref, deps in self.topology.deps_of.items() if ref.part == self.name
                      for dep in deps)
-        await self.rpc.start(follow_status=remote)
+        await self.rpc.start(follow_status=remote, follow_parts=self.followed_parts())
         await self.server.start()
         await self.client.start()
         self.sessions.start()
@@ -314,6 +314,12 @@ class Part:
         reason = f"{len(degraded)} resource(s) degraded" if degraded else None
         await self.publish_state(PartStateName.RUNNING, reason)
         log.info("part %s running (birth %d)", self.name, self.client.birth)
+
+    def followed_parts(self) -> set[str] | None:
+        """The parts whose states this part reads (see :meth:`RpcClient.start`): the primary (whether it can
+        end a session) and the parts it depends on; its children it follows on topics of their own."""
+        deps = {dep.part for ref, ds in self.topology.deps_of.items() if ref.part == self.name for dep in ds}
+        return ({self.topology.primary} | deps) - {self.name}
 
     async def _subscribe(self) -> None:
         """Register subscriptions before connecting: the transport sends them on every CONNACK."""

@@ -194,6 +194,10 @@ class Primary(Part):
     def follow_children(self) -> None:
         """The primary hears its children's heartbeats all along (on ``watch``)."""
 
+    def followed_parts(self) -> set[str] | None:
+        """The primary reads every part's state."""
+        return None
+
     def heard_until(self) -> float:
         """As :meth:`Part.heard_until`, and no later than what the supervision connection proves: the
         echo of our own heartbeats on it, plus a period and a half."""
