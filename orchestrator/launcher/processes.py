@@ -102,6 +102,7 @@ class PartProcess:
     stopping: bool = False
     _exited: asyncio.Event = field(default_factory=asyncio.Event)
     _reaper: asyncio.Future[None] | None = None
+    _cpu_seen: int | None = None  # the main thread's CPU time (ns) at the last look (progressing)
 
     @property
     def name(self) -> str:
@@ -174,6 +175,26 @@ class PartProcess:
         if self.alive and pid is not None:
             with contextlib.suppress(ProcessLookupError):
                 os.kill(pid, sig)
+
+    def main_thread_cpu_ns(self) -> int | None:
+        """CPU time of the process's main thread (the one running its event loop), in ns; None when it
+        cannot be read (not Linux, the process has gone)."""
+        pid = self.pid
+        if not self.alive or pid is None:
+            return None
+        try:
+            with open(f"/proc/{pid}/task/{pid}/schedstat") as f:
+                return int(f.read().split()[0])
+        except (OSError, ValueError, IndexError):
+            return None
+
+    def progressing(self) -> bool:
+        """Whether its event loop ran since the last look: a busy process (starved, or waiting on a busy
+        broker) still runs its timers; a hung one (frozen, blocked in a call) does not.  The first look
+        only takes the measure."""
+        now = self.main_thread_cpu_ns()
+        prev, self._cpu_seen = self._cpu_seen, now
+        return now is not None and prev is not None and now > prev
 
     def kill(self) -> None:
         if self.alive:

@@ -91,6 +91,7 @@ class Launcher:
         self.credentials = credentials
         self.refusals = Refusals("up")
         self._primary_heard = time.monotonic()
+        self._forcing: dict[str, asyncio.Task[None]] = {}  # parts recorded as forced, being stopped
         # `up` talks to the broker as the reserved client identity "up" (it reads reports, asks for reloads)
         self.me = ClientId(self.config.robot, LAUNCHER_CLIENT)
         self.access = Access.of(self.config, loaded.path, self.me, credentials)
@@ -373,11 +374,25 @@ class Launcher:
         self._kill_forced([e for e in rep.children if e.part in below])
 
     def _kill_forced(self, entries: list[TimelineEntry]) -> None:
+        """Stop each part recorded as forced, graceful first: SIGTERM (a part that can still run stops its
+        actuators and exits), SIGKILL only after that part's own deadline."""
         for e in entries:
             pp = self.procs.get(e.part)
-            if e.forced and pp is not None and pp.alive:
-                self.say(f"[red]part {e.part} forced by its parent: killing pid {pp.pid}[/]")
-                pp.kill()
+            if e.forced and pp is not None and pp.alive and e.part not in self._forcing:
+                self.say(f"[red]part {e.part} forced by its parent: SIGTERM to pid {pp.pid}, SIGKILL after its "
+                         "deadline[/]")
+                task = asyncio.get_running_loop().create_task(self._stop_forced(pp), name=f"up.force[{e.part}]")
+                self._forcing[e.part] = task
+
+    async def _stop_forced(self, pp: PartProcess) -> None:
+        pp.stopping = True
+        pp.signal(signal.SIGTERM)
+        own = self.config.part(pp.name).stop_deadline_s + MESSAGE_MARGIN_S + KILL_GRACE_S
+        if await pp.wait(own) is None:
+            self.say(f"[red]part {pp.name} (forced) did not exit within {own:g} s of SIGTERM: killing pid "
+                     f"{pp.pid}[/]")
+            pp.kill()
+            await pp.wait(2.0)
 
     def _on_notice(self, msg: Message) -> None:
         """The primary began a shutdown (perhaps asked over MQTT): follow it, do not restart what exits."""
@@ -435,6 +450,8 @@ class Launcher:
             if self.timeline is not None:
                 self._kill_forced(self.timeline.entries)
                 await primary.wait(max(0.5, bound - (time.time() - started)))
+                if self._forcing:
+                    await asyncio.gather(*self._forcing.values(), return_exceptions=True)
             else:
                 self.say(f"[bold red]the primary did not finish the shutdown ({why}): `up` stops the remaining "
                          "parts itself, bottom-up[/]")
@@ -459,6 +476,7 @@ class Launcher:
         silent_after = self.config.part(self.topology.primary).heartbeat_s * \
             self.config.part(self.topology.primary).heartbeat_misses
         self._primary_heard = max(self._primary_heard, time.monotonic())
+        primary.progressing()  # the first measure of its CPU time
         while not self._timeline_event.is_set():
             now = time.monotonic()
             if now >= deadline:
@@ -469,7 +487,12 @@ class Launcher:
                     await asyncio.wait_for(self._timeline_event.wait(), 1.0)
                 return "finished" if self._timeline_event.is_set() else "exited without a timeline"
             if now - self._primary_heard > silent_after + 0.5:
-                return f"silent for {now - self._primary_heard:.1f} s"
+                if primary.progressing():
+                    # its heartbeats do not reach us, but its process runs: a broker or a machine too busy to
+                    # carry them, not a hung primary (which uses no CPU); the bound above still holds
+                    self._primary_heard = now - silent_after
+                else:
+                    return f"silent for {now - self._primary_heard:.1f} s"
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._timeline_event.wait(), min(0.1, deadline - now))
         return "finished"

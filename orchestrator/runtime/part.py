@@ -620,12 +620,28 @@ class Part:
         return self._stop_cap
 
     def _child_alive(self, child: str) -> bool:
-        """Heard from within its detection interval: working towards its report, however slowly."""
+        """Heard from recently enough: working towards its report, however slowly.
+
+        "Recently" is measured against what the broker is proven to have carried to us (``heard_until``:
+        the echo of our own heartbeats), not against the wall clock: a broker or a machine too busy to carry
+        anybody's heartbeats in time delays ours as much as the child's, and that is not the child's
+        silence.  The silence allowed is the child's link timeout (at least its detection interval): what a
+        part itself tolerates of a link before it stops its actuators.  A hung child (its event loop blocked,
+        its process frozen) stays silent while our own heartbeats keep coming back, and is given up once
+        that silence is longer."""
         st = self.children_liveness.status(child)
-        if not st.online or st.last_heartbeat is None:
+        if st.last_heartbeat is None or self._child_gone(child):
             return False
         c = self.config.part(child)
-        return time.time() - st.last_heartbeat <= c.heartbeat_s * c.heartbeat_misses
+        allowed = max(c.heartbeat_s * c.heartbeat_misses, self.config.link_timeout(child))
+        return self.heard_until() - st.last_heartbeat <= allowed
+
+    def _silence_of(self, child: str) -> str:
+        """How long a child has been silent, and how fresh our own link is (for the log of a forced child)."""
+        now = time.time()
+        last = self.children_liveness.status(child).last_heartbeat
+        heard = "never heard" if last is None else f"last heard {now - last:.2f} s ago"
+        return f"{heard}; the broker carried our own heartbeats until {now - self.heard_until():.2f} s ago"
 
     def _child_gone(self, child: str) -> bool:
         """Only a Will (or a child already stopped) says a child is gone; missed heartbeats (a starved
@@ -799,7 +815,8 @@ class Part:
             else:
                 gone = self._child_gone(child)
                 why = "offline before it reported" if gone else (
-                    f"no report within its stop budget of {self.topology.stop_budget(child):g} s")
+                    f"no report within its stop budget of {self.topology.stop_budget(child):g} s"
+                    f" ({self._silence_of(child)})")
                 log.warning("part %s: child %s forced: %s", self.name, child, why)
                 entries.append(TimelineEntry(part=child, parent=self.name, asked_at=asked.get(child),
                                              forced=True, errors=[why]))
