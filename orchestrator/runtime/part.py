@@ -634,6 +634,11 @@ class Part:
             return False
         c = self.config.part(child)
         allowed = max(c.heartbeat_s * c.heartbeat_misses, self.config.link_timeout(child))
+        if time.time() - st.last_heartbeat > allowed + self.link_timeout_s:
+            # our own echoes stopped too (our link is cut, or we stopped beating): we cannot tell a busy child
+            # from a hung one, and past our own link timeout the child, if it hears nothing either, has stopped
+            # its actuators itself; waiting on would hold the shutdown until its overall bound
+            return False
         return self.heard_until() - st.last_heartbeat <= allowed
 
     def _silence_of(self, child: str) -> str:
