@@ -5,7 +5,7 @@ BIN    := $(VENV)/bin
 CONFIG ?= examples/rover.yaml
 SUDO   := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
-.PHONY: demo test venv install install-test test-tools lint typecheck bench images wheelhouse engine-stop clean
+.PHONY: demo test venv install install-test test-tools lint typecheck bench images wheelhouse engine-stop clean web
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -62,6 +62,11 @@ wheelhouse: venv
 # Stops the Docker engine only if docker/engine.sh started it.
 engine-stop:
 	docker/engine.sh stop
+
+# The web control panel's bundle (docs/web.md): web/src -> orchestrator/web/static/, committed, so
+# `make demo` needs no Node.js.  Needs node and npm (the packages come from web/package-lock.json).
+web:
+	cd web && npm ci --no-audit --no-fund && node build.mjs
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache build dist *.egg-info
