@@ -230,7 +230,7 @@ export class Robot extends EventTarget {
         this.pending.delete(id);
         reject(new RobotError("deadline_exceeded", `${part}/${resource}.${method}: no reply within ${timeout} s`));
       }, (timeout + 0.25) * 1000);
-      this.pending.set(id, { part, resolve, reject, timer });
+      this.pending.set(id, { part, sid, resolve, reject, timer });
       this.mqtt.publish(this.topics.call(part, resource), pack(this.topics.sender, body), { qos: 1 });
     });
   }
@@ -244,6 +244,13 @@ export class Robot extends EventTarget {
     if (b.ok) got.resolve(b.result);
     else {
       const e = b.error || {};
+      const s = this.session;
+      if (e.code === "session_expired" && s && !s.ended && got.sid === s.id) {
+        // the robot ended the session while this page did not hear it (a cut link): the next action opens a new one
+        s.ended = "refused by the robot (expired)";
+        s.worker.postMessage({ type: "stop" });
+        this.emit("session", s);
+      }
       got.reject(new RobotError(String(e.code || "error"), String(e.message || e.code || "error"), e.details || {}));
     }
   }
