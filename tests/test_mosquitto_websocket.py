@@ -10,11 +10,9 @@ wrong passwords are refused, the client credential is accepted, and its topic ri
 from __future__ import annotations
 
 import dataclasses
-import shutil
 import ssl
 import subprocess
 import sys
-import tempfile
 import threading
 from collections.abc import Iterator
 from pathlib import Path
@@ -22,7 +20,7 @@ from typing import Any
 
 import paho.mqtt.client as mqtt
 import pytest
-from brokers import free_port, make_credentials, mosquitto_path, wait_for_port
+from brokers import free_port, make_credentials, mosquitto_from_broker_config
 from robot import CLIENTS, unique_robot, write_config
 
 from orchestrator.broker.mosquitto_conf import MosquittoFiles, main_conf, websocket_port, websocket_tls
@@ -150,56 +148,34 @@ class WsClient:
 
 
 @pytest.fixture
-def mosquitto_from_broker_config(tmp_path: Path, request: pytest.FixtureRequest) -> Iterator[tuple[Any, int, Path]]:
+def ws_mosquitto(tmp_path: Path, request: pytest.FixtureRequest) -> Iterator[tuple[Any, int, Path | None]]:
     """A robot on mosquitto with the web panel enabled, mosquitto run on the file `broker-config` wrote;
-    (the loaded config, the WebSocket port, the CA file or None).  ``wss`` as the param: a TLS WebSocket."""
-    wss = getattr(request, "param", False)
+    (the loaded config, the WebSocket port, the CA file or None).  param True: a TLS (wss://) WebSocket."""
+    wss = bool(getattr(request, "param", False))
     port, tls_port, ws_port = free_port(), free_port(), free_port()
     scheme = "wss" if wss else "ws"
     cfg = write_config(tmp_path / "robot.yaml", unique_robot(), {"urls": [f"mqtt://127.0.0.1:{port}"]}, PARTS,
                        clients=CLIENTS, web={"websocket_url": f"{scheme}://127.0.0.1:{ws_port}/"})
     loaded = load_config(cfg)
     store = make_credentials(loaded)
-    names = ["passwd", "acl"]
-    argv = ["broker-config", "-c", str(cfg), "--out", str(tmp_path / "conf"), "--port", str(port)]
+    files: tuple[str, ...] = ("passwd", "acl")
+    args: tuple[str, ...] = ()
     if wss:
         from orchestrator.security.tls import make_dev_certs
 
         make_dev_certs(store.directory, ["127.0.0.1"], robot=loaded.config.robot)
-        names += ["ca.crt", "broker.crt", "broker.key"]
-        argv += ["--tls-port", str(tls_port)]
-    # what a deployment mounts for mosquitto, readable by its user (pytest's tmp_path is not: 0700 parents)
-    mounted = Path(tempfile.mkdtemp(prefix="orc-mosquitto-ws-"))
-    mounted.chmod(0o755)
-    try:
-        res = subprocess.run([sys.executable, "-m", "orchestrator", *argv, "--mount", str(mounted)],
-                             capture_output=True, text=True, timeout=30)
-        assert res.returncode == 0, res.stderr
-        for name in names:
-            shutil.copy(store.path(name), mounted / name)
-            (mounted / name).chmod(0o644)
-        conf = tmp_path / "conf" / "mosquitto.conf"
+        files += ("ca.crt", "broker.crt", "broker.key")
+        args = ("--tls-port", str(tls_port))
+    with mosquitto_from_broker_config(loaded, store, tmp_path, port=port, wait_port=ws_port, args=args,
+                                      files=files) as conf:
         assert f"listener {ws_port}\nprotocol websockets" in conf.read_text()
-        log_path = tmp_path / "mosquitto.log"
-        with log_path.open("w") as log:
-            proc = subprocess.Popen([mosquitto_path(), "-c", str(conf)], stdout=log, stderr=subprocess.STDOUT)
-        try:
-            try:
-                wait_for_port("127.0.0.1", ws_port, proc=proc)
-            except RuntimeError:
-                raise AssertionError(log_path.read_text()) from None
-            yield loaded, ws_port, (mounted / "ca.crt") if wss else None
-        finally:
-            proc.terminate()
-            proc.wait(10)
-    finally:
-        shutil.rmtree(mounted, ignore_errors=True)
+        yield loaded, ws_port, store.path("ca.crt") if wss else None
 
 
-@pytest.mark.parametrize("mosquitto_from_broker_config", [False, True], ids=["ws", "wss"], indirect=True)
+@pytest.mark.parametrize("ws_mosquitto", [False, True], ids=["ws", "wss"], indirect=True)
 def test_mosquitto_websocket_listener_takes_the_robots_identities_and_rights(
-        mosquitto_from_broker_config: tuple[Any, int, Path | None]) -> None:
-    loaded, ws_port, ca = mosquitto_from_broker_config
+        ws_mosquitto: tuple[Any, int, Path | None]) -> None:
+    loaded, ws_port, ca = ws_mosquitto
     robot = loaded.config.robot
     store = make_credentials(loaded)
     t = Topics(robot)

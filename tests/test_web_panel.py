@@ -10,6 +10,7 @@ made).
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 import subprocess
@@ -20,7 +21,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from brokers import free_port, make_credentials
+from brokers import free_port, make_credentials, mosquitto_from_broker_config
 from faultproxy import FaultProxy
 from robot import CLIENTS, Up, unique_robot, write_config
 from selenium import webdriver  # in the test extras
@@ -91,9 +92,10 @@ def browser_tools() -> tuple[str, str]:
     return _browser_tools()
 
 
-@pytest.fixture(scope="module")
-def panel_robot(tmp_path_factory: pytest.TempPathFactory) -> Iterator[PanelRobot]:
-    tmp = tmp_path_factory.mktemp("panel")
+@contextlib.contextmanager
+def start_panel_robot(tmp: Path, *, on_mosquitto: bool = False) -> Iterator[PanelRobot]:
+    """`up` with the web panel, on its embedded broker (its WebSocket listener) or on a mosquitto run on the
+    file `broker-config` writes for it (mosquitto's WebSocket listener); the page goes through a FaultProxy."""
     port, ws_port, web_port = free_port(), free_port(), free_port()
     with FaultProxy(("127.0.0.1", ws_port)) as proxy:
         parts: list[dict[str, Any]] = [
@@ -108,9 +110,11 @@ def panel_robot(tmp_path_factory: pytest.TempPathFactory) -> Iterator[PanelRobot
              "resources": [{"name": "wrist", "model": "orc:sim:servo"},
                            {"name": "gripper", "model": "orc:sim:gripper"}]},
         ]
+        broker: dict[str, Any] = (
+            {"urls": [f"mqtt://127.0.0.1:{port}"], "keepalive_s": 2} if on_mosquitto else
+            {"embedded": {"host": "127.0.0.1", "port": port, "websocket_port": ws_port}, "keepalive_s": 2})
         cfg = write_config(
-            tmp / "robot.yaml", unique_robot(),
-            {"embedded": {"host": "127.0.0.1", "port": port, "websocket_port": ws_port}, "keepalive_s": 2},
+            tmp / "robot.yaml", unique_robot(), broker,
             parts, clients=CLIENTS, sessions={"heartbeat_window_s": WINDOW_S},
             # the page reaches the broker through the proxy, which the tests can cut
             web={"host": "127.0.0.1", "port": web_port, "websocket_url": f"ws://127.0.0.1:{proxy.address[1]}/"},
@@ -118,18 +122,24 @@ def panel_robot(tmp_path_factory: pytest.TempPathFactory) -> Iterator[PanelRobot
         loaded = load_config(cfg)
         store = make_credentials(loaded)
         password = store.password(ClientId(loaded.config.robot, "operator"))
-        up = Up(cfg, tmp)
-        try:
+        with contextlib.ExitStack() as stack:
+            if on_mosquitto:  # its WebSocket listener on ws_port, behind the proxy as the embedded broker's
+                stack.enter_context(mosquitto_from_broker_config(loaded, store, tmp, port=port, wait_port=ws_port,
+                                                                 args=("--websocket-port", str(ws_port))))
+            up = Up(cfg, tmp)
+            stack.callback(up.close)
             # the SDK checks what the motors do, as another operator ("other"), outside any session
             sdk = SyncRobotClient.from_config(cfg, identity="other", sessions=False, connect_timeout=30).connect()
-            try:
-                robot = PanelRobot(up, cfg, f"http://127.0.0.1:{web_port}/", proxy, sdk, password)
-                robot.until(lambda: _all_running(sdk), 45, "every part running (through the SDK)")
-                yield robot
-            finally:
-                sdk.close()
-        finally:
-            up.close()
+            stack.callback(sdk.close)
+            robot = PanelRobot(up, cfg, f"http://127.0.0.1:{web_port}/", proxy, sdk, password)
+            robot.until(lambda: _all_running(sdk), 45, "every part running (through the SDK)")
+            yield robot
+
+
+@pytest.fixture(scope="module")
+def panel_robot(tmp_path_factory: pytest.TempPathFactory) -> Iterator[PanelRobot]:
+    with start_panel_robot(tmp_path_factory.mktemp("panel")) as robot:
+        yield robot
 
 
 def _all_running(sdk: SyncRobotClient) -> bool:
@@ -290,3 +300,20 @@ def test_cutting_the_pages_link_stops_its_motor(browser: WebDriver, panel_robot:
     robot.until(lambda: abs(robot.power() - 0.45) < 1e-6, 20, "base/left driven again in a new session")
     browser.find_element(By.CSS_SELECTOR, 'button[data-stop="base/left"]').click()
     robot.until(lambda: robot.power() == 0.0, 10, "base/left stopped by its stop button")
+
+
+def test_the_panel_drives_a_robot_on_mosquitto(browser: WebDriver, tmp_path: Path) -> None:
+    """The same page against mosquitto's WebSocket listener, as `broker-config` writes it: the login is the
+    client's, the slider drives the motor, and closing the page stops it."""
+    with start_panel_robot(tmp_path, on_mosquitto=True) as robot:
+        blank = browser.current_window_handle
+        browser.switch_to.new_window("tab")
+        open_panel(browser, robot)
+        wait_js(browser, "return [...document.querySelectorAll('#parts tbody tr')].filter(r => r.dataset.state === "
+                f"'running').length === {len(PARTS)}", 15, "every part shown running")
+        drive_left_motor(browser, robot)
+        t0 = time.monotonic()
+        browser.close()
+        browser.switch_to.window(blank)
+        robot.until(lambda: robot.power() == 0.0, STOP_BOUND_S, "base/left stopped after the page closed")
+        print(f"mosquitto, closing the page: motor stopped {time.monotonic() - t0:.3f} s after")
