@@ -5,7 +5,7 @@ BIN    := $(VENV)/bin
 CONFIG ?= examples/rover.yaml
 SUDO   := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
-.PHONY: demo test venv install install-test test-tools lint typecheck bench images wheelhouse engine-stop clean
+.PHONY: demo test venv install install-test test-tools lint typecheck bench images wheelhouse engine-stop clean web
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -23,10 +23,12 @@ install-test: venv
 #   mosquitto    the behaviour suite runs against it as well as the embedded broker
 #   nftables, iproute2   tests/netlab.py: namespaces, veth links, loss and blackholes
 #   nats-server  tests/natslab.py: NATS clusters with MQTT listeners
+#   chromium, chromium-driver   tests/test_web_panel.py: the web panel in a headless browser (Selenium)
 # (the Docker engine and images are made by docker/images.sh when the container tests first need them)
 test-tools:
 	@missing=""; \
-	  for pair in mosquitto:mosquitto nft:nftables ip:iproute2 nats-server:nats-server; do \
+	  for pair in mosquitto:mosquitto nft:nftables ip:iproute2 nats-server:nats-server chromium:chromium \
+	              chromedriver:chromium-driver; do \
 	    cmd=$${pair%%:*}; pkg=$${pair##*:}; \
 	    { command -v $$cmd >/dev/null 2>&1 || test -x /usr/sbin/$$cmd || test -x /sbin/$$cmd; } || missing="$$missing $$pkg"; \
 	  done; \
@@ -62,6 +64,11 @@ wheelhouse: venv
 # Stops the Docker engine only if docker/engine.sh started it.
 engine-stop:
 	docker/engine.sh stop
+
+# The web control panel's bundle (docs/web.md): web/src -> orchestrator/web/static/, committed, so
+# `make demo` needs no Node.js.  Needs node and npm (the packages come from web/package-lock.json).
+web:
+	cd web && npm ci --no-audit --no-fund && node build.mjs
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache build dist *.egg-info

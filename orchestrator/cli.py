@@ -226,6 +226,10 @@ def broker_config(
     port: Annotated[int, typer.Option(min=1, max=65535, help="mosquitto's listener port")] = 1883,
     tls_port: Annotated[int | None, typer.Option(min=1, max=65535, help="a TLS listener too (ca.crt, broker.crt "
                                                  "and broker.key of the credentials directory)")] = None,
+    websocket_port: Annotated[int | None, typer.Option(min=1, max=65535, help="an MQTT-over-WebSocket listener "
+                                                       "for the web panel (default: with web: enabled, the "
+                                                       "port of web.websocket_url, else of "
+                                                       "broker.embedded.websocket_port)")] = None,
     mount: Annotated[str | None, typer.Option(help="the credentials directory as mosquitto sees it (e.g. in a "
                                                    "container); default: its path here")] = None,
     credentials: CredentialsOpt = None,
@@ -235,7 +239,8 @@ def broker_config(
     """Write a mosquitto configuration for this robot: identities, topic rights, and the bridge to its
     upstream broker (the bridge block holds a secret: it goes into the credentials directory)."""
     config = config_path(config, config_opt)
-    from orchestrator.broker.mosquitto_conf import MosquittoFiles, main_conf
+    from orchestrator.broker.mosquitto_conf import MosquittoFiles, main_conf, websocket_tls
+    from orchestrator.broker.mosquitto_conf import websocket_port as web_port
     from orchestrator.security.access import store_for
 
     loaded = _load(config)
@@ -243,11 +248,17 @@ def broker_config(
     store = store_for(cfg, loaded.path, credentials)
     seen = mount or str(store.directory)
     with_tls = tls_port is not None
+    ws_tls = websocket_tls(cfg)
+    if ws_tls and not with_tls:
+        err_console.print("web.websocket_url is wss://: give --tls-port too (its listener and the WebSocket one use "
+                          "the broker's certificate)", style="red", highlight=False, markup=False)
+        raise typer.Exit(EXIT_CONFIG)
     files = MosquittoFiles(password_file=f"{seen}/passwd", acl_file=f"{seen}/acl", port=port,
                            include_dir=f"{seen}/mosquitto.d" if cfg.upstream is not None else None,
                            tls_port=tls_port, cafile=f"{seen}/ca.crt" if with_tls else None,
                            certfile=f"{seen}/broker.crt" if with_tls else None,
-                           keyfile=f"{seen}/broker.key" if with_tls else None)
+                           keyfile=f"{seen}/broker.key" if with_tls else None,
+                           websockets_port=websocket_port or web_port(cfg), websockets_tls=ws_tls)
     target = out or Path("broker_config") / cfg.robot
     target.mkdir(parents=True, exist_ok=True)
     (target / "mosquitto.conf").write_text(main_conf(cfg, files))

@@ -48,6 +48,7 @@ __all__ = [
     "free_port",
     "make_credentials",
     "mosquitto_broker",
+    "mosquitto_from_broker_config",
     "mosquitto_path",
     "start_broker",
     "start_embedded_process",
@@ -583,3 +584,38 @@ def broker(broker_kind: str) -> Iterator[BrokerInfo]:
     """The same test against the embedded broker (own thread and loop) and against mosquitto."""
     with start_broker(broker_kind) as info:
         yield info
+
+
+@contextlib.contextmanager
+def mosquitto_from_broker_config(loaded: LoadedConfig, store: CredentialStore, workdir: Path, *, port: int,
+                                 wait_port: int | None = None, args: tuple[str, ...] = (),
+                                 files: tuple[str, ...] = ("passwd", "acl")) -> Iterator[Path]:
+    """mosquitto run on exactly the file `orchestrator broker-config --port PORT ARGS` writes for the robot (its
+    ``files`` of the credentials copied where mosquitto, which drops privileges, can read them); yields the
+    file once ``wait_port`` (default ``port``) accepts connections."""
+    # what a deployment mounts for mosquitto, readable by its user (pytest's tmp_path is not: 0700 parents)
+    mounted = Path(tempfile.mkdtemp(prefix="orc-mosquitto-"))
+    mounted.chmod(0o755)
+    try:
+        res = subprocess.run([sys.executable, "-m", "orchestrator", "broker-config", "-c", str(loaded.path),
+                              "--out", str(workdir / "conf"), "--port", str(port), "--mount", str(mounted), *args],
+                             capture_output=True, text=True, timeout=30)
+        assert res.returncode == 0, res.stderr
+        for name in files:
+            shutil.copy(store.path(name), mounted / name)
+            (mounted / name).chmod(0o644)
+        conf = workdir / "conf" / "mosquitto.conf"
+        log_path = workdir / "mosquitto.log"
+        with log_path.open("w") as log:
+            proc = subprocess.Popen([mosquitto_path(), "-c", str(conf)], stdout=log, stderr=subprocess.STDOUT,
+                                    stdin=subprocess.DEVNULL)
+        try:
+            try:
+                wait_for_port(HOST, wait_port or port, START_TIMEOUT, proc)
+            except (RuntimeError, TimeoutError) as exc:
+                raise AssertionError(f"mosquitto did not start: {exc}\n{log_path.read_text()}") from None
+            yield conf
+        finally:
+            _stop_process(proc)
+    finally:
+        shutil.rmtree(mounted, ignore_errors=True)

@@ -40,3 +40,29 @@ def test_serves_static_files_and_config(tmp_path: Path) -> None:
 
 def test_packaged_static_dir_has_an_index() -> None:
     assert (STATIC_DIR / "index.html").is_file()
+
+
+def _robot(broker: dict[str, object], web: dict[str, object]) -> dict[str, object]:
+    return {"robot": "r1", "broker": broker, "clients": [{"name": "operator"}, {"name": "eve", "role": "viewer"}],
+            "parts": [{"name": "main"}], "web": web}
+
+
+def test_the_web_section_must_reach_the_broker() -> None:
+    from pydantic import ValidationError
+
+    from orchestrator.config.models import RobotConfig
+
+    with_ws = {"embedded": {"port": 18830, "websocket_port": 18831}}
+    assert RobotConfig.model_validate(_robot(with_ws, {"client": "eve"})).web is not None
+    assert RobotConfig.model_validate(_robot({"urls": ["mqtt://h:1883"]}, {"websocket_url": "wss://h:9443/"})).web
+    # turned off, it needs nothing
+    assert RobotConfig.model_validate(_robot({"embedded": {"port": 18830}}, {"enabled": False})).web is not None
+    for broker, web, said in [
+        ({"embedded": {"port": 18830}}, {}, "websocket_port"),  # the browser has no way to the broker
+        ({"urls": ["mqtt://h:1883"]}, {}, "websocket_url"),
+        ({"urls": ["mqtt://h:1883"]}, {"websocket_url": "http://h:9001/"}, "not a WebSocket URL"),
+        (with_ws, {"client": "nobody"}, "not one of the robot's clients"),
+        (with_ws, {"port": 70000}, "65535"),
+    ]:
+        with pytest.raises(ValidationError, match=said):
+            RobotConfig.model_validate(_robot(broker, web))

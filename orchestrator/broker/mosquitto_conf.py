@@ -18,7 +18,7 @@ from urllib.parse import urlsplit
 from orchestrator.config.models import RobotConfig
 from orchestrator.protocol.topics import Topics
 
-__all__ = ["MosquittoFiles", "bridge_conf", "main_conf"]
+__all__ = ["MosquittoFiles", "bridge_conf", "main_conf", "websocket_port", "websocket_tls"]
 
 
 @dataclass(frozen=True)
@@ -36,7 +36,30 @@ class MosquittoFiles:
     certfile: str | None = None
     keyfile: str | None = None
     websockets_port: int | None = None
+    websockets_tls: bool = False  # wss:// with certfile and keyfile (those of the TLS listener)
     persistence: bool = False
+
+
+def websocket_port(config: RobotConfig) -> int | None:
+    """The port of mosquitto's MQTT-over-WebSocket listener for the robot's web panel (docs/web.md), or None.
+
+    Only with the panel enabled: the port of ``web.websocket_url`` (the broker's listener the browser is
+    told to use), else ``broker.embedded.websocket_port`` (the same robot on the embedded broker).
+    """
+    web = config.web
+    if web is None or not web.enabled:
+        return None
+    if web.websocket_url is not None:
+        u = urlsplit(web.websocket_url)
+        return u.port or (443 if u.scheme == "wss" else 80)
+    emb = config.broker.embedded
+    return emb.websocket_port if emb is not None and emb.websocket_port else None
+
+
+def websocket_tls(config: RobotConfig) -> bool:
+    """Whether the browser is told to use ``wss://`` (the listener then needs the broker's certificate)."""
+    web = config.web
+    return bool(web is not None and web.enabled and web.websocket_url and urlsplit(web.websocket_url).scheme == "wss")
 
 
 def main_conf(config: RobotConfig, files: MosquittoFiles) -> str:
@@ -70,8 +93,15 @@ def main_conf(config: RobotConfig, files: MosquittoFiles) -> str:
             lines.append(f"cafile {files.cafile}")
         lines += [f"certfile {files.certfile}", f"keyfile {files.keyfile}", "tls_version tlsv1.2"]
     if files.websockets_port is not None:
-        lines += ["", f"listener {files.websockets_port}" + (f" {files.bind}" if files.bind else ""),
+        # the web panel's browser (docs/web.md); per_listener_settings false: the same passwords and topic
+        # rights as the MQTT listener, no anonymous access
+        lines += ["", "# MQTT over WebSocket for the web control panel: the same identities and topic rights",
+                  f"listener {files.websockets_port}" + (f" {files.bind}" if files.bind else ""),
                   "protocol websockets"]
+        if files.websockets_tls:
+            if not (files.certfile and files.keyfile):
+                raise ValueError("a wss:// WebSocket listener needs the broker's certificate and key")
+            lines += [f"certfile {files.certfile}", f"keyfile {files.keyfile}", "tls_version tlsv1.2"]
     if config.upstream is not None and files.include_dir:
         lines += ["", "# the bridge to the upstream broker (it holds a password: kept with the credentials)",
                   f"include_dir {files.include_dir}"]

@@ -256,6 +256,29 @@ class MonitoringConfig(_Strict):
                                   "limited); null: none")
 
 
+class WebConfig(_Strict):
+    """The robot's own control panel (docs/web.md), served by ``orchestrator up``: a static page whose
+    browser talks MQTT over WebSocket to the robot's broker, logged in as one of the robot's clients."""
+
+    enabled: bool = Field(default=True, description="serve the panel (false keeps the section, turned off)")
+    host: str = Field(default="127.0.0.1", max_length=253, description="0.0.0.0 serves it on the local network")
+    port: int = Field(default=8080, ge=0, le=65535, description="0 picks a free port")
+    websocket_url: str | None = Field(default=None, max_length=2000, description="where the browser reaches the "
+                                      "broker's WebSocket listener (ws://HOST:PORT/ or wss://...); default: the "
+                                      "page's own host and broker.embedded.websocket_port")
+    client: str | None = Field(default=None, pattern=NAME_PATTERN, description="the client name the login form "
+                               "suggests (default: the robot's first operator)")
+
+    @field_validator("websocket_url")
+    @classmethod
+    def _check_ws(cls, url: str | None) -> str | None:
+        if url is not None:
+            parts = urlsplit(url)
+            if parts.scheme not in ("ws", "wss") or not parts.hostname:
+                raise ValueError(f"{url[:200]!r} is not a WebSocket URL: expected ws://HOST:PORT/ or wss://HOST:PORT/")
+        return url
+
+
 class RobotConfig(_Strict):
     robot: str = Name
     broker: BrokerConfig = Field(default_factory=BrokerConfig)
@@ -267,10 +290,24 @@ class RobotConfig(_Strict):
     sessions: SessionsConfig = Field(default_factory=SessionsConfig)
     upstream: UpstreamConfig | None = Field(default=None, description="the upstream (cloud) broker, if any")
     monitoring: MonitoringConfig = Field(default_factory=MonitoringConfig)
+    web: WebConfig | None = Field(default=None, description="the local web control panel served by `up`")
     shutdown_timeout_s: float = Field(
         default=30.0, gt=0, le=600, description="upper bound on the whole bottom-up shutdown"
     )
     parts: list[PartConfig] = Field(min_length=1)
+
+    @model_validator(mode="after")
+    def _web_reaches_the_broker(self) -> RobotConfig:
+        web = self.web
+        if web is None or not web.enabled:
+            return self
+        emb = self.broker.embedded
+        if web.websocket_url is None and (emb is None or emb.websocket_port is None):
+            raise ValueError("web: the browser speaks MQTT over WebSocket: give broker.embedded.websocket_port, "
+                             "or web.websocket_url (an external broker's WebSocket listener)")
+        if web.client is not None and web.client not in {c.name for c in self.clients}:
+            raise ValueError(f"web.client {web.client!r} is not one of the robot's clients")
+        return self
 
     def link_timeout(self, name: str) -> float:
         p = self.part(name)

@@ -84,6 +84,7 @@ class Launcher:
         self.shutdown_id = ""  # of the shutdown under way, from the primary's going_down notice
         self._t0 = time.time()
         self._broker: Any = None
+        self.web: Any = None  # the control panel's HTTP server (orchestrator.web), with `web:` in the config
         self.bridge: Any = None
         self.monitor: MqttClient | None = None
         self._watchers: list[asyncio.Task[Any]] = []
@@ -118,6 +119,7 @@ class Launcher:
         loop.add_signal_handler(signal.SIGHUP, self.request_reload)
         try:
             await self._start_broker()
+            self._start_web()
             await self._start_bridge()
             await self._start_monitor()
             await self._start_parts()
@@ -136,6 +138,8 @@ class Launcher:
                 # leaving early (an error): never kill a part that was not asked to stop first
                 self._shutting_down = True
                 await asyncio.shield(self._stop_bottom_up("`up` is exiting"))
+            if self.web is not None:
+                await asyncio.to_thread(self.web.close)
             if self.monitor is not None:
                 await self.monitor.close()
             if self.bridge is not None:
@@ -206,6 +210,27 @@ class Launcher:
         extra = [f"TLS on {self._broker.tls_port}"] if self._broker.tls_port else []
         extra += [f"WebSocket on {self._broker.websocket_port}"] if self._broker.websocket_port else []
         self.say(f"embedded broker listening on {self._broker.url}" + (f" ({', '.join(extra)})" if extra else ""))
+
+    def _start_web(self) -> None:
+        """The control panel (docs/web.md): static files and the page's config.json, on a thread of its own."""
+        web = self.config.web
+        if web is None or not web.enabled:
+            return
+        from orchestrator.errors import PortInUse
+        from orchestrator.web.server import WebServer
+
+        ws_port = self._broker.websocket_port if self._broker is not None else None
+        try:
+            self.web = WebServer(host=web.host, port=web.port, robot=self.config.robot,
+                                 websocket_url=web.websocket_url, websocket_port=ws_port,
+                                 client=web.client or self.config.default_client())
+        except OSError as exc:
+            raise PortInUse(f"web panel: cannot listen on {web.host}:{web.port} ({exc.strerror or exc}) - "
+                            "choose another web.port", host=web.host, port=web.port) from exc
+        self.web.start()
+        host = "127.0.0.1" if web.host in ("0.0.0.0", "::") else web.host
+        self.say(f"web control panel on http://{host}:{self.web.port}/"
+                 + (f" (broker WebSocket {web.websocket_url})" if web.websocket_url else ""))
 
     async def _start_bridge(self) -> None:
         """The embedded broker's bridge to the upstream broker (with mosquitto, its own bridge does this)."""

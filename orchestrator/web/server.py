@@ -2,7 +2,10 @@
 
 The stdlib :class:`http.server.ThreadingHTTPServer` on a daemon thread: the files are small and
 static, so nothing here touches the robot's event loop.  ``/config.json`` tells the page the robot's
-name and the broker's MQTT-over-WebSocket URL; everything else comes from :data:`STATIC_DIR`.
+name, the broker's MQTT-over-WebSocket URL (or, when the page should use its own host name, the
+listener's port) and the client name the login form suggests; everything else comes from
+:data:`STATIC_DIR`, the bundle built from ``web/`` (``make web``).  Nothing here holds a secret: the
+page logs in to the broker with a client credential the user types.
 """
 
 from __future__ import annotations
@@ -44,10 +47,19 @@ class WebServer:
         host: str,
         port: int,
         robot: str,
-        websocket_url: str,
+        websocket_url: str | None = None,
+        websocket_port: int | None = None,
+        client: str | None = None,
         static_dir: Path = STATIC_DIR,
     ) -> None:
-        config = json.dumps({"robot": robot, "websocket_url": websocket_url}).encode()
+        if websocket_url is None and websocket_port is None:
+            raise ValueError("the page needs the broker's WebSocket URL or its port")
+        page: dict[str, Any] = {"robot": robot, "websocket_url": websocket_url}
+        if websocket_port is not None:
+            page["websocket_port"] = websocket_port
+        if client is not None:
+            page["client"] = client
+        config = json.dumps(page).encode()
         handler = type("PanelHandler", (_Handler,), {"page_config": config})
         self._httpd = ThreadingHTTPServer((host, port), partial(handler, directory=str(static_dir)))
         self._httpd.daemon_threads = True
