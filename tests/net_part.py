@@ -15,6 +15,7 @@ import asyncio
 import signal
 import sys
 import threading
+import time
 
 from orchestrator.runtime.main import make_part, parse_urls, setup_logging
 from orchestrator.security.signed import load_effective
@@ -40,6 +41,11 @@ async def main(config: str, name: str, broker: str | None) -> int:
             cmd, res, *args = line.split()
             try:
                 assert cmd == "set_power", cmd
+                # a resource on remote motors is built once their part runs, a moment after the watcher of the
+                # test may have seen it running (seen in CI: KeyError): wait for it, bounded
+                deadline = time.monotonic() + 10
+                while res not in part.host.resources and time.monotonic() < deadline:
+                    await asyncio.sleep(0.02)
                 await getattr(part.host.resources[res], cmd)(*map(float, args))
                 print("ok", flush=True)
             except Exception as exc:  # reported to the test, which decides

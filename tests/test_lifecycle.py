@@ -58,6 +58,45 @@ async def test_a_resource_that_fails_to_build_is_degraded_and_the_part_runs(tmp_
 
 
 @pytest.mark.timeout(30)
+async def test_a_resource_waiting_for_another_part_is_built_as_soon_as_that_part_runs(tmp_path: Path) -> None:
+    """Regression (CI, test_a_primary_link_cut_...: KeyError 'chassis'): a resource on another part's motors
+    was retried on its back-off only (up to ``retry_s`` late), so it was missing for a while after that part
+    ran; now the part's running state wakes the retry."""
+    from orchestrator.runtime.main import make_part
+
+    async with running_robot(tmp_path, "amqtt", PARTS, start=False) as robot:
+        started = []
+        try:
+            for name in ("main", "nav"):
+                p = make_part(robot.loaded, name)
+                if name == "nav":
+                    p.host.first_retry_s = 60.0  # only the wake-up can build it within this test's bounds
+                await p.start()
+                started.append(p)
+            nav = started[-1]
+            assert nav.host.states["follower"].status == "degraded"
+            assert "waiting for part drive" in (nav.host.states["follower"].reason or "")
+            built = asyncio.Event()
+            on_built = nav.host.on_built
+
+            def seen(name: str, res: Any) -> None:
+                if on_built is not None:
+                    on_built(name, res)
+                if name == "follower":
+                    built.set()
+
+            nav.host.on_built = seen
+            drive = make_part(robot.loaded, "drive")
+            await drive.start()
+            started.insert(1, drive)
+            await asyncio.wait_for(built.wait(), 5)
+            assert nav.host.states["follower"].status == "ready"
+        finally:
+            for p in reversed(started):
+                await asyncio.wait_for(p.close(), 10)
+
+
+@pytest.mark.timeout(30)
 async def test_reload_rebuilds_exactly_the_changed_resources_and_their_dependents(tmp_path: Path) -> None:
     async with running_robot(tmp_path, "mosquitto", PARTS) as (loaded, parts):
         before = {(p, n): r for p, part in parts.items() for n, r in part.host.resources.items()}

@@ -8,6 +8,7 @@ stopping one resource is recorded and never prevents stopping the others.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import time
 from collections.abc import Callable
@@ -57,6 +58,7 @@ class ResourceHost:
         self.topology = topology
         self.registry = registry or default_registry()
         self.retry_s = retry_s
+        self.first_retry_s = 0.02  # the back-off of the retries starts here and doubles up to retry_s
         self.resources: dict[str, Resource] = {}
         self.on_built: Callable[[str, Resource], None] | None = None
         self.states: dict[str, ResourceState] = {
@@ -65,6 +67,16 @@ class ResourceHost:
         self._configs = {r.name: r for r in part.resources}
         self._retry_task: asyncio.Task[None] | None = None
         self._closed = False
+        # a part that a degraded resource waits for began to run: retry at once, not at the next back-off
+        self._wake = asyncio.Event()
+        if rpc is not None:
+            rpc.on_state_change.append(self._on_part_state)
+
+    def _on_part_state(self, part: str, state: Any) -> None:
+        if getattr(state, "value", state) == "running" and any(
+                s.status == "degraded" and (s.reason or "").startswith(f"waiting for part {part} ")
+                for s in self.states.values()):
+            self._wake.set()
 
     @property
     def order(self) -> list[str]:
@@ -124,9 +136,11 @@ class ResourceHost:
 
     async def _retry_loop(self) -> None:
         """Retry degraded resources: quickly at first (a remote part coming up), then every ``retry_s``."""
-        delay = 0.02
+        delay = self.first_retry_s
         while not self._closed and any(s.status == "degraded" for s in self.states.values()):
-            await asyncio.sleep(delay)
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._wake.wait(), delay)
+            self._wake.clear()
             delay = min(self.retry_s, delay * 2)
             for name in self.order:
                 if self.states[name].status == "degraded" and not self._closed:
