@@ -15,7 +15,12 @@ import threading
 from functools import partial
 from http.server import SimpleHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from orchestrator.config.models import RobotConfig
+
+__all__ = ["STATIC_DIR", "WebServer", "fetch_page_config", "panel_server"]
 
 STATIC_DIR = Path(__file__).resolve().parent / "static"
 
@@ -77,3 +82,35 @@ class WebServer:
             self._httpd.shutdown()
             self._thread.join(timeout=5)
         self._httpd.server_close()
+
+
+def panel_server(
+    config: RobotConfig,
+    *,
+    websocket_port: int | None,
+    host: str | None = None,
+    port: int | None = None,
+    static_dir: Path = STATIC_DIR,
+) -> WebServer:
+    """The panel of a robot as its ``web:`` section says: ``orchestrator up`` (with the embedded broker's
+    WebSocket port) and ``orchestrator web`` (a compose service: the port the broker is published on).
+
+    ``host`` and ``port`` override ``web.host`` and ``web.port`` (a container listens on every address).
+    """
+    web = config.web
+    if web is None or not web.enabled:
+        raise ValueError(f"robot {config.robot} has no enabled web: section")
+    return WebServer(host=web.host if host is None else host, port=web.port if port is None else port,
+                     robot=config.robot, websocket_url=web.websocket_url, websocket_port=websocket_port,
+                     client=web.client or config.default_client(), static_dir=static_dir)
+
+
+def fetch_page_config(url: str, timeout: float) -> dict[str, Any]:
+    """GET a served panel's ``config.json`` (``orchestrator web --check``, the compose health check)."""
+    import urllib.request
+
+    with urllib.request.urlopen(url.rstrip("/") + "/config.json", timeout=timeout) as resp:
+        page = json.load(resp)
+    if not isinstance(page, dict):
+        raise ValueError(f"{url}config.json is not an object")
+    return page
