@@ -196,9 +196,6 @@ def web(
                                                        "browser reaches it, on the page's own host (default: "
                                                        "broker.embedded.websocket_port; web.websocket_url, when "
                                                        "set, is used instead)")] = None,
-    check: Annotated[bool, typer.Option("--check", help="do not serve: exit 0 when the panel of this robot is "
-                                        "served on 127.0.0.1:PORT, 1 when not (a container health check)")]
-    = False,
     config: LegacyConfigArg = None,
     config_opt: ConfigOpt = None,
 ) -> None:
@@ -211,22 +208,9 @@ def web(
         err_console.print(f"{config}: no enabled web: section (docs/web.md)", style="red", highlight=False,
                           markup=False)
         raise typer.Exit(EXIT_CONFIG)
-    from orchestrator.web.server import fetch_page_config, panel_server
-
-    if check:
-        url = f"http://127.0.0.1:{cfg.web.port if port is None else port}/"
-        try:
-            page = fetch_page_config(url, timeout=3)
-        except (OSError, ValueError) as exc:
-            print(f"unhealthy: no panel on {url}: {exc}"[:300].replace("\n", " "), file=sys.stderr)
-            raise typer.Exit(1) from None
-        if page.get("robot") != cfg.robot:
-            print(f"unhealthy: {url} serves the panel of {str(page.get('robot'))[:64]!r}, not {cfg.robot!r}",
-                  file=sys.stderr)
-            raise typer.Exit(1)
-        print(f"healthy: the panel of {cfg.robot} on {url}")
-        return
     import signal
+
+    from orchestrator.web.server import panel_server
 
     emb = cfg.broker.embedded
     ws_port = websocket_port or (emb.websocket_port if emb is not None and emb.websocket_port else None)

@@ -10,6 +10,7 @@ import pytest
 import yaml
 
 from orchestrator.config import load_config
+from orchestrator.web.server import health_check
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -170,8 +171,9 @@ def test_compose_with_web_serves_the_panel_and_publishes_the_brokers_websocket_l
                                                   "127.0.0.1:${ORCHESTRATOR_BROKER_WS_PORT:-18831}:9001"]
     assert web["ports"] == ["127.0.0.1:${ORCHESTRATOR_WEB_PORT:-8080}:8080"]
     assert web["depends_on"] == {"broker": {"condition": "service_healthy"}}
-    assert web["healthcheck"]["test"] == ["CMD", "orchestrator", "web", "-c", "/config/rover.yaml", "--port", "8080",
-                                          "--check"]
+    # the standard library alone (tests/test_web_server.py runs this very line against a served panel)
+    assert web["healthcheck"]["test"] == health_check(8080, "rover")
+    assert web["healthcheck"]["test"][:4] == ["CMD", "python3", "-I", "-c"]
     assert web["user"] == "10001:10001" and web["read_only"] is True and web["cap_drop"] == ["ALL"]
     assert web["security_opt"] == ["no-new-privileges:true"]
     assert "secrets" not in web  # the page logs in with a credential the user types: the service holds none

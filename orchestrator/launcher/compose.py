@@ -39,6 +39,7 @@ from orchestrator.errors import ConfigError
 from orchestrator.protocol.topics import PartId
 from orchestrator.security.credentials import ACL, PASSWD, SESSION_KEY
 from orchestrator.security.tls import BROKER_CERT, BROKER_KEY
+from orchestrator.web.server import health_check
 
 __all__ = ["BRIDGE_CONF", "BROKER_SERVICE", "MOSQUITTO_UID", "PART_UID", "TLS_PORT", "WEB_PORT", "WEB_SERVICE",
            "WS_PORT", "ComposeOptions", "Generated", "compose_header", "generate", "secret_owners"]
@@ -231,7 +232,7 @@ def generate(loaded: LoadedConfig, options: ComposeOptions) -> Generated:
             "ports": [f"{on}:{web_host_port}:{WEB_PORT}"],
             "depends_on": {BROKER_SERVICE: {"condition": "service_healthy"}},
             "healthcheck": {
-                "test": ["CMD", "orchestrator", "web", "-c", config_in, "--port", str(WEB_PORT), "--check"],
+                "test": health_check(WEB_PORT, cfg.robot),  # python3 -I -c: the standard library alone
                 "interval": "5s", "timeout": "5s", "retries": 3, "start_period": "30s",
             },
             "restart": "on-failure:3",
