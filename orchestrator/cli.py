@@ -188,6 +188,55 @@ def up(
 
 
 @app.command()
+def web(
+    host: Annotated[str | None, typer.Option(help="address to serve on (default: web.host; a container: "
+                                             "0.0.0.0)")] = None,
+    port: Annotated[int | None, typer.Option(min=0, max=65535, help="port to serve on (default: web.port)")] = None,
+    websocket_port: Annotated[int | None, typer.Option(min=1, max=65535, help="the broker's WebSocket port as the "
+                                                       "browser reaches it, on the page's own host (default: "
+                                                       "broker.embedded.websocket_port; web.websocket_url, when "
+                                                       "set, is used instead)")] = None,
+    config: LegacyConfigArg = None,
+    config_opt: ConfigOpt = None,
+) -> None:
+    """Serve the robot's web control panel alone (what `up` serves with a web: section; the compose file's
+    `web` service), until Ctrl-C or SIGTERM.  Needs no secret: the page logs in with a client credential."""
+    config = config_path(config, config_opt)
+    loaded = _load(config)
+    cfg = loaded.config
+    if cfg.web is None or not cfg.web.enabled:
+        err_console.print(f"{config}: no enabled web: section (docs/web.md)", style="red", highlight=False,
+                          markup=False)
+        raise typer.Exit(EXIT_CONFIG)
+    import signal
+
+    from orchestrator.web.server import panel_server
+
+    emb = cfg.broker.embedded
+    ws_port = websocket_port or (emb.websocket_port if emb is not None and emb.websocket_port else None)
+    if ws_port is None and cfg.web.websocket_url is None:
+        err_console.print("the page needs the broker's WebSocket port: give --websocket-port", style="red",
+                          highlight=False, markup=False)
+        raise typer.Exit(EXIT_CONFIG)
+    # blocked before the server's thread starts (it inherits the mask): the main thread alone takes them
+    stop = {signal.SIGINT, signal.SIGTERM}
+    signal.pthread_sigmask(signal.SIG_BLOCK, stop)
+    try:
+        server = panel_server(cfg, websocket_port=ws_port, host=host, port=port)
+    except OSError as exc:
+        where = f"{host or cfg.web.host}:{cfg.web.port if port is None else port}"
+        err_console.print(f"web panel: cannot listen on {where} ({exc.strerror or exc})", style="red",
+                          highlight=False, markup=False)
+        raise typer.Exit(1) from None
+    server.start()
+    shown = "127.0.0.1" if (host or cfg.web.host) in ("0.0.0.0", "::") else (host or cfg.web.host)
+    console.print(f"web control panel of {cfg.robot} on http://{shown}:{server.port}/ (broker WebSocket "
+                  f"{cfg.web.websocket_url or f'port {ws_port} of the page host'})", highlight=False)
+    signal.sigwait(stop)
+    server.close()
+
+
+@app.command()
 def credentials(
     directory: Annotated[Path | None, typer.Option("--dir", envvar="ORCHESTRATOR_CREDENTIALS",
                                                     help="where (default: the config's security.credentials)")] = None,

@@ -1,8 +1,9 @@
-"""The generated compose file run for real on the Docker engine: the example rover comes up healthy, a
-client on the host drives its motors through the published port, a frozen (`docker pause`) sub-part is
-marked offline and comes back after `docker unpause`, `docker compose stop` and `down` stop it bottom-up,
-proven from the wire, and `up` again republishes the retained state.  Images come from tests/dockerlab.py
-(built when missing, never skipped)."""
+"""The generated compose file run for real on the Docker engine: the example rover comes up healthy, its web
+panel is served on the host and its broker's WebSocket port takes the client's credential (paho, as the
+browser does) and refuses anonymous clients, a client on the host drives its motors through the published
+port, a frozen (`docker pause`) sub-part is marked offline and comes back after `docker unpause`, `docker
+compose stop` and `down` stop it bottom-up, proven from the wire, and `up` again republishes the retained
+state.  Images come from tests/dockerlab.py (built when missing, never skipped)."""
 
 from __future__ import annotations
 
@@ -14,6 +15,7 @@ import signal
 import subprocess
 import sys
 import time
+import urllib.request
 from pathlib import Path
 from typing import Any
 
@@ -21,6 +23,7 @@ import pytest
 import yaml
 from brokers import free_port
 from dockerlab import ROOT, ComposeProject, docker
+from test_mosquitto_websocket import WsClient
 
 from orchestrator.config import load_config
 from orchestrator.protocol.codec import decode
@@ -28,6 +31,7 @@ from orchestrator.protocol.messages import PartResources, PartState, RobotStatus
 from orchestrator.protocol.topics import ClientId, Topics
 from orchestrator.security.access import Access
 from orchestrator.transport.client import Message, MqttClient
+from orchestrator.web.server import STATIC_DIR, fetch_page_config
 
 MOTORS = {"base": ["left", "right"], "arm": ["shoulder", "elbow"]}
 
@@ -47,6 +51,43 @@ def rover_project(directory: Path) -> Path:
     res = cli("compose", str(cfg), "-o", str(directory / "compose.yaml"), "--chown-secrets")
     assert res.returncode == 0, res.stdout + res.stderr
     return cfg
+
+
+def rover_ports(compose: ComposeProject) -> tuple[int, int, int]:
+    """Free host ports for the rover's broker (MQTT, WebSocket) and its web panel: (mqtt, ws, web)."""
+    distinct: list[int] = []
+    while len(distinct) < 3:  # the OS may hand out the same free port twice in a row
+        if (p := free_port()) not in distinct:
+            distinct.append(p)
+    ports = distinct[0], distinct[1], distinct[2]
+    compose.extra_env.update(ORCHESTRATOR_BROKER_PORT=str(ports[0]), ORCHESTRATOR_BROKER_WS_PORT=str(ports[1]),
+                             ORCHESTRATOR_WEB_PORT=str(ports[2]))
+    return ports
+
+
+def check_the_web_panel(cfg: Path, ws_port: int, web_port: int) -> None:
+    """The `web` service's page from the host, told the broker's published WebSocket port; that port refuses
+    anonymous clients and takes the operator's credential, with the operator's topic rights."""
+    with urllib.request.urlopen(f"http://127.0.0.1:{web_port}/", timeout=10) as resp:
+        assert resp.status == 200 and resp.read() == (STATIC_DIR / "index.html").read_bytes()
+    page = fetch_page_config(f"http://127.0.0.1:{web_port}/", 10)
+    assert page == {"robot": "rover", "websocket_url": None, "websocket_port": ws_port, "client": "operator"}, page
+    anonymous = WsClient(ws_port)
+    try:
+        assert not anonymous.connect(), "the broker's WebSocket listener took an anonymous client"
+    finally:
+        anonymous.close()
+    loaded = load_config(cfg)
+    access = Access.of(loaded.config, loaded.path, ClientId("rover", "operator"))
+    operator = WsClient(ws_port, access.username, access.password)
+    try:
+        assert operator.connect(), "the operator's credential was refused over WebSocket"
+        state = Topics("rover").part_state("main")
+        operator.subscribe(state)  # retained: the primary's state arrives at once
+        with operator.arrived:
+            assert operator.arrived.wait_for(lambda: any(t == state for t, _ in operator.got), 10), operator.got
+    finally:
+        operator.close()
 
 
 class WireObserver:
@@ -128,14 +169,14 @@ async def test_compose_stack_comes_up_healthy_drives_motors_and_stops_bottom_up(
                                                                                tmp_path: Path) -> None:
     cfg = rover_project(tmp_path)
     topo = load_config(cfg).topology
-    port = free_port()
-    compose.extra_env["ORCHESTRATOR_BROKER_PORT"] = str(port)
+    port, ws_port, web_port = rover_ports(compose)
     started = time.monotonic()
     await asyncio.to_thread(compose, tmp_path, "up", "--detach", "--wait", "--wait-timeout", "150", timeout=200)
     up_s = time.monotonic() - started
     ps = [json.loads(line) for line in compose(tmp_path, "ps", "--format", "json").stdout.splitlines() if line]
-    assert {p["Service"] for p in ps} == {"broker", *topo.parts}
+    assert {p["Service"] for p in ps} == {"broker", "web", *topo.parts}
     assert all(p["Health"] == "healthy" for p in ps), ps
+    await asyncio.to_thread(check_the_web_panel, cfg, ws_port, web_port)
     broker = f"mqtt://127.0.0.1:{port}"
     async with WireObserver(cfg, port) as wire:
         for part, motors in MOTORS.items():
@@ -193,8 +234,7 @@ async def test_compose_stack_comes_up_healthy_drives_motors_and_stops_bottom_up(
 async def test_network_disconnect_of_a_sub_part_stops_its_motor_and_marks_it_offline(compose: ComposeProject,
                                                                                      tmp_path: Path) -> None:
     cfg = rover_project(tmp_path)
-    port = free_port()
-    compose.extra_env["ORCHESTRATOR_BROKER_PORT"] = str(port)
+    port, _, _ = rover_ports(compose)
     await asyncio.to_thread(compose, tmp_path, "up", "--detach", "--wait", "--wait-timeout", "150", timeout=200)
     broker = f"mqtt://127.0.0.1:{port}"
     base = compose(tmp_path, "ps", "--quiet", "base").stdout.strip()
@@ -240,8 +280,7 @@ async def test_a_crashed_part_is_restarted_by_its_policy(compose: ComposeProject
     # `docker kill` is a manual stop for docker (no restart); a crash is the process dying under it: SIGKILL
     # from the host to the container's main process, exit 137
     cfg = rover_project(tmp_path)
-    port = free_port()
-    compose.extra_env["ORCHESTRATOR_BROKER_PORT"] = str(port)
+    port, _, _ = rover_ports(compose)
     await asyncio.to_thread(compose, tmp_path, "up", "--detach", "--wait", "--wait-timeout", "150", timeout=200)
     camera = compose(tmp_path, "ps", "--quiet", "camera").stdout.strip()
 

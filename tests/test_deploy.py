@@ -6,9 +6,11 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
 import yaml
 
 from orchestrator.config import load_config
+from orchestrator.web.server import health_check
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -138,3 +140,94 @@ def test_compose_with_tls_and_an_upstream_emits_the_tls_listener_and_the_bridge(
     assert "connection tlsbot-upstream\n" in bridge and "address cloud.example:1883\n" in bridge
     assert "remote_password cloud-password\n" in bridge
     assert (store / "mosquitto.d" / "bridge.conf").stat().st_mode & 0o077 == 0
+
+
+def _listener_blocks(conf: str) -> list[list[str]]:
+    blocks: list[list[str]] = []
+    for line in conf.splitlines():
+        if line.startswith("listener "):
+            blocks.append([line])
+        elif blocks and line and not line.startswith("#"):
+            blocks[-1].append(line)
+    return blocks
+
+
+def _run_cli(*args: str) -> subprocess.CompletedProcess[str]:
+    res = subprocess.run([sys.executable, "-m", "orchestrator", *args], capture_output=True, text=True, timeout=60)
+    assert res.returncode == 0, res.stdout + res.stderr
+    return res
+
+
+@pytest.mark.timeout(60)
+def test_compose_with_web_serves_the_panel_and_publishes_the_brokers_websocket_listener(tmp_path: Path) -> None:
+    # the example rover enables the panel (make demo serves it): its compose file has the `web` service
+    doc = yaml.safe_load((ROOT / "docker-compose.yml").read_text())
+    web = doc["services"]["web"]
+    assert web["image"] == doc["services"]["main"]["image"]  # the parts' image
+    assert web["command"] == ["web", "-c", "/config/rover.yaml", "--host", "0.0.0.0", "--port", "8080",
+                              "--websocket-port", "${ORCHESTRATOR_BROKER_WS_PORT:-18831}"]
+    # the page is told the broker's port as published for the browser: the same variable, the same default
+    assert doc["services"]["broker"]["ports"] == ["127.0.0.1:${ORCHESTRATOR_BROKER_PORT:-18830}:1883",
+                                                  "127.0.0.1:${ORCHESTRATOR_BROKER_WS_PORT:-18831}:9001"]
+    assert web["ports"] == ["127.0.0.1:${ORCHESTRATOR_WEB_PORT:-8080}:8080"]
+    assert web["depends_on"] == {"broker": {"condition": "service_healthy"}}
+    # the standard library alone (tests/test_web_server.py runs this very line against a served panel)
+    assert web["healthcheck"]["test"] == health_check(8080, "rover")
+    assert web["healthcheck"]["test"][:4] == ["CMD", "python3", "-I", "-c"]
+    assert web["user"] == "10001:10001" and web["read_only"] is True and web["cap_drop"] == ["ALL"]
+    assert web["security_opt"] == ["no-new-privileges:true"]
+    assert "secrets" not in web  # the page logs in with a credential the user types: the service holds none
+    conf = (ROOT / "broker_config" / "rover" / "mosquitto.conf").read_text()
+    assert _listener_blocks(conf) == [["listener 1883"], ["listener 9001", "protocol websockets"]]
+
+    # an external broker's WebSocket URL: its port is published, the page gets the URL itself; the listener
+    # is the very one `orchestrator broker-config` writes (one code path: main_conf)
+    cfg = tmp_path / "wsbot.yaml"
+    cfg.write_text(yaml.safe_dump({
+        "robot": "wsbot", "broker": {"urls": ["mqtt://broker:1883"]},
+        "web": {"host": "0.0.0.0", "port": 8099, "websocket_url": "ws://robot.local:9101/"},
+        "parts": [{"name": "hub"}, {"name": "leaf", "parent": "hub"}],
+    }))
+    _run_cli("credentials", "-c", str(cfg))
+    out = tmp_path / "compose.yaml"
+    _run_cli("compose", "-c", str(cfg), "-o", str(out))
+    res = subprocess.run([sys.executable, "-m", "check_jsonschema", "--builtin-schema", "vendor.compose-spec",
+                          str(out)], capture_output=True, text=True, timeout=60)
+    assert res.returncode == 0, res.stdout + res.stderr
+    doc = yaml.safe_load(out.read_text())
+    assert set(doc["services"]) == {"broker", "hub", "leaf", "web"}
+    assert doc["services"]["broker"]["ports"][1] == "0.0.0.0:${ORCHESTRATOR_BROKER_WS_PORT:-9101}:9001"
+    assert doc["services"]["web"]["ports"] == ["0.0.0.0:${ORCHESTRATOR_WEB_PORT:-8099}:8080"]
+    assert "--websocket-port" not in doc["services"]["web"]["command"]
+    composed = (tmp_path / "broker_config" / "wsbot" / "mosquitto.conf").read_text()
+    _run_cli("broker-config", "-c", str(cfg), "--out", str(tmp_path / "bc"), "--websocket-port", "9001")
+    written = (tmp_path / "bc" / "mosquitto.conf").read_text()
+    assert _listener_blocks(composed)[-1] == _listener_blocks(written)[-1] == ["listener 9001", "protocol websockets"]
+
+    # turned off: no service, no listener
+    cfg.write_text(cfg.read_text().replace("host: 0.0.0.0", "enabled: false\n  host: 0.0.0.0"))
+    _run_cli("compose", "-c", str(cfg), "-o", str(out))
+    assert "web" not in yaml.safe_load(out.read_text())["services"]
+    assert "protocol websockets" not in (tmp_path / "broker_config" / "wsbot" / "mosquitto.conf").read_text()
+
+
+@pytest.mark.timeout(30)
+def test_compose_with_a_wss_panel_needs_broker_tls_and_uses_its_certificate(tmp_path: Path) -> None:
+    from orchestrator.errors import ConfigError
+    from orchestrator.launcher.compose import ComposeOptions, generate
+
+    body = {"robot": "wssbot", "broker": {"urls": ["mqtt://broker:1883"]},
+            "web": {"websocket_url": "wss://robot.local:9443/"}, "parts": [{"name": "hub"}]}
+    cfg = tmp_path / "wssbot.yaml"
+    cfg.write_text(yaml.safe_dump(body))
+    with pytest.raises(ConfigError, match=r"needs broker\.tls"):
+        generate(load_config(cfg), ComposeOptions(out_dir=tmp_path))
+    cfg.write_text(yaml.safe_dump({**body, "broker": {"urls": ["mqtts://broker:8883"], "tls": {"ca_file": "ca.crt"}}}))
+    gen = generate(load_config(cfg), ComposeOptions(out_dir=tmp_path))
+    # plain MQTT inside the container only; TLS and wss:// on every address (both published)
+    assert _listener_blocks(gen.mosquitto_conf)[0] == ["listener 1883 127.0.0.1"]
+    assert _listener_blocks(gen.mosquitto_conf)[-1] == [
+        "listener 9001", "protocol websockets", "certfile /run/secrets/broker.crt", "keyfile /run/secrets/broker.key",
+        "tls_version tlsv1.2"]
+    assert gen.compose["services"]["broker"]["ports"] == ["127.0.0.1:${ORCHESTRATOR_BROKER_TLS_PORT:-18883}:8883",
+                                                         "127.0.0.1:${ORCHESTRATOR_BROKER_WS_PORT:-9443}:9001"]

@@ -244,14 +244,21 @@ async def test_a_client_cannot_subscribe_to_everything(robot: InprocRobot) -> No
 @pytest.mark.timeout(60)
 async def test_the_demo_makes_its_own_credentials_and_refuses_anonymous_clients(tmp_path: Path) -> None:
     """`make demo`: `orchestrator credentials` then `orchestrator up` on examples/rover.yaml (here on a
-    free port): it runs with one secret per identity, an anonymous client is refused, the operator is served."""
+    free port): it runs with one secret per identity, an anonymous client is refused, the operator is served,
+    and it serves the web control panel."""
     import re
-    import shutil
 
+    import yaml
     from test_cli import invoke
 
+    from orchestrator.web.server import fetch_page_config
+
     cfg = tmp_path / "rover.yaml"
-    shutil.copy(HERE.parent / "examples" / "rover.yaml", cfg)
+    demo = yaml.safe_load((HERE.parent / "examples" / "rover.yaml").read_text())
+    # the demo's panel (8080) and its broker's WebSocket listener (18831) on free ports here
+    demo["web"]["port"] = 0
+    demo["broker"]["embedded"]["websocket_port"] = 0
+    cfg.write_text(yaml.safe_dump(demo, sort_keys=False))
     made = await asyncio.to_thread(subprocess.run, [sys.executable, "-m", "orchestrator", "credentials", str(cfg)],
                                    capture_output=True, text=True, timeout=30)
     assert made.returncode == 0, made.stderr
@@ -272,6 +279,11 @@ async def test_the_demo_makes_its_own_credentials_and_refuses_anonymous_clients(
             await anon.start()
         res = await asyncio.to_thread(invoke, "call", "base/left", "get_power", "-c", str(cfg), "--broker", url)
         assert res.exit_code == 0 and res.output.strip() == "0.0", res.output
+        panel = re.search(r"web control panel on (http://127\.0\.0\.1:\d+/)", "".join(seen))
+        ws = re.search(r"WebSocket on (\d+)", "".join(seen))
+        assert panel and ws, "".join(seen)
+        page = await asyncio.to_thread(fetch_page_config, panel[1], 5)  # GET config.json
+        assert page["robot"] == "rover" and page["websocket_port"] == int(ws[1]) and page["client"] == "operator"
     finally:
         if proc.returncode is None:
             proc.send_signal(signal.SIGINT)

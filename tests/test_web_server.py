@@ -3,13 +3,18 @@
 from __future__ import annotations
 
 import json
+import re
+import signal
+import subprocess
+import sys
 import urllib.error
 import urllib.request
 from pathlib import Path
 
 import pytest
+import yaml
 
-from orchestrator.web.server import STATIC_DIR, WebServer
+from orchestrator.web.server import STATIC_DIR, WebServer, health_check
 
 pytestmark = pytest.mark.timeout(10)
 
@@ -66,3 +71,51 @@ def test_the_web_section_must_reach_the_broker() -> None:
     ]:
         with pytest.raises(ValidationError, match=said):
             RobotConfig.model_validate(_robot(broker, web))
+
+
+def _cli(*args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-m", "orchestrator", *args], capture_output=True, text=True, timeout=20,
+                          stdin=subprocess.DEVNULL)
+
+
+def _check(port: int, robot: str) -> subprocess.CompletedProcess[str]:
+    cmd = health_check(port, robot, python=sys.executable)
+    assert cmd[0] == "CMD"
+    return subprocess.run(cmd[1:], capture_output=True, text=True, timeout=20, stdin=subprocess.DEVNULL)
+
+
+@pytest.mark.timeout(40)
+def test_the_web_command_serves_the_panel_alone_passes_its_health_check_and_stops_on_sigterm(tmp_path: Path) -> None:
+    # `orchestrator web`: the compose file's `web` service (docs/deploy.md), the same page and config.json as `up`
+    cfg = tmp_path / "r1.yaml"
+    cfg.write_text(yaml.safe_dump(_robot({"embedded": {"port": 18830, "websocket_port": 18831}}, {"port": 0})))
+    proc = subprocess.Popen([sys.executable, "-m", "orchestrator", "web", "-c", str(cfg), "--websocket-port", "9123"],
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, stdin=subprocess.DEVNULL)
+    try:
+        assert proc.stdout is not None
+        line = proc.stdout.readline()
+        found = re.search(r"on http://127\.0\.0\.1:(\d+)/", line)
+        assert found, line + proc.stdout.read()
+        port = found[1]
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/config.json", timeout=5) as resp:
+            # the port the browser reaches the broker on (published by compose), not the embedded broker's
+            assert json.load(resp) == {"robot": "r1", "websocket_url": None, "websocket_port": 9123,
+                                       "client": "operator"}
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/", timeout=5) as resp:
+            assert resp.read() == (STATIC_DIR / "index.html").read_bytes()
+        # the compose file's health check of the `web` service, as docker runs it (python3: this interpreter)
+        res = _check(int(port), "r1")
+        assert res.returncode == 0 and res.stdout.startswith("healthy: the panel of r1"), res.stdout + res.stderr
+        res = _check(int(port), "r2")  # a panel of another robot on that port is not this robot's
+        assert res.returncode == 1 and "is the panel of 'r1', not of r2" in res.stderr, res.stdout + res.stderr
+        proc.send_signal(signal.SIGTERM)  # docker stop
+        assert proc.wait(10) == 0
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait(10)
+    res = _check(int(port), "r1")
+    assert res.returncode == 1 and res.stderr.startswith("unhealthy: no panel at"), res.stdout + res.stderr
+    cfg.write_text(yaml.safe_dump(_robot({"embedded": {"port": 18830}}, {"enabled": False})))
+    res = _cli("web", "-c", str(cfg))
+    assert res.returncode == 2 and "no enabled web: section" in res.stderr, res.stdout + res.stderr

@@ -37,6 +37,7 @@ class MosquittoFiles:
     keyfile: str | None = None
     websockets_port: int | None = None
     websockets_tls: bool = False  # wss:// with certfile and keyfile (those of the TLS listener)
+    websockets_bind: str | None = None  # None: as ``bind`` (compose: published, while plain MQTT stays inside)
     persistence: bool = False
 
 
@@ -95,8 +96,9 @@ def main_conf(config: RobotConfig, files: MosquittoFiles) -> str:
     if files.websockets_port is not None:
         # the web panel's browser (docs/web.md); per_listener_settings false: the same passwords and topic
         # rights as the MQTT listener, no anonymous access
+        ws_bind = files.bind if files.websockets_bind is None else files.websockets_bind
         lines += ["", "# MQTT over WebSocket for the web control panel: the same identities and topic rights",
-                  f"listener {files.websockets_port}" + (f" {files.bind}" if files.bind else ""),
+                  f"listener {files.websockets_port}" + (f" {ws_bind}" if ws_bind else ""),
                   "protocol websockets"]
         if files.websockets_tls:
             if not (files.certfile and files.keyfile):

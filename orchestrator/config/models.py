@@ -290,7 +290,7 @@ class RobotConfig(_Strict):
     sessions: SessionsConfig = Field(default_factory=SessionsConfig)
     upstream: UpstreamConfig | None = Field(default=None, description="the upstream (cloud) broker, if any")
     monitoring: MonitoringConfig = Field(default_factory=MonitoringConfig)
-    web: WebConfig | None = Field(default=None, description="the local web control panel served by `up`")
+    web: WebConfig | None = Field(default=None, description="the local web control panel (`up`, compose)")
     shutdown_timeout_s: float = Field(
         default=30.0, gt=0, le=600, description="upper bound on the whole bottom-up shutdown"
     )

@@ -13,7 +13,10 @@ and why (docs/deploy.md):
   only the secrets it needs, nothing secret is in the file or the image;
 - ``stop_grace_period`` above each part's stop budget, so docker never SIGKILLs a part that is still
   stopping within its bounds; a bounded restart policy; json-file logs with rotation;
-- non-root users (the images'), no capabilities, no new privileges, read-only root file systems.
+- non-root users (the images'), no capabilities, no new privileges, read-only root file systems;
+- with an enabled ``web:`` section, mosquitto gets the WebSocket listener ``broker-config`` writes (published
+  beside the MQTT port) and a ``web`` service of the parts' image serves the control panel
+  (``orchestrator web``), its page pointed at that listener as the user's browser reaches it (docs/web.md).
 
 The file is built as data and written with PyYAML: no text template to keep in step.
 """
@@ -29,16 +32,17 @@ from typing import Any
 
 import yaml
 
-from orchestrator.broker.mosquitto_conf import MosquittoFiles, main_conf
+from orchestrator.broker.mosquitto_conf import MosquittoFiles, main_conf, websocket_port, websocket_tls
 from orchestrator.config.loader import LoadedConfig
 from orchestrator.config.models import RestartPolicy
 from orchestrator.errors import ConfigError
 from orchestrator.protocol.topics import PartId
 from orchestrator.security.credentials import ACL, PASSWD, SESSION_KEY
 from orchestrator.security.tls import BROKER_CERT, BROKER_KEY
+from orchestrator.web.server import health_check
 
-__all__ = ["BRIDGE_CONF", "BROKER_SERVICE", "MOSQUITTO_UID", "PART_UID", "TLS_PORT", "ComposeOptions", "Generated",
-           "compose_header", "generate", "secret_owners"]
+__all__ = ["BRIDGE_CONF", "BROKER_SERVICE", "MOSQUITTO_UID", "PART_UID", "TLS_PORT", "WEB_PORT", "WEB_SERVICE",
+           "WS_PORT", "ComposeOptions", "Generated", "compose_header", "generate", "secret_owners"]
 
 BROKER_SERVICE = "broker"
 # The users of the images (Dockerfile, docker/mosquitto.Dockerfile): who must be able to read a secret.
@@ -50,6 +54,9 @@ CONFIG_DIR = "/config"
 GRACE_MARGIN_S = 2.0
 HEALTH_TIMEOUT_S = 3
 TLS_PORT = 8883
+WEB_SERVICE = "web"
+WS_PORT = 9001  # mosquitto's WebSocket listener inside its container (published as the browser reaches it)
+WEB_PORT = 8080  # the panel's HTTP server inside its container
 # `orchestrator broker-config` and `orchestrator compose` write the bridge block there (owner-only)
 BRIDGE_CONF = "mosquitto.d/bridge.conf"
 BRIDGE_SECRET = "bridge.conf"  # mounted at /run/secrets/bridge.conf: the only *.conf that include_dir finds
@@ -65,6 +72,10 @@ class ComposeOptions:
     # the broker's port published on the host (127.0.0.1 only), overridable when the file is used
     host_port: str = "${ORCHESTRATOR_BROKER_PORT:-18830}"
     tls_host_port: str = "${ORCHESTRATOR_BROKER_TLS_PORT:-18883}"  # with broker.tls, instead of host_port
+    # with web: the ports the user's browser reaches (None: the variable, defaulting to the configuration's
+    # web.port and the port of its WebSocket listener, docs/web.md), published on web.host
+    web_host_port: str | None = None
+    websocket_host_port: str | None = None
     bind: str = "127.0.0.1"
     max_restarts: int | None = None  # None: each part's restart.max_restarts
     log_max_size: str = "10m"
@@ -94,7 +105,8 @@ def compose_header(robot: str, config: str) -> str:
             "Do not edit: change the robot's configuration and generate it again (docs/deploy.md).\n"
             "`orchestrator credentials -c CONFIG` makes the secrets; $ORCHESTRATOR_CREDENTIALS (a host path) says\n"
             "where they are, $ORCHESTRATOR_BROKER_PORT the broker's port on 127.0.0.1, $ORCHESTRATOR_IMAGE and\n"
-            "$ORCHESTRATOR_MOSQUITTO_IMAGE the images.")
+            "$ORCHESTRATOR_MOSQUITTO_IMAGE the images; with a web: section $ORCHESTRATOR_WEB_PORT is the panel's\n"
+            "port and $ORCHESTRATOR_BROKER_WS_PORT the broker's WebSocket port, as the browser reaches them.")
 
 
 def _rel(path: Path, start: Path) -> str:
@@ -199,6 +211,39 @@ def generate(loaded: LoadedConfig, options: ComposeOptions) -> Generated:
         if tls is not None:
             svc["secrets"].append(secret(tls.ca_file))  # the parts verify the broker
         services[name] = svc
+    web = cfg.web if cfg.web is not None and cfg.web.enabled else None
+    ws_tls = websocket_tls(cfg)
+    if web is not None:
+        if ws_tls and tls is None:
+            raise ConfigError(f"{loaded.path}: web.websocket_url is wss://: the compose file's WebSocket listener "
+                              "needs broker.tls (the broker's certificate)", None)
+        ws_default = websocket_port(cfg) or WS_PORT
+        ws_host_port = options.websocket_host_port or "${ORCHESTRATOR_BROKER_WS_PORT:-" + f"{ws_default}" + "}"
+        web_host_port = options.web_host_port or "${ORCHESTRATOR_WEB_PORT:-" + f"{web.port or WEB_PORT}" + "}"
+        # the panel is for the user's browser: both ports on web.host (127.0.0.1 by default, 0.0.0.0: the network)
+        on = "127.0.0.1" if web.host == "localhost" else f"[{web.host}]" if ":" in web.host else web.host
+        broker["ports"].append(f"{on}:{ws_host_port}:{WS_PORT}")
+        # the page is told the port the browser reaches the broker on, on the page's own host (or the URL)
+        page = [] if web.websocket_url else ["--websocket-port", ws_host_port]
+        services[WEB_SERVICE] = {
+            "image": options.image,
+            "command": ["web", "-c", config_in, "--host", "0.0.0.0", "--port", str(WEB_PORT), *page],
+            "volumes": [f"{config_dir}:{CONFIG_DIR}:ro"],
+            "ports": [f"{on}:{web_host_port}:{WEB_PORT}"],
+            "depends_on": {BROKER_SERVICE: {"condition": "service_healthy"}},
+            "healthcheck": {
+                "test": health_check(WEB_PORT, cfg.robot),  # python3 -I -c: the standard library alone
+                "interval": "5s", "timeout": "5s", "retries": 3, "start_period": "30s",
+            },
+            "restart": "on-failure:3",
+            "stop_signal": "SIGTERM",
+            "stop_grace_period": "5s",
+            "user": f"{PART_UID}:{PART_UID}",
+            "cap_drop": ["ALL"],
+            "security_opt": ["no-new-privileges:true"],
+            "read_only": True,
+            "logging": logging,
+        }
     compose: dict[str, Any] = {"name": cfg.robot, "services": services}
     if secrets:
         compose["secrets"] = secrets
@@ -209,6 +254,9 @@ def generate(loaded: LoadedConfig, options: ComposeOptions) -> Generated:
         files = dataclasses.replace(files, bind="127.0.0.1", tls_port=TLS_PORT, tls_bind="",
                                     cafile=f"{seen}/{tls.ca_file}", certfile=f"{seen}/{BROKER_CERT}",
                                     keyfile=f"{seen}/{BROKER_KEY}")
+    if web is not None:
+        # the listener `broker-config` writes, on every address of the container (its port is published)
+        files = dataclasses.replace(files, websockets_port=WS_PORT, websockets_tls=ws_tls, websockets_bind="")
     conf = main_conf(cfg, files)
     if not secure:
         conf = conf.replace("allow_anonymous false", "allow_anonymous true  # security.insecure: true") \

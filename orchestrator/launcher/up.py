@@ -217,13 +217,11 @@ class Launcher:
         if web is None or not web.enabled:
             return
         from orchestrator.errors import PortInUse
-        from orchestrator.web.server import WebServer
+        from orchestrator.web.server import panel_server
 
         ws_port = self._broker.websocket_port if self._broker is not None else None
         try:
-            self.web = WebServer(host=web.host, port=web.port, robot=self.config.robot,
-                                 websocket_url=web.websocket_url, websocket_port=ws_port,
-                                 client=web.client or self.config.default_client())
+            self.web = panel_server(self.config, websocket_port=ws_port)
         except OSError as exc:
             raise PortInUse(f"web panel: cannot listen on {web.host}:{web.port} ({exc.strerror or exc}) - "
                             "choose another web.port", host=web.host, port=web.port) from exc
