@@ -15,7 +15,6 @@ import asyncio
 import signal
 import sys
 import threading
-import time
 
 from orchestrator.runtime.main import make_part, parse_urls, setup_logging
 from orchestrator.security.signed import load_effective
@@ -28,6 +27,15 @@ async def main(config: str, name: str, broker: str | None) -> int:
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, part.request_stop, signal.Signals(sig).name)
     lines: asyncio.Queue[str] = asyncio.Queue()
+    built = asyncio.Event()  # set whenever the part builds a resource
+    on_built = part.host.on_built
+
+    def seen(name: str, res: object) -> None:
+        if on_built is not None:
+            on_built(name, res)  # type: ignore[arg-type]
+        built.set()
+
+    part.host.on_built = seen
 
     def read() -> None:  # a daemon thread: a pending readline never holds the process at exit
         for line in sys.stdin:
@@ -43,9 +51,10 @@ async def main(config: str, name: str, broker: str | None) -> int:
                 assert cmd == "set_power", cmd
                 # a resource on remote motors is built once their part runs, a moment after the watcher of the
                 # test may have seen it running (seen in CI: KeyError): wait for it, bounded
-                deadline = time.monotonic() + 10
-                while res not in part.host.resources and time.monotonic() < deadline:
-                    await asyncio.sleep(0.02)
+                async with asyncio.timeout(10):
+                    while res not in part.host.resources:
+                        built.clear()
+                        await built.wait()
                 await getattr(part.host.resources[res], cmd)(*map(float, args))
                 print("ok", flush=True)
             except Exception as exc:  # reported to the test, which decides
