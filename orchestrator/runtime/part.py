@@ -633,7 +633,9 @@ class Part:
         if st.last_heartbeat is None or self._child_gone(child):
             return False
         c = self.config.part(child)
-        allowed = max(c.heartbeat_s * c.heartbeat_misses, self.config.link_timeout(child))
+        # plus its own stop deadline: in the middle of its stop a part may hold its event loop (a plugin's
+        # blocking stop()) and its connection at the broker carries its reports and states first
+        allowed = max(c.heartbeat_s * c.heartbeat_misses, self.config.link_timeout(child)) + c.stop_deadline_s
         if time.time() - st.last_heartbeat > allowed + self.link_timeout_s:
             # our own echoes stopped too (our link is cut, or we stopped beating): we cannot tell a busy child
             # from a hung one, and past our own link timeout the child, if it hears nothing either, has stopped
