@@ -24,11 +24,12 @@ install-test: venv
 #   nftables, iproute2   tests/netlab.py: namespaces, veth links, loss and blackholes
 #   nats-server  tests/natslab.py: NATS clusters with MQTT listeners
 #   chromium, chromium-driver   tests/test_web_panel.py: the web panel in a headless browser (Selenium)
+#   libnss3-tools   its certutil: the NSS database through which that Chromium trusts a TLS robot's CA
 # (the Docker engine and images are made by docker/images.sh when the container tests first need them)
 test-tools:
 	@missing=""; \
 	  for pair in mosquitto:mosquitto nft:nftables ip:iproute2 nats-server:nats-server chromium:chromium \
-	              chromedriver:chromium-driver; do \
+	              chromedriver:chromium-driver certutil:libnss3-tools; do \
 	    cmd=$${pair%%:*}; pkg=$${pair##*:}; \
 	    { command -v $$cmd >/dev/null 2>&1 || test -x /usr/sbin/$$cmd || test -x /sbin/$$cmd; } || missing="$$missing $$pkg"; \
 	  done; \

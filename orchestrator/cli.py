@@ -196,13 +196,17 @@ def web(
                                                        "browser reaches it, on the page's own host (default: "
                                                        "broker.embedded.websocket_port; web.websocket_url, when "
                                                        "set, is used instead)")] = None,
+    plain_http: Annotated[bool, typer.Option("--plain-http", help="serve plain HTTP although the robot has TLS "
+                                             "(behind a TLS proxy; the compose file's web service)")] = False,
+    credentials: CredentialsOpt = None,
     config: LegacyConfigArg = None,
     config_opt: ConfigOpt = None,
 ) -> None:
     """Serve the robot's web control panel alone (what `up` serves with a web: section; the compose file's
-    `web` service), until Ctrl-C or SIGTERM.  Needs no secret: the page logs in with a client credential."""
+    `web` service), until Ctrl-C or SIGTERM.  Holds no client secret: the page logs in with a client
+    credential; a robot with TLS serves it over HTTPS with the broker's certificate and key."""
     config = config_path(config, config_opt)
-    loaded = _load(config)
+    loaded = _load(config, credentials=credentials)
     cfg = loaded.config
     if cfg.web is None or not cfg.web.enabled:
         err_console.print(f"{config}: no enabled web: section (docs/web.md)", style="red", highlight=False,
@@ -210,8 +214,13 @@ def web(
         raise typer.Exit(EXIT_CONFIG)
     import signal
 
-    from orchestrator.web.server import panel_server
+    from orchestrator.web.server import panel_certificate, panel_server
 
+    try:  # a robot with TLS: HTTPS with the broker's certificate, never plain HTTP unless --plain-http
+        certificate = None if plain_http else panel_certificate(cfg, loaded.path, credentials)
+    except ConfigError as exc:
+        err_console.print(str(exc), style="red", highlight=False, markup=False)
+        raise typer.Exit(EXIT_CONFIG) from None
     emb = cfg.broker.embedded
     ws_port = websocket_port or (emb.websocket_port if emb is not None and emb.websocket_port else None)
     if ws_port is None and cfg.web.websocket_url is None:
@@ -222,7 +231,8 @@ def web(
     stop = {signal.SIGINT, signal.SIGTERM}
     signal.pthread_sigmask(signal.SIG_BLOCK, stop)
     try:
-        server = panel_server(cfg, websocket_port=ws_port, host=host, port=port)
+        server = panel_server(cfg, websocket_port=ws_port, host=host, port=port, certificate=certificate,
+                              plain_http=plain_http)
     except OSError as exc:
         where = f"{host or cfg.web.host}:{cfg.web.port if port is None else port}"
         err_console.print(f"web panel: cannot listen on {where} ({exc.strerror or exc})", style="red",
@@ -230,7 +240,7 @@ def web(
         raise typer.Exit(1) from None
     server.start()
     shown = "127.0.0.1" if (host or cfg.web.host) in ("0.0.0.0", "::") else (host or cfg.web.host)
-    console.print(f"web control panel of {cfg.robot} on http://{shown}:{server.port}/ (broker WebSocket "
+    console.print(f"web control panel of {cfg.robot} on {server.scheme}://{shown}:{server.port}/ (broker WebSocket "
                   f"{cfg.web.websocket_url or f'port {ws_port} of the page host'})", highlight=False)
     signal.sigwait(stop)
     server.close()

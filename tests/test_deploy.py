@@ -231,3 +231,5 @@ def test_compose_with_a_wss_panel_needs_broker_tls_and_uses_its_certificate(tmp_
         "tls_version tlsv1.2"]
     assert gen.compose["services"]["broker"]["ports"] == ["127.0.0.1:${ORCHESTRATOR_BROKER_TLS_PORT:-18883}:8883",
                                                          "127.0.0.1:${ORCHESTRATOR_BROKER_WS_PORT:-9443}:9001"]
+    # the web service holds no key: on a robot with TLS it serves plain HTTP, and says so (docs/web.md, not done)
+    assert gen.compose["services"]["web"]["command"][-1] == "--plain-http"

@@ -5,6 +5,7 @@ passwords and topic rights as the MQTT listener (``per_listener_settings false``
 The text is checked first; then a real mosquitto (Debian's 2.0, built with WebSocket support) is started on
 exactly the file the command wrote, and paho connects with ``transport="websockets"``: anonymous clients and
 wrong passwords are refused, the client credential is accepted, and its topic rights are those of the ACL.
+Last, the embedded broker's WebSocket-over-TLS listener (a robot with TLS) with paho the same way.
 """
 
 from __future__ import annotations
@@ -229,3 +230,55 @@ def test_broker_config_refuses_wss_without_the_brokers_certificate(tmp_path: Pat
     assert res.returncode == 2, res.stdout + res.stderr
     assert "--tls-port" in res.stderr
     assert not (tmp_path / "conf" / "mosquitto.conf").exists()
+
+
+# --------------------------------------------------------------------------- the embedded broker's wss:// listener
+
+
+async def test_the_embedded_brokers_websocket_listener_is_wss_only_on_a_robot_with_tls(tmp_path: Path) -> None:
+    """`up` on a robot with TLS (broker.embedded.tls_port) gives the embedded broker's WebSocket listener the
+    broker's certificate: paho over wss:// trusting the robot's CA logs in as the operator; anonymous clients are
+    refused, and a plain ws:// client gets no MQTT session at all (no plain listener on that port)."""
+    import asyncio
+
+    from orchestrator.broker import EmbeddedBroker
+    from orchestrator.security.tls import make_dev_certs
+
+    cfg = write_config(tmp_path / "robot.yaml", unique_robot(),
+                       {"embedded": {"port": 0, "tls_port": 0, "websocket_port": 0}, "tls": {"ca_file": "ca.crt"}},
+                       PARTS, clients=CLIENTS, web={})
+    loaded = load_config(cfg)
+    assert loaded.config.panel_tls()
+    store = make_credentials(loaded)
+    make_dev_certs(store.directory, ["127.0.0.1"], robot=loaded.config.robot)
+    port, tls_port, ws_port = free_port(), free_port(), free_port()
+    operator = ClientId(loaded.config.robot, "operator")
+    with pytest.raises(ValueError, match="WebSocket-over-TLS listener needs"):
+        EmbeddedBroker("127.0.0.1", port, websocket_port=ws_port, websocket_tls=True)
+    async with EmbeddedBroker("127.0.0.1", port, passwords=store.password_file(), tls_port=tls_port,
+                              certfile=str(store.path("broker.crt")), keyfile=str(store.path("broker.key")),
+                              websocket_port=ws_port, websocket_tls=True) as broker:
+        assert broker.websocket_port == ws_port
+        ca = store.path("ca.crt")
+
+        def logins() -> tuple[bool, bool]:
+            anonymous, page = WsClient(ws_port, ca=ca), WsClient(ws_port, operator.username,
+                                                                 store.password(operator), ca=ca)
+            try:
+                return anonymous.connect(), page.connect()
+            finally:
+                anonymous.close()
+                page.close()
+
+        assert await asyncio.to_thread(logins) == (False, True)
+
+        def plain() -> None:  # the listener answers its WebSocket upgrade by closing the connection
+            client = WsClient(ws_port, operator.username, store.password(operator))
+            try:
+                with pytest.raises((mqtt.WebsocketConnectionError, OSError)):
+                    client.client.connect("127.0.0.1", ws_port, keepalive=10)
+            finally:
+                client.close()
+            assert not client.connack.is_set()
+
+        await asyncio.to_thread(plain)

@@ -5,7 +5,8 @@ The browser reaches the broker through a :class:`FaultProxy`, so a test can cut 
 way a laptop's Wi-Fi drops (silently: nothing is closed, nothing more arrives).  What a motor does is
 checked through the SDK, never through the page.  A screenshot of the panel is saved in the test's
 directory (and in ``$ORCHESTRATOR_SCREENSHOT_DIR`` when set: that is how ``docs/web-panel.png`` is
-made).
+made).  On a robot with TLS the page is https:// and its broker wss://, and Chromium trusts the robot's CA
+through an NSS database (Debian's certutil), as a user would add it.
 """
 
 from __future__ import annotations
@@ -15,6 +16,8 @@ import os
 import shutil
 import subprocess
 import time
+import urllib.error
+import urllib.request
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -43,7 +46,8 @@ WINDOW_S = 2.0  # the robot's session window (the default)
 # a stop must come within the window, the sub-part's grace and generous slack for a loaded 2-core machine
 STOP_BOUND_S = WINDOW_S + grace_of(WINDOW_S) + 3.0
 PARTS = ["main", "base", "arm"]
-BROWSER_PACKAGES = {"chromium": "chromium", "chromedriver": "chromium-driver"}  # command -> Debian package
+# command -> Debian package (certutil: the NSS database through which Chromium trusts a robot's CA)
+BROWSER_PACKAGES = {"chromium": "chromium", "chromedriver": "chromium-driver", "certutil": "libnss3-tools"}
 
 
 def _browser_tools() -> tuple[str, str]:
@@ -72,6 +76,7 @@ class PanelRobot:
     proxy: FaultProxy
     sdk: SyncRobotClient
     password: str
+    ca: Path | None = None  # with TLS: the CA that signed the broker's (and the panel's) certificate
 
     def power(self, path: str = "base/left") -> float:
         return float(self.sdk.call(path, "get_power", timeout=5))
@@ -93,10 +98,13 @@ def browser_tools() -> tuple[str, str]:
 
 
 @contextlib.contextmanager
-def start_panel_robot(tmp: Path, *, on_mosquitto: bool = False) -> Iterator[PanelRobot]:
+def start_panel_robot(tmp: Path, *, on_mosquitto: bool = False, tls: bool = False) -> Iterator[PanelRobot]:
     """`up` with the web panel, on its embedded broker (its WebSocket listener) or on a mosquitto run on the
-    file `broker-config` writes for it (mosquitto's WebSocket listener); the page goes through a FaultProxy."""
-    port, ws_port, web_port = free_port(), free_port(), free_port()
+    file `broker-config` writes for it (mosquitto's WebSocket listener); the page goes through a FaultProxy.
+    ``tls``: the embedded broker with its TLS listener and broker.tls, so the panel is on https:// and the
+    page reaches the broker at a wss:// URL (through the proxy: TLS end to end, the certificate names
+    127.0.0.1)."""
+    port, ws_port, web_port, tls_port = free_port(), free_port(), free_port(), free_port()
     with FaultProxy(("127.0.0.1", ws_port)) as proxy:
         parts: list[dict[str, Any]] = [
             {"name": "main", "heartbeat_s": 0.1, "stop_deadline_s": 1.0,
@@ -113,14 +121,22 @@ def start_panel_robot(tmp: Path, *, on_mosquitto: bool = False) -> Iterator[Pane
         broker: dict[str, Any] = (
             {"urls": [f"mqtt://127.0.0.1:{port}"], "keepalive_s": 2} if on_mosquitto else
             {"embedded": {"host": "127.0.0.1", "port": port, "websocket_port": ws_port}, "keepalive_s": 2})
+        if tls:
+            broker["embedded"]["tls_port"] = tls_port
+            broker["tls"] = {"ca_file": "ca.crt"}
+        scheme = "wss" if tls else "ws"
         cfg = write_config(
             tmp / "robot.yaml", unique_robot(), broker,
             parts, clients=CLIENTS, sessions={"heartbeat_window_s": WINDOW_S},
             # the page reaches the broker through the proxy, which the tests can cut
-            web={"host": "127.0.0.1", "port": web_port, "websocket_url": f"ws://127.0.0.1:{proxy.address[1]}/"},
+            web={"host": "127.0.0.1", "port": web_port, "websocket_url": f"{scheme}://127.0.0.1:{proxy.address[1]}/"},
         )
         loaded = load_config(cfg)
         store = make_credentials(loaded)
+        if tls:
+            from orchestrator.security.tls import make_dev_certs
+
+            make_dev_certs(store.directory, ["127.0.0.1", "localhost"], robot=loaded.config.robot)
         password = store.password(ClientId(loaded.config.robot, "operator"))
         with contextlib.ExitStack() as stack:
             if on_mosquitto:  # its WebSocket listener on ws_port, behind the proxy as the embedded broker's
@@ -131,7 +147,8 @@ def start_panel_robot(tmp: Path, *, on_mosquitto: bool = False) -> Iterator[Pane
             # the SDK checks what the motors do, as another operator ("other"), outside any session
             sdk = SyncRobotClient.from_config(cfg, identity="other", sessions=False, connect_timeout=30).connect()
             stack.callback(sdk.close)
-            robot = PanelRobot(up, cfg, f"http://127.0.0.1:{web_port}/", proxy, sdk, password)
+            robot = PanelRobot(up, cfg, f"{'https' if tls else 'http'}://127.0.0.1:{web_port}/", proxy, sdk, password,
+                               store.path("ca.crt") if tls else None)
             robot.until(lambda: _all_running(sdk), 45, "every part running (through the SDK)")
             yield robot
 
@@ -147,9 +164,21 @@ def _all_running(sdk: SyncRobotClient) -> bool:
     return all(p in states and states[p][1].value == "running" for p in PARTS)
 
 
-@pytest.fixture
-def browser(browser_tools: tuple[str, str], tmp_path: Path) -> Iterator[WebDriver]:
+@contextlib.contextmanager
+def chromium_driver(browser_tools: tuple[str, str], tmp_path: Path, *,
+                    trust: Path | None = None) -> Iterator[WebDriver]:
+    """Headless Chromium on a throwaway profile.  ``trust``: a CA certificate the browser trusts, the way a user
+    adds one on Linux: in the NSS database of the user's home ($HOME/.pki/nssdb, here a temporary HOME made
+    with Debian's certutil), so the robot's https:// page and wss:// broker are verified, never ignored."""
     chromium, chromedriver = browser_tools
+    env = None
+    if trust is not None:
+        home = tmp_path / "home"
+        nssdb = home / ".pki" / "nssdb"
+        nssdb.mkdir(parents=True)
+        for cmd in (["-N", "--empty-password"], ["-A", "-t", "C,,", "-n", "robot CA", "-i", str(trust)]):
+            subprocess.run(["certutil", "-d", f"sql:{nssdb}", *cmd], check=True, capture_output=True, timeout=30)
+        env = {**os.environ, "HOME": str(home)}
     opts = Options()
     opts.binary_location = chromium
     for arg in ("--headless=new", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage",
@@ -157,7 +186,7 @@ def browser(browser_tools: tuple[str, str], tmp_path: Path) -> Iterator[WebDrive
                 f"--user-data-dir={tmp_path / 'chromium'}"):
         opts.add_argument(arg)
     opts.set_capability("goog:loggingPrefs", {"browser": "ALL"})
-    driver = webdriver.Chrome(options=opts, service=Service(chromedriver))
+    driver = webdriver.Chrome(options=opts, service=Service(chromedriver, env=env))
     driver.set_page_load_timeout(30)
     try:
         yield driver
@@ -168,6 +197,12 @@ def browser(browser_tools: tuple[str, str], tmp_path: Path) -> Iterator[WebDrive
         except WebDriverException:
             pass
         driver.quit()
+
+
+@pytest.fixture
+def browser(browser_tools: tuple[str, str], tmp_path: Path) -> Iterator[WebDriver]:
+    with chromium_driver(browser_tools, tmp_path) as driver:
+        yield driver
 
 
 def open_panel(driver: WebDriver, robot: PanelRobot) -> None:
@@ -317,3 +352,33 @@ def test_the_panel_drives_a_robot_on_mosquitto(browser: WebDriver, tmp_path: Pat
         browser.switch_to.window(blank)
         robot.until(lambda: robot.power() == 0.0, STOP_BOUND_S, "base/left stopped after the page closed")
         print(f"mosquitto, closing the page: motor stopped {time.monotonic() - t0:.3f} s after")
+
+
+def test_the_panel_of_a_robot_with_tls_is_served_over_https_and_talks_wss(browser_tools: tuple[str, str],
+                                                                           tmp_path: Path) -> None:
+    """A robot with TLS (the embedded broker's TLS listener, broker.tls): `up` serves the panel over https://
+    only, with the broker's certificate, and the page talks MQTT over wss:// (web.websocket_url) to the embedded
+    broker's WebSocket-over-TLS listener.  Chromium trusts the robot's CA through an NSS database in a
+    temporary HOME (no certificate error is ignored): login, every part shown running, the slider drives the
+    motor, closing the page stops it."""
+    with start_panel_robot(tmp_path, tls=True) as robot:
+        assert robot.web_url.startswith("https://") and robot.ca is not None
+        assert f"web control panel on {robot.web_url}" in robot.up.output()
+        # plain http:// on the panel's port is not served: the connection is closed unanswered
+        with pytest.raises((urllib.error.URLError, ConnectionError)):
+            urllib.request.build_opener(urllib.request.ProxyHandler({})).open(
+                robot.web_url.replace("https://", "http://", 1) + "config.json", timeout=5)
+        with chromium_driver(browser_tools, tmp_path / "browser", trust=robot.ca) as browser:
+            blank = browser.current_window_handle
+            browser.switch_to.new_window("tab")
+            open_panel(browser, robot)
+            assert browser.execute_script("return location.protocol") == "https:"
+            assert browser.execute_script("return window.panel.url").startswith("wss://127.0.0.1:")
+            wait_js(browser, "return [...document.querySelectorAll('#parts tbody tr')].filter(r => r.dataset.state "
+                    f"=== 'running').length === {len(PARTS)}", 15, "every part shown running")
+            drive_left_motor(browser, robot)
+            t0 = time.monotonic()
+            browser.close()
+            browser.switch_to.window(blank)
+            robot.until(lambda: robot.power() == 0.0, STOP_BOUND_S, "base/left stopped after the page closed")
+            print(f"TLS, closing the page: motor stopped {time.monotonic() - t0:.3f} s after")

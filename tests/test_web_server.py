@@ -119,3 +119,145 @@ def test_the_web_command_serves_the_panel_alone_passes_its_health_check_and_stop
     cfg.write_text(yaml.safe_dump(_robot({"embedded": {"port": 18830}}, {"enabled": False})))
     res = _cli("web", "-c", str(cfg))
     assert res.returncode == 2 and "no enabled web: section" in res.stderr, res.stdout + res.stderr
+
+
+# ------------------------------------------------------------------------------ a robot with TLS (docs/web.md)
+
+TLS_EMBEDDED = {"embedded": {"port": 18830, "tls_port": 18833, "websocket_port": 18831}, "tls": {"ca_file": "ca.crt"}}
+
+
+def test_a_robot_with_tls_has_its_panel_on_https_and_wss_only() -> None:
+    from pydantic import ValidationError
+
+    from orchestrator.config.models import RobotConfig
+
+    def model(broker: dict[str, object], web: dict[str, object]) -> RobotConfig:
+        return RobotConfig.model_validate(_robot(broker, web))
+
+    # TLS: broker.tls, or an embedded broker with a TLS listener (its certificate is in the credentials directory)
+    assert model(TLS_EMBEDDED, {}).panel_tls()
+    assert model({"embedded": {"port": 18830, "tls_port": 18833, "websocket_port": 18831}}, {}).panel_tls()
+    assert model({"urls": ["mqtts://h:8883"], "tls": {}}, {"websocket_url": "wss://h:9443/"}).panel_tls()
+    # without TLS nothing changes: ws:// and wss:// to an external listener as before
+    assert not model({"embedded": {"port": 18830, "websocket_port": 18831}}, {}).panel_tls()
+    assert not model({"urls": ["mqtt://h:1883"]}, {"websocket_url": "ws://h:9001/"}).panel_tls()
+    assert not model({"urls": ["mqtt://h:1883"]}, {"websocket_url": "wss://h:9443/"}).panel_tls()
+    # a wss:// URL for the embedded broker's listener, which has TLS with its certificate
+    assert model(TLS_EMBEDDED, {"websocket_url": "wss://robot.local:18831/"}).web is not None
+    for broker, web, said in [
+        # an https page cannot talk ws://, and plain ws:// on a robot with TLS would carry the password in clear
+        (TLS_EMBEDDED, {"websocket_url": "ws://robot.local:18831/"}, "ws:// on a robot with TLS"),
+        ({"urls": ["mqtts://h:8883"], "tls": {}}, {"websocket_url": "ws://h:9001/"}, "ws:// on a robot with TLS"),
+        # the embedded broker has no certificate without its TLS listener
+        ({"embedded": {"port": 18830, "websocket_port": 18831}}, {"websocket_url": "wss://h:18831/"},
+         "needs|only with broker.embedded.tls_port"),
+    ]:
+        with pytest.raises(ValidationError, match=said):
+            model(broker, web)
+
+
+def _tls_robot(tmp_path: Path, *, certs: bool = True) -> tuple[Path, Path]:
+    """A robot with TLS and a panel on a free port; (its file, the CA that signed its broker's certificate)."""
+    from orchestrator.security.tls import make_dev_certs
+
+    cfg = _write(tmp_path / "r1.yaml", _robot(TLS_EMBEDDED, {"port": 0}))
+    store = tmp_path / ".orchestrator" / "r1" / "credentials"
+    if certs:
+        make_dev_certs(store, ["127.0.0.1", "localhost"], robot="r1")
+    return cfg, store / "ca.crt"
+
+
+def test_the_panel_of_a_robot_with_tls_is_served_over_https_only(tmp_path: Path) -> None:
+    from orchestrator.config import load_config
+    from orchestrator.security.credentials import CredentialsMissing
+    from orchestrator.web.server import fetch_page_config, panel_certificate, panel_server
+
+    cfg, ca = _tls_robot(tmp_path)
+    loaded = load_config(cfg)
+    # never plain HTTP by omission: the robot's panel needs its certificate, or an explicit plain_http
+    with pytest.raises(ValueError, match="has TLS"):
+        panel_server(loaded.config, websocket_port=18831)
+    certificate = panel_certificate(loaded.config, loaded.path)
+    assert certificate is not None and [p.name for p in certificate] == ["broker.crt", "broker.key"]
+    server = panel_server(loaded.config, websocket_port=18831, certificate=certificate)
+    server.start()
+    try:
+        assert server.scheme == "https"
+        base = f"https://127.0.0.1:{server.port}/"
+        # the browser's view: the certificate verified with the robot's CA, for the address the page is on
+        assert fetch_page_config(base, 5, cafile=ca) == {"robot": "r1", "websocket_url": None, "websocket_port": 18831,
+                                                         "client": "operator"}
+        # a client that does not trust the robot's CA is refused the handshake
+        with pytest.raises(urllib.error.URLError, match="CERTIFICATE_VERIFY_FAILED"):
+            fetch_page_config(base, 5)
+        # plain http:// on the same port: the connection is closed, nothing is served (no config.json, no page)
+        for path in ("config.json", ""):
+            with pytest.raises((urllib.error.URLError, ConnectionError)):
+                urllib.request.build_opener(urllib.request.ProxyHandler({})).open(
+                    f"http://127.0.0.1:{server.port}/{path}", timeout=5)
+        # and the server still serves the page afterwards (a refused client costs nothing)
+        assert fetch_page_config(base, 5, cafile=ca)["robot"] == "r1"
+    finally:
+        server.close()
+    # without TLS the robot's panel stays plain HTTP, and needs no certificate
+    plain = load_config(_write(tmp_path / "plain.yaml", _robot({"embedded": {"port": 18830, "websocket_port": 1}},
+                                                               {"port": 0})))
+    assert panel_certificate(plain.config, plain.path) is None
+    # the broker's certificate or key missing: an error naming the file, never a plain-HTTP page instead
+    cfg2, _ = _tls_robot(tmp_path / "nocerts", certs=False)
+    loaded2 = load_config(cfg2)
+    with pytest.raises(CredentialsMissing, match=r"broker\.crt: the robot has TLS"):
+        panel_certificate(loaded2.config, loaded2.path)
+
+
+def _write(path: Path, body: dict[str, object]) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(yaml.safe_dump(body))
+    return path
+
+
+@pytest.mark.timeout(40)
+def test_the_web_command_of_a_robot_with_tls_serves_https_or_refuses(tmp_path: Path) -> None:
+    from orchestrator.web.server import fetch_page_config
+
+    cfg, ca = _tls_robot(tmp_path / "certs")
+    proc = subprocess.Popen([sys.executable, "-m", "orchestrator", "web", "-c", str(cfg)],
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, stdin=subprocess.DEVNULL)
+    try:
+        assert proc.stdout is not None
+        line = proc.stdout.readline()
+        found = re.search(r"on https://127\.0\.0\.1:(\d+)/", line)
+        assert found, line + proc.stdout.read()
+        assert fetch_page_config(f"https://127.0.0.1:{found[1]}/", 5, cafile=ca)["websocket_port"] == 18831
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(10) == 0
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait(10)
+    # no certificate: exit 2 naming the file, nothing served
+    cfg2, _ = _tls_robot(tmp_path / "nocerts", certs=False)
+    res = _cli("web", "-c", str(cfg2))
+    assert res.returncode == 2 and "broker.crt: the robot has TLS" in res.stderr, res.stdout + res.stderr
+    # plain HTTP only when asked for explicitly (the compose file's web service, which holds no key)
+    proc = subprocess.Popen([sys.executable, "-m", "orchestrator", "web", "-c", str(cfg2), "--plain-http"],
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, stdin=subprocess.DEVNULL)
+    try:
+        assert proc.stdout is not None
+        line = proc.stdout.readline()
+        found = re.search(r"on http://127\.0\.0\.1:(\d+)/", line)
+        assert found, line + proc.stdout.read()
+        assert fetch_page_config(f"http://127.0.0.1:{found[1]}/", 5)["robot"] == "r1"
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(10) == 0
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait(10)
+    # `up` says the same before it starts a broker or any part (here a robot whose parts need no secret, with the
+    # embedded broker's TLS listener: its panel has TLS too)
+    body = {**_robot({"embedded": {"port": 18830, "tls_port": 18833, "websocket_port": 18831}}, {"port": 0}),
+            "security": {"insecure": True}}
+    res = _cli("up", "-c", str(_write(tmp_path / "nocerts" / "r1.yaml", body)))
+    assert res.returncode == 2 and "broker.crt: the robot has TLS" in res.stderr.replace("\n", ""), \
+        res.stdout + res.stderr

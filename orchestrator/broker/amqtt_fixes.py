@@ -20,6 +20,9 @@ Overridden amqtt methods (all on ``amqtt.broker.Broker`` unless noted):
 - ``_del_subscription``, ``_del_all_subscriptions``: a filter nobody subscribes to any more is forgotten.
 - ``StreamReaderAdapter.read`` (our ``_Reader``): packet size limit, and a deadline on the rest of a
   packet once it has begun (a client stalled mid-packet held its connection forever).
+- ``_create_ssl_context``: no client-certificate request (amqtt's ``CERT_OPTIONAL``): clients log in with
+  a password, and Chromium cancels a WebSocket whose TLS server asks for a certificate (the web panel's
+  ``wss://``: "WebSocket opening handshake was canceled"); TLS 1.2 at least.
 """
 
 from __future__ import annotations
@@ -29,6 +32,7 @@ import contextlib
 import dataclasses
 import errno
 import logging
+import ssl
 from collections import deque
 from collections.abc import Callable
 from typing import Any
@@ -269,6 +273,13 @@ class FixedBroker(Broker):  # type: ignore[misc]  # amqtt ships no type informat
         self._acl_cache: dict[tuple[str | None, str, str], bool] = {}
 
     # ------------------------------------------------------------------------------ lifecycle
+
+    @staticmethod
+    def _create_ssl_context(listener: Any) -> ssl.SSLContext:
+        ctx: ssl.SSLContext = Broker._create_ssl_context(listener)
+        ctx.verify_mode = ssl.CERT_NONE  # identities are passwords; a certificate request breaks browsers' wss://
+        ctx.minimum_version = ssl.TLSVersion.TLSv1_2
+        return ctx
 
     def bound_port(self, listener: str = "default") -> int:
         servers: dict[str, Any] = getattr(self, "_servers", {})

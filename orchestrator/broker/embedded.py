@@ -71,9 +71,12 @@ class EmbeddedBroker:
         certfile: str | None = None,
         keyfile: str | None = None,
         websocket_port: int | None = None,
+        websocket_tls: bool = False,
     ) -> None:
         if tls_port is not None and not (certfile and keyfile):
             raise ValueError("a TLS listener needs certfile and keyfile")
+        if websocket_tls and not (websocket_port is not None and certfile and keyfile):
+            raise ValueError("a WebSocket-over-TLS listener needs websocket_port, certfile and keyfile")
         if users is not None and passwords is not None:
             raise ValueError("give either users (plain passwords) or passwords (a password file), not both")
         if max_payload <= 0:
@@ -86,6 +89,7 @@ class EmbeddedBroker:
         self.port = port
         self.tls_port = tls_port
         self.websocket_port = websocket_port
+        self.websocket_tls = websocket_tls
         self._certfile, self._keyfile = certfile, keyfile
         self.stats: dict[str, int] = dict.fromkeys(STAT_KEYS, 0)
         self._settings = BrokerSettings(
@@ -135,6 +139,8 @@ class EmbeddedBroker:
                                 "certfile": self._certfile, "keyfile": self._keyfile}
         if self.websocket_port is not None:
             listeners["ws"] = {"type": "ws", "bind": f"{bind_host}:{self.websocket_port}"}
+            if self.websocket_tls:  # wss:// (the web panel of a robot with TLS): never plain ws:// as well
+                listeners["ws"].update(ssl=True, certfile=self._certfile, keyfile=self._keyfile)
         config: dict[str, Any] = {
             "listeners": listeners,
             "plugins": {},  # authentication and ACL are ours (FixedBroker), no amqtt plugin

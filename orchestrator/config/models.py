@@ -45,7 +45,8 @@ class EmbeddedBroker(_Strict):
                                  "broker.key from the credentials directory); with broker.tls every part and "
                                  "client uses it")
     websocket_port: int | None = Field(default=None, ge=0, le=65535, description="MQTT over WebSocket (the web "
-                                       "panel): the same identities and topic rights")
+                                       "panel): the same identities and topic rights; with tls_port it is "
+                                       "WebSocket over TLS (wss://, the broker's certificate) only")
 
 
 class BrokerTls(_Strict):
@@ -307,7 +308,22 @@ class RobotConfig(_Strict):
                              "or web.websocket_url (an external broker's WebSocket listener)")
         if web.client is not None and web.client not in {c.name for c in self.clients}:
             raise ValueError(f"web.client {web.client!r} is not one of the robot's clients")
+        scheme = urlsplit(web.websocket_url).scheme if web.websocket_url else None
+        if self.panel_tls() and scheme == "ws":
+            raise ValueError("web.websocket_url is ws:// on a robot with TLS: its page is served over HTTPS and "
+                             "talks to the broker over wss:// only (write wss://HOST:PORT/)")
+        if scheme == "wss" and emb is not None and emb.tls_port is None:
+            raise ValueError("web.websocket_url is wss:// with the embedded broker: its WebSocket listener has TLS "
+                             "only with broker.embedded.tls_port (and the broker's certificate, `orchestrator certs`)")
         return self
+
+    def panel_tls(self) -> bool:
+        """Whether the robot has TLS, so its web panel is served over HTTPS and talks to the broker over
+        ``wss://``: ``broker.tls``, or an embedded broker with a TLS listener (``broker.embedded.tls_port``).
+        Either way the page's server and the embedded broker's WebSocket listener use the broker's
+        certificate and key from the credentials directory (docs/web.md)."""
+        emb = self.broker.embedded
+        return self.broker.tls is not None or (emb is not None and emb.tls_port is not None)
 
     def link_timeout(self, name: str) -> float:
         p = self.part(name)

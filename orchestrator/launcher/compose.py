@@ -225,6 +225,9 @@ def generate(loaded: LoadedConfig, options: ComposeOptions) -> Generated:
         broker["ports"].append(f"{on}:{ws_host_port}:{WS_PORT}")
         # the page is told the port the browser reaches the broker on, on the page's own host (or the URL)
         page = [] if web.websocket_url else ["--websocket-port", ws_host_port]
+        # not done yet (docs/web.md): the web service holds no key, so on a robot with TLS it serves the page over
+        # plain HTTP, and says so explicitly (`orchestrator web` refuses that without --plain-http)
+        page += ["--plain-http"] if cfg.panel_tls() else []
         services[WEB_SERVICE] = {
             "image": options.image,
             "command": ["web", "-c", config_in, "--host", "0.0.0.0", "--port", str(WEB_PORT), *page],

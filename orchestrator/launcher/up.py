@@ -96,6 +96,13 @@ class Launcher:
         # `up` talks to the broker as the reserved client identity "up" (it reads reports, asks for reloads)
         self.me = ClientId(self.config.robot, LAUNCHER_CLIENT)
         self.access = Access.of(self.config, loaded.path, self.me, credentials)
+        # a robot with TLS serves its panel over HTTPS with the broker's certificate: missing, `up` exits 2 now
+        # (CredentialsMissing), before a broker is started, and never serves the page over plain HTTP instead
+        self._panel_certificate: tuple[Path, Path] | None = None
+        if self.config.web is not None and self.config.web.enabled:
+            from orchestrator.web.server import panel_certificate
+
+            self._panel_certificate = panel_certificate(self.config, loaded.path, credentials)
         if not self.config.security.insecure:
             # every part would refuse to start without these: say so now, before a broker is started
             # (on main the primary then failed its restarts and `up` ran on with no robot)
@@ -195,6 +202,8 @@ class Launcher:
         if emb.tls_port is not None:
             listeners.update(tls_port=emb.tls_port, certfile=str(store.path(BROKER_CERT)),
                              keyfile=str(store.path(BROKER_KEY)))
+            # a robot with TLS: the panel's WebSocket listener is wss:// with the same certificate (docs/web.md)
+            listeners.update(websocket_tls=emb.websocket_port is not None)
         if self.config.security.insecure:
             self.say("[bold red]INSECURE[/]: the embedded broker admits anonymous clients with every right "
                      "(security.insecure: true)")
@@ -208,7 +217,8 @@ class Launcher:
         port = self._broker.tls_port if self.config.broker.tls is not None else self._broker.port
         self.urls = [(host, port)]
         extra = [f"TLS on {self._broker.tls_port}"] if self._broker.tls_port else []
-        extra += [f"WebSocket on {self._broker.websocket_port}"] if self._broker.websocket_port else []
+        ws = "WebSocket over TLS" if self._broker.websocket_tls else "WebSocket"
+        extra += [f"{ws} on {self._broker.websocket_port}"] if self._broker.websocket_port else []
         self.say(f"embedded broker listening on {self._broker.url}" + (f" ({', '.join(extra)})" if extra else ""))
 
     def _start_web(self) -> None:
@@ -221,13 +231,13 @@ class Launcher:
 
         ws_port = self._broker.websocket_port if self._broker is not None else None
         try:
-            self.web = panel_server(self.config, websocket_port=ws_port)
+            self.web = panel_server(self.config, websocket_port=ws_port, certificate=self._panel_certificate)
         except OSError as exc:
             raise PortInUse(f"web panel: cannot listen on {web.host}:{web.port} ({exc.strerror or exc}) - "
                             "choose another web.port", host=web.host, port=web.port) from exc
         self.web.start()
         host = "127.0.0.1" if web.host in ("0.0.0.0", "::") else web.host
-        self.say(f"web control panel on http://{host}:{self.web.port}/"
+        self.say(f"web control panel on {self.web.scheme}://{host}:{self.web.port}/"
                  + (f" (broker WebSocket {web.websocket_url})" if web.websocket_url else ""))
 
     async def _start_bridge(self) -> None:

@@ -1,4 +1,5 @@
-"""Serve the control panel's static files and a generated ``config.json`` over plain HTTP.
+"""Serve the control panel's static files and a generated ``config.json`` over HTTP, or HTTPS on a robot
+with TLS (the broker's certificate and key; then plain HTTP is not served at all).
 
 The stdlib :class:`http.server.ThreadingHTTPServer` on a daemon thread: the files are small and
 static, so nothing here touches the robot's event loop.  ``/config.json`` tells the page the robot's
@@ -11,6 +12,8 @@ page logs in to the broker with a client credential the user types.
 from __future__ import annotations
 
 import json
+import socket
+import ssl
 import threading
 from functools import partial
 from http.server import SimpleHTTPRequestHandler, ThreadingHTTPServer
@@ -20,7 +23,7 @@ from typing import TYPE_CHECKING, Any
 if TYPE_CHECKING:
     from orchestrator.config.models import RobotConfig
 
-__all__ = ["STATIC_DIR", "WebServer", "fetch_page_config", "health_check", "panel_server"]
+__all__ = ["STATIC_DIR", "WebServer", "fetch_page_config", "health_check", "panel_certificate", "panel_server"]
 
 STATIC_DIR = Path(__file__).resolve().parent / "static"
 
@@ -43,8 +46,41 @@ class _Handler(SimpleHTTPRequestHandler):
         pass  # the panel's requests are not the robot's log
 
 
+class _TlsHttpServer(ThreadingHTTPServer):
+    """HTTPS only: the TLS handshake is made on the request's own thread (a slow or plain-HTTP client never
+    holds up the accepting one), and a connection that does not speak TLS is closed unanswered."""
+
+    ssl_context: ssl.SSLContext
+    handshake_timeout_s = 10.0
+
+    def finish_request(self, request: Any, client_address: Any) -> None:
+        request.settimeout(self.handshake_timeout_s)
+        try:
+            conn = self.ssl_context.wrap_socket(request, server_side=True)
+        except (ssl.SSLError, OSError):
+            return  # plain http://, a client that does not trust the certificate, or a dropped connection
+        try:
+            conn.settimeout(None)
+            super().finish_request(conn, client_address)
+        finally:
+            try:
+                conn.shutdown(socket.SHUT_RDWR)
+            except OSError:
+                pass
+            conn.close()
+
+
+def _server_context(certfile: Path, keyfile: Path) -> ssl.SSLContext:
+    ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    ctx.minimum_version = ssl.TLSVersion.TLSv1_2
+    ctx.load_cert_chain(str(certfile), str(keyfile))
+    return ctx
+
+
 class WebServer:
-    """The panel on ``host:port`` (port 0 picks a free one); :meth:`start` / :meth:`close`."""
+    """The panel on ``host:port`` (port 0 picks a free one); :meth:`start` / :meth:`close`.
+
+    With ``certfile`` and ``keyfile`` it serves HTTPS only (:attr:`scheme` ``"https"``)."""
 
     def __init__(
         self,
@@ -56,9 +92,15 @@ class WebServer:
         websocket_port: int | None = None,
         client: str | None = None,
         static_dir: Path = STATIC_DIR,
+        certfile: Path | None = None,
+        keyfile: Path | None = None,
     ) -> None:
         if websocket_url is None and websocket_port is None:
             raise ValueError("the page needs the broker's WebSocket URL or its port")
+        if (certfile is None) != (keyfile is None):
+            raise ValueError("HTTPS needs both certfile and keyfile")
+        # read before binding: a certificate that cannot be loaded is not a port in use
+        context = _server_context(certfile, keyfile) if certfile is not None and keyfile is not None else None
         page: dict[str, Any] = {"robot": robot, "websocket_url": websocket_url}
         if websocket_port is not None:
             page["websocket_port"] = websocket_port
@@ -66,7 +108,14 @@ class WebServer:
             page["client"] = client
         config = json.dumps(page).encode()
         handler = type("PanelHandler", (_Handler,), {"page_config": config})
-        self._httpd = ThreadingHTTPServer((host, port), partial(handler, directory=str(static_dir)))
+        serve = partial(handler, directory=str(static_dir))
+        if context is not None:
+            tls_server = _TlsHttpServer((host, port), serve)
+            tls_server.ssl_context = context
+            self._httpd: ThreadingHTTPServer = tls_server
+        else:
+            self._httpd = ThreadingHTTPServer((host, port), serve)
+        self.scheme = "https" if context is not None else "http"
         self._httpd.daemon_threads = True
         self._thread = threading.Thread(target=self._httpd.serve_forever, name="web-panel", daemon=True)
 
@@ -84,6 +133,29 @@ class WebServer:
         self._httpd.server_close()
 
 
+def panel_certificate(config: RobotConfig, config_path: Path,
+                      credentials: str | Path | None = None) -> tuple[Path, Path] | None:
+    """The broker's certificate and key, which the panel of a robot with TLS is served with (None without TLS).
+
+    Raises :class:`~orchestrator.errors.CredentialsMissing` when either file is missing: the page is then
+    never served over plain HTTP instead.
+    """
+    if not config.panel_tls():
+        return None
+    from orchestrator.security.access import store_for
+    from orchestrator.security.credentials import CredentialsMissing
+    from orchestrator.security.tls import BROKER_CERT, BROKER_KEY
+
+    store = store_for(config, config_path, credentials)
+    files = (store.path(BROKER_CERT), store.path(BROKER_KEY))
+    for f in files:
+        if not f.is_file():
+            raise CredentialsMissing(f"{f}: the robot has TLS, so its web panel is served over HTTPS with the "
+                                     "broker's certificate and key (make development ones with `orchestrator "
+                                     "certs -c CONFIG`)", path=str(f))
+    return files
+
+
 def panel_server(
     config: RobotConfig,
     *,
@@ -91,25 +163,39 @@ def panel_server(
     host: str | None = None,
     port: int | None = None,
     static_dir: Path = STATIC_DIR,
+    certificate: tuple[Path, Path] | None = None,
+    plain_http: bool = False,
 ) -> WebServer:
     """The panel of a robot as its ``web:`` section says: ``orchestrator up`` (with the embedded broker's
     WebSocket port) and ``orchestrator web`` (a compose service: the port the broker is published on).
 
     ``host`` and ``port`` override ``web.host`` and ``web.port`` (a container listens on every address).
+    ``certificate`` (:func:`panel_certificate`) serves HTTPS; a robot with TLS needs it, unless ``plain_http``
+    says explicitly that this server is plain HTTP (``orchestrator web --plain-http``).
     """
     web = config.web
     if web is None or not web.enabled:
         raise ValueError(f"robot {config.robot} has no enabled web: section")
+    if config.panel_tls() and certificate is None and not plain_http:
+        raise ValueError(f"robot {config.robot} has TLS: its panel is served over HTTPS (give its certificate)")
+    if plain_http and certificate is not None:
+        raise ValueError("plain_http with a certificate")
+    certfile, keyfile = certificate if certificate is not None else (None, None)
     return WebServer(host=web.host if host is None else host, port=web.port if port is None else port,
                      robot=config.robot, websocket_url=web.websocket_url, websocket_port=websocket_port,
-                     client=web.client or config.default_client(), static_dir=static_dir)
+                     client=web.client or config.default_client(), static_dir=static_dir,
+                     certfile=certfile, keyfile=keyfile)
 
 
-def fetch_page_config(url: str, timeout: float) -> dict[str, Any]:
-    """GET the ``config.json`` of the panel served at ``url`` (``http://HOST:PORT/``)."""
+def fetch_page_config(url: str, timeout: float, cafile: str | Path | None = None) -> dict[str, Any]:
+    """GET the ``config.json`` of the panel served at ``url`` (``http://HOST:PORT/``, or ``https://`` verified
+    with ``cafile``, the robot's CA)."""
     import urllib.request
 
-    opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))  # loopback or the robot: never a proxy
+    handlers: list[Any] = [urllib.request.ProxyHandler({})]  # loopback or the robot: never a proxy
+    if cafile is not None:
+        handlers.append(urllib.request.HTTPSHandler(context=ssl.create_default_context(cafile=str(cafile))))
+    opener = urllib.request.build_opener(*handlers)
     with opener.open(url.rstrip("/") + "/config.json", timeout=timeout) as resp:
         page = json.load(resp)
     if not isinstance(page, dict):
