@@ -33,6 +33,7 @@ class ResourceState:
     status: str = "pending"  # pending | ready | degraded | closed
     reason: str | None = None
     attempts: int = 0
+    waiting_for: str | None = None  # the part this degraded resource waits for, until it runs
 
 
 @dataclass
@@ -74,8 +75,7 @@ class ResourceHost:
 
     def _on_part_state(self, part: str, state: Any) -> None:
         if getattr(state, "value", state) == "running" and any(
-                s.status == "degraded" and (s.reason or "").startswith(f"waiting for part {part} ")
-                for s in self.states.values()):
+                s.status == "degraded" and s.waiting_for == part for s in self.states.values()):
             self._wake.set()
 
     @property
@@ -92,6 +92,7 @@ class ResourceHost:
         cfg = self._configs[name]
         st = self.states[name]
         st.attempts += 1
+        st.waiting_for = None
         deps: dict[str, Resource] = {}
         for written in cfg.depends_on:
             d = ResourceRef(written.partition("/")[0], written.partition("/")[2]) if "/" in written \
@@ -100,6 +101,7 @@ class ResourceHost:
                 remote = await self._remote(d)
                 if remote is None:
                     st.status, st.reason = "degraded", f"waiting for part {d.part} to run (needs {d})"
+                    st.waiting_for = d.part
                     return False
                 deps[written] = remote
                 continue
