@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import re
 import signal
@@ -9,6 +10,7 @@ import subprocess
 import sys
 import urllib.error
 import urllib.request
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -78,6 +80,29 @@ def _cli(*args: str) -> subprocess.CompletedProcess[str]:
                           stdin=subprocess.DEVNULL)
 
 
+@contextlib.contextmanager
+def _web(cfg: Path, *args: str, scheme: str = "http") -> Iterator[tuple[subprocess.Popen[str], str]]:
+    """`orchestrator web -c CFG ARGS` running; yields the process and the base URL its first line names.
+    Leaving the block stops it: SIGTERM (docker stop) then, if still there, SIGKILL."""
+    proc = subprocess.Popen([sys.executable, "-m", "orchestrator", "web", "-c", str(cfg), *args],
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, stdin=subprocess.DEVNULL)
+    try:
+        assert proc.stdout is not None
+        line = proc.stdout.readline()
+        found = re.search(rf"on {scheme}://127\.0\.0\.1:(\d+)/", line)
+        assert found, line + proc.stdout.read()
+        yield proc, f"{scheme}://127.0.0.1:{found[1]}/"
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait(10)
+
+
+def _sigterm(proc: subprocess.Popen[str]) -> None:
+    proc.send_signal(signal.SIGTERM)  # docker stop
+    assert proc.wait(10) == 0
+
+
 def _check(port: int, robot: str) -> subprocess.CompletedProcess[str]:
     cmd = health_check(port, robot, python=sys.executable)
     assert cmd[0] == "CMD"
@@ -89,31 +114,20 @@ def test_the_web_command_serves_the_panel_alone_passes_its_health_check_and_stop
     # `orchestrator web`: the compose file's `web` service (docs/deploy.md), the same page and config.json as `up`
     cfg = tmp_path / "r1.yaml"
     cfg.write_text(yaml.safe_dump(_robot({"embedded": {"port": 18830, "websocket_port": 18831}}, {"port": 0})))
-    proc = subprocess.Popen([sys.executable, "-m", "orchestrator", "web", "-c", str(cfg), "--websocket-port", "9123"],
-                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, stdin=subprocess.DEVNULL)
-    try:
-        assert proc.stdout is not None
-        line = proc.stdout.readline()
-        found = re.search(r"on http://127\.0\.0\.1:(\d+)/", line)
-        assert found, line + proc.stdout.read()
-        port = found[1]
-        with urllib.request.urlopen(f"http://127.0.0.1:{port}/config.json", timeout=5) as resp:
+    with _web(cfg, "--websocket-port", "9123") as (proc, base):
+        port = base.rsplit(":", 1)[1].rstrip("/")
+        with urllib.request.urlopen(f"{base}config.json", timeout=5) as resp:
             # the port the browser reaches the broker on (published by compose), not the embedded broker's
             assert json.load(resp) == {"robot": "r1", "websocket_url": None, "websocket_port": 9123,
                                        "client": "operator"}
-        with urllib.request.urlopen(f"http://127.0.0.1:{port}/", timeout=5) as resp:
+        with urllib.request.urlopen(base, timeout=5) as resp:
             assert resp.read() == (STATIC_DIR / "index.html").read_bytes()
         # the compose file's health check of the `web` service, as docker runs it (python3: this interpreter)
         res = _check(int(port), "r1")
         assert res.returncode == 0 and res.stdout.startswith("healthy: the panel of r1"), res.stdout + res.stderr
         res = _check(int(port), "r2")  # a panel of another robot on that port is not this robot's
         assert res.returncode == 1 and "is the panel of 'r1', not of r2" in res.stderr, res.stdout + res.stderr
-        proc.send_signal(signal.SIGTERM)  # docker stop
-        assert proc.wait(10) == 0
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait(10)
+        _sigterm(proc)
     res = _check(int(port), "r1")
     assert res.returncode == 1 and res.stderr.startswith("unhealthy: no panel at"), res.stdout + res.stderr
     cfg.write_text(yaml.safe_dump(_robot({"embedded": {"port": 18830}}, {"enabled": False})))
@@ -221,39 +235,17 @@ def test_the_web_command_of_a_robot_with_tls_serves_https_or_refuses(tmp_path: P
     from orchestrator.web.server import fetch_page_config
 
     cfg, ca = _tls_robot(tmp_path / "certs")
-    proc = subprocess.Popen([sys.executable, "-m", "orchestrator", "web", "-c", str(cfg)],
-                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, stdin=subprocess.DEVNULL)
-    try:
-        assert proc.stdout is not None
-        line = proc.stdout.readline()
-        found = re.search(r"on https://127\.0\.0\.1:(\d+)/", line)
-        assert found, line + proc.stdout.read()
-        assert fetch_page_config(f"https://127.0.0.1:{found[1]}/", 5, cafile=ca)["websocket_port"] == 18831
-        proc.send_signal(signal.SIGTERM)
-        assert proc.wait(10) == 0
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait(10)
+    with _web(cfg, scheme="https") as (proc, base):
+        assert fetch_page_config(base, 5, cafile=ca)["websocket_port"] == 18831
+        _sigterm(proc)
     # no certificate: exit 2 naming the file, nothing served
     cfg2, _ = _tls_robot(tmp_path / "nocerts", certs=False)
     res = _cli("web", "-c", str(cfg2))
     assert res.returncode == 2 and "broker.crt: the robot has TLS" in res.stderr, res.stdout + res.stderr
     # plain HTTP only when asked for explicitly (the compose file's web service, which holds no key)
-    proc = subprocess.Popen([sys.executable, "-m", "orchestrator", "web", "-c", str(cfg2), "--plain-http"],
-                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, stdin=subprocess.DEVNULL)
-    try:
-        assert proc.stdout is not None
-        line = proc.stdout.readline()
-        found = re.search(r"on http://127\.0\.0\.1:(\d+)/", line)
-        assert found, line + proc.stdout.read()
-        assert fetch_page_config(f"http://127.0.0.1:{found[1]}/", 5)["robot"] == "r1"
-        proc.send_signal(signal.SIGTERM)
-        assert proc.wait(10) == 0
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait(10)
+    with _web(cfg2, "--plain-http") as (proc, base):
+        assert fetch_page_config(base, 5)["robot"] == "r1"
+        _sigterm(proc)
     # `up` says the same before it starts a broker or any part (here a robot whose parts need no secret, with the
     # embedded broker's TLS listener: its panel has TLS too)
     body = {**_robot({"embedded": {"port": 18830, "tls_port": 18833, "websocket_port": 18831}}, {"port": 0}),
