@@ -586,6 +586,17 @@ def broker(broker_kind: str) -> Iterator[BrokerInfo]:
         yield info
 
 
+def listener_blocks(conf: str) -> list[list[str]]:
+    """The listener blocks of a mosquitto configuration: each the ``listener`` line and the lines under it."""
+    blocks: list[list[str]] = []
+    for line in conf.splitlines():
+        if line.startswith("listener "):
+            blocks.append([line])
+        elif blocks and line and not line.startswith("#"):
+            blocks[-1].append(line)
+    return blocks
+
+
 @contextlib.contextmanager
 def mosquitto_from_broker_config(loaded: LoadedConfig, store: CredentialStore, workdir: Path, *, port: int,
                                  wait_port: int | None = None, args: tuple[str, ...] = (),

@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pytest
 import yaml
+from brokers import listener_blocks
 
 from orchestrator.config import load_config
 from orchestrator.web.server import health_check
@@ -142,16 +143,6 @@ def test_compose_with_tls_and_an_upstream_emits_the_tls_listener_and_the_bridge(
     assert (store / "mosquitto.d" / "bridge.conf").stat().st_mode & 0o077 == 0
 
 
-def _listener_blocks(conf: str) -> list[list[str]]:
-    blocks: list[list[str]] = []
-    for line in conf.splitlines():
-        if line.startswith("listener "):
-            blocks.append([line])
-        elif blocks and line and not line.startswith("#"):
-            blocks[-1].append(line)
-    return blocks
-
-
 def _run_cli(*args: str) -> subprocess.CompletedProcess[str]:
     res = subprocess.run([sys.executable, "-m", "orchestrator", *args], capture_output=True, text=True, timeout=60)
     assert res.returncode == 0, res.stdout + res.stderr
@@ -178,7 +169,7 @@ def test_compose_with_web_serves_the_panel_and_publishes_the_brokers_websocket_l
     assert web["security_opt"] == ["no-new-privileges:true"]
     assert "secrets" not in web  # the page logs in with a credential the user types: the service holds none
     conf = (ROOT / "broker_config" / "rover" / "mosquitto.conf").read_text()
-    assert _listener_blocks(conf) == [["listener 1883"], ["listener 9001", "protocol websockets"]]
+    assert listener_blocks(conf) == [["listener 1883"], ["listener 9001", "protocol websockets"]]
 
     # an external broker's WebSocket URL: its port is published, the page gets the URL itself; the listener
     # is the very one `orchestrator broker-config` writes (one code path: main_conf)
@@ -202,7 +193,7 @@ def test_compose_with_web_serves_the_panel_and_publishes_the_brokers_websocket_l
     composed = (tmp_path / "broker_config" / "wsbot" / "mosquitto.conf").read_text()
     _run_cli("broker-config", "-c", str(cfg), "--out", str(tmp_path / "bc"), "--websocket-port", "9001")
     written = (tmp_path / "bc" / "mosquitto.conf").read_text()
-    assert _listener_blocks(composed)[-1] == _listener_blocks(written)[-1] == ["listener 9001", "protocol websockets"]
+    assert listener_blocks(composed)[-1] == listener_blocks(written)[-1] == ["listener 9001", "protocol websockets"]
 
     # turned off: no service, no listener
     cfg.write_text(cfg.read_text().replace("host: 0.0.0.0", "enabled: false\n  host: 0.0.0.0"))
@@ -225,8 +216,8 @@ def test_compose_with_a_wss_panel_needs_broker_tls_and_uses_its_certificate(tmp_
     cfg.write_text(yaml.safe_dump({**body, "broker": {"urls": ["mqtts://broker:8883"], "tls": {"ca_file": "ca.crt"}}}))
     gen = generate(load_config(cfg), ComposeOptions(out_dir=tmp_path))
     # plain MQTT inside the container only; TLS and wss:// on every address (both published)
-    assert _listener_blocks(gen.mosquitto_conf)[0] == ["listener 1883 127.0.0.1"]
-    assert _listener_blocks(gen.mosquitto_conf)[-1] == [
+    assert listener_blocks(gen.mosquitto_conf)[0] == ["listener 1883 127.0.0.1"]
+    assert listener_blocks(gen.mosquitto_conf)[-1] == [
         "listener 9001", "protocol websockets", "certfile /run/secrets/broker.crt", "keyfile /run/secrets/broker.key",
         "tls_version tlsv1.2"]
     assert gen.compose["services"]["broker"]["ports"] == ["127.0.0.1:${ORCHESTRATOR_BROKER_TLS_PORT:-18883}:8883",

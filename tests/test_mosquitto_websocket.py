@@ -21,7 +21,7 @@ from typing import Any
 
 import paho.mqtt.client as mqtt
 import pytest
-from brokers import free_port, make_credentials, mosquitto_from_broker_config
+from brokers import free_port, listener_blocks, make_credentials, mosquitto_from_broker_config
 from robot import CLIENTS, unique_robot, write_config
 
 from orchestrator.broker.mosquitto_conf import MosquittoFiles, main_conf, websocket_port, websocket_tls
@@ -48,22 +48,11 @@ def robot_config(broker: dict[str, Any], web: dict[str, Any] | None) -> RobotCon
 EXTERNAL = {"urls": ["mqtt://127.0.0.1:1883"]}
 
 
-def listeners(conf: str) -> list[list[str]]:
-    """The listener blocks of a mosquitto configuration: each the ``listener`` line and the lines under it."""
-    blocks: list[list[str]] = []
-    for line in conf.splitlines():
-        if line.startswith("listener "):
-            blocks.append([line])
-        elif blocks and line and not line.startswith("#"):
-            blocks[-1].append(line)
-    return blocks
-
-
 def test_the_websocket_listener_follows_the_web_section() -> None:
     cfg = robot_config(EXTERNAL, {"websocket_url": "ws://robot.local:9001/"})
     assert websocket_port(cfg) == 9001 and not websocket_tls(cfg)
     conf = main_conf(cfg, dataclasses.replace(FILES, websockets_port=websocket_port(cfg)))
-    assert listeners(conf) == [["listener 1883"], ["listener 9001", "protocol websockets"]]
+    assert listener_blocks(conf) == [["listener 1883"], ["listener 9001", "protocol websockets"]]
     # one set of passwords and topic rights for every listener, before any of them; nobody anonymous
     head = conf.split("\nlistener ", 1)[0].splitlines()
     assert {"per_listener_settings false", "allow_anonymous false", "password_file /m/passwd",
@@ -83,8 +72,9 @@ def test_a_wss_listener_uses_the_brokers_certificate() -> None:
     assert websocket_port(cfg) == 9443 and websocket_tls(cfg)
     tls = dataclasses.replace(FILES, tls_port=8883, cafile="/m/ca.crt", certfile="/m/broker.crt",
                               keyfile="/m/broker.key", websockets_port=9443, websockets_tls=True)
-    assert listeners(main_conf(cfg, tls))[-1] == ["listener 9443", "protocol websockets", "certfile /m/broker.crt",
-                                                  "keyfile /m/broker.key", "tls_version tlsv1.2"]
+    assert listener_blocks(main_conf(cfg, tls))[-1] == [
+        "listener 9443", "protocol websockets", "certfile /m/broker.crt", "keyfile /m/broker.key",
+        "tls_version tlsv1.2"]
     with pytest.raises(ValueError, match="certificate"):
         main_conf(cfg, dataclasses.replace(FILES, websockets_port=9443, websockets_tls=True))
 
