@@ -1,12 +1,13 @@
 // Bundles web/src into orchestrator/web/static/ (committed: `make demo` needs no Node.js at run time).
 // `make web` (or `npm run build` here) after changing anything under web/src.
+// WEB_OUT=DIR bundles into DIR instead (tests/test_web_bundle.py: the committed bundle is this build).
 import { build } from "esbuild";
 import { copyFileSync, mkdirSync } from "node:fs";
 import { dirname, join } from "node:path";
 import { fileURLToPath } from "node:url";
 
 const here = dirname(fileURLToPath(import.meta.url));
-const out = join(here, "..", "orchestrator", "web", "static");
+const out = process.env.WEB_OUT || join(here, "..", "orchestrator", "web", "static");
 mkdirSync(out, { recursive: true });
 
 await build({
