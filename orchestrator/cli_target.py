@@ -124,6 +124,17 @@ def access(cfg: RobotConfig, path: Path, identity: str | None, credentials: Path
         raise fail(str(exc)) from None
 
 
+def _why_unreadable(exc: BaseException) -> str:
+    """One short line: where the YAML breaks and how, the OS error, else the kind of error (never the input)."""
+    import yaml
+
+    if isinstance(exc, yaml.MarkedYAMLError) and exc.problem_mark is not None:
+        return f"line {exc.problem_mark.line + 1}: {str(exc.problem or 'invalid YAML')[:200]}"
+    if isinstance(exc, OSError):
+        return exc.strerror or type(exc).__name__
+    return type(exc).__name__
+
+
 def lenient(path: Path) -> RobotConfig:
     """What a client needs from a file that does not validate as a whole: the robot's name and its broker,
     security and clients sections, each validated on its own (the parts, their models and plugins are
@@ -138,7 +149,7 @@ def lenient(path: Path) -> RobotConfig:
         with path.open("rb") as f:
             _, data = load_yaml(f.read(MAX_CONFIG_BYTES).decode("utf-8", "replace"))
     except Exception as exc:  # unreadable, not YAML: nothing to fall back on
-        raise ConfigError(f"{path}: unreadable ({type(exc).__name__})", source=str(path)) from None
+        raise ConfigError(f"{path}: unreadable ({_why_unreadable(exc)})", source=str(path)) from None
     if not isinstance(data, dict) or not isinstance(data.get("robot"), str) or not valid_level(data["robot"]):
         raise ConfigError(f"{path}: no readable robot name", source=str(path))
     try:
@@ -205,15 +216,18 @@ def resolve(config: Path | None, robot: str | None, broker_url: str | None, iden
                 loaded = load_config(config)
             except ConfigError as exc:
                 first = (exc.problems[0] if exc.problems else str(exc))[:300]
-                err_console.print(f"{config}: invalid configuration ({len(exc.problems) or 1} problem(s); first: "
-                                  f"{first}); using only its robot name, broker and credentials (see `orchestrator "
-                                  f"validate -c {config}`)", style="yellow", highlight=False, markup=False)
+                invalid = f"{config}: invalid configuration ({len(exc.problems) or 1} problem(s); first: {first})"
                 try:
                     cfg = lenient(config)
                 except ConfigError as again:
                     if robot is None or broker_url is None:
                         raise fail(f"{again}: pass --robot NAME --broker URL (and --credentials)") from None
+                    err_console.print(f"{invalid}; using --robot and --broker", style="yellow", highlight=False,
+                                      markup=False)
                     return _from_flags(robot, broker_url, identity, credentials)
+                err_console.print(f"{invalid}; using only its robot name, broker and credentials (see "
+                                  f"`orchestrator validate -c {config}`)", style="yellow", highlight=False,
+                                  markup=False)
                 if robot is not None and robot != cfg.robot:
                     return _from_flags(robot, broker_url or "", identity, credentials)
                 acc = access(cfg, config, identity, credentials)

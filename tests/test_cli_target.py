@@ -291,6 +291,12 @@ def test_a_config_too_broken_to_read_asks_for_robot_and_broker(tmp_path: Path) -
     res = invoke("shutdown", "-c", str(path))
     no_traceback(res)
     assert res.exit_code == 2 and "--robot NAME --broker URL" in res.output, res.output
+    # YAML that does not parse: where and why, in words (not the name of an internal exception)
+    path.write_text("robot: r1\nparts: []\nrobot: r2\n")
+    res = invoke("shutdown", "-c", str(path))
+    no_traceback(res)
+    assert res.exit_code == 2 and "unreadable (line 3: duplicate key 'robot'" in res.output, res.output
+    assert "Error)" not in res.output and "using only its robot name" not in res.output, res.output
 
 
 @pytest.mark.timeout(120)
