@@ -329,6 +329,18 @@ async def test_monitor_in_a_terminal_shows_the_robot_and_a_frozen_part(tmp_path:
                     s.child.send("probe\r")
                     await asyncio.to_thread(s.wait_for, lambda s: "drive/m1" not in s.text()
                                             and "main/probe" in s.text(), 5, "the filtered view")
+                    # the stop key: a motor a client's session drives, stopped from the monitor
+                    async with client_for(setup.loaded) as client:
+                        await client.call("drive/m1", "go_for", {"rpm": 30, "revolutions": 1000})
+                        assert await client.call("drive/m1", "is_moving", {}) is True
+                        s.child.send("/")
+                        s.child.send("m1\r")
+                        await asyncio.to_thread(s.wait_for, lambda s: "drive/m1" in s.text()
+                                                and "main/probe" not in s.text(), 5, "only drive/m1")
+                        s.child.send("s")
+                        await asyncio.to_thread(s.wait_for, lambda s: "drive/m1 stopped" in s.text(), 10,
+                                                "the monitor's stop done")
+                        assert await client.call("drive/m1", "is_moving", {}) is False
                     s.child.send("q")
                     await asyncio.to_thread(s.pump, 5)
                     assert not s.child.isalive()
