@@ -119,6 +119,35 @@ async def test_a_plain_mqtt_client_reads_the_robot_as_json(tmp_path: Path, kind:
 
 
 @pytest.mark.timeout(60)
+@pytest.mark.parametrize("kind", ["amqtt", "mosquitto"])
+async def test_home_assistant_discovery_is_readable_by_a_viewer_and_points_at_live_json(tmp_path: Path,
+                                                                                        kind: str) -> None:
+    # what Home Assistant does with a viewer identity: read the discovery configs, then the topics they name
+    async with running_robot(tmp_path, kind, PARTS, monitoring={"home_assistant": True}) as robot:
+        robot_name = robot.loaded.config.robot
+        t = Topics(robot_name)
+        plain = Plain(robot.where, viewer(robot.loaded))
+        try:
+            plain.subscribe(f"homeassistant/+/{robot_name}/#")
+            running = f"homeassistant/binary_sensor/{robot_name}/running/config"
+            probe = f"homeassistant/sensor/{robot_name}/main_probe_t/config"
+            await plain.until(lambda: {running, probe} <= set(plain.got), 10, "the discovery configs (retained)")
+            assert plain.json(running)["state_topic"] == t.json(t.robot_status())
+            sensor = plain.json(probe)
+            assert sensor["state_topic"] == t.json(t.telemetry("main", "probe"))
+            assert sensor["value_template"] == "{{ value_json.readings['t'] }}"
+            assert sensor["availability"][0]["topic"] == t.json(t.robot_status())
+            plain.subscribe(sensor["state_topic"])
+            plain.subscribe(t.json(t.robot_status()))
+            await plain.until(lambda: {sensor["state_topic"], t.json(t.robot_status())} <= set(plain.got), 10,
+                              "the topics the discovery names")
+            assert isinstance(plain.json(sensor["state_topic"])["readings"]["t"], (int, float))
+            assert plain.json(t.json(t.robot_status()))["state"] == "running"
+        finally:
+            plain.close()
+
+
+@pytest.mark.timeout(60)
 async def test_the_json_mirror_can_be_switched_off(tmp_path: Path) -> None:
     async with running_robot(tmp_path, "mosquitto", PARTS, monitoring={"json_mirror": False}) as robot:
         assert all(p.mirror.published == 0 for p in robot.parts.values())

@@ -67,6 +67,8 @@ def rights(config: RobotConfig, topology: Topology) -> dict[str, Rights]:
     t = Topics(config.robot)
     robot = config.robot
     out: dict[str, Rights] = {}
+    discovery = (f"{config.monitoring.home_assistant_prefix}/+/{robot}/#" if config.monitoring.home_assistant
+                 else None)
     for name in topology.parts:
         me = Identity(robot, "part", name)
         r = out[me.username] = Rights()
@@ -86,14 +88,16 @@ def rights(config: RobotConfig, topology: Topology) -> dict[str, Rights]:
             r.add_read(t.part_report(child), t.session_report(child))
         if parent is None:  # the primary
             r.add_write(f"{t.root}/robot/#")
-            if config.monitoring.home_assistant:  # MQTT discovery, under the robot's own node id
-                r.add_write(f"{config.monitoring.home_assistant_prefix}/+/{robot}/#")
+            if discovery:  # MQTT discovery, under the robot's own node id
+                r.add_write(discovery)
             r.add_read(t.all_client_shutdowns(), t.all_client_reloads(), t.bridge_state(), t.upstream_config(),
                        t.robot_probe())
     for c in config.clients:
         me = Identity(robot, "client", c.name)
         r = out[me.username] = Rights()
         r.add_read(*_public_reads(t))
+        if discovery:  # Home Assistant logs in as a client of the robot (a viewer): it reads its discovery
+            r.add_read(discovery)
         if c.role == ClientRole.OPERATOR:
             r.add_write(f"{t.of(me)}/#")
             r.add_read(t.replies_to(me.sender))
