@@ -81,7 +81,7 @@ class MonitorApp(App[None]):
 
     async def on_mount(self) -> None:
         self.query_one("#parts", DataTable).add_columns("part", "state", "live", "heartbeat", "jitter", "uptime",
-                                                        "restarts", "pid", "reason")
+                                                        "restarts", "birth", "pid", "reason")
         self.query_one("#resources", DataTable).add_columns("part/resource", "model", "status", "owned by")
         self.query_one("#sessions", DataTable).add_columns("session", "owner", "part", "owns")
         self.query_one("#telemetry", DataTable).add_columns("reading", "value", "age")
@@ -191,7 +191,7 @@ class MonitorApp(App[None]):
             table.add_row(Text("  " * view.depth(name) + name), Text(shown, style=style),
                           Text(live, style="green" if p["online"] else "bold red"), _age(p["heartbeat_age_s"]),
                           "-" if jitter is None else f"{jitter * 1000:.0f}ms", _age(p["uptime_s"]),
-                          str(p["restarts"]),
+                          str(p["restarts"]), str(p["birth"] or "-"),
                           str(p["pid"] or "-"), Text(str(p["reason"] or "")[:80]))
 
     def _draw_resources(self, snap: dict[str, Any]) -> None:

@@ -339,6 +339,7 @@ async def test_monitor_in_a_terminal_shows_the_robot_and_a_frozen_part(tmp_path:
                     await asyncio.to_thread(s.wait_for, lambda s: "running" in s.row("drive")
                                             and " yes " in s.row("drive"), 20, "drive running")
                     assert f"robot {setup.robot}: running" in s.text()
+                    assert f" {w.states['drive'][0]} " in s.row("drive")  # its birth
                     # the resources arrive on their own topic: drawn when they come, not with the parts
                     await asyncio.to_thread(s.wait_for, lambda s: "drive/m1" in s.text()
                                             and "orc:sim:motor" in s.text(), 10, "drive's motor")
