@@ -77,6 +77,7 @@ class PanelRobot:
     sdk: SyncRobotClient
     password: str
     ca: Path | None = None  # with TLS: the CA that signed the broker's (and the panel's) certificate
+    viewer_password: str = ""  # of "watcher", a viewer identity
 
     def power(self, path: str = "base/left") -> float:
         return float(self.sdk.call(path, "get_power", timeout=5))
@@ -148,7 +149,8 @@ def start_panel_robot(tmp: Path, *, on_mosquitto: bool = False, tls: bool = Fals
             sdk = SyncRobotClient.from_config(cfg, identity="other", sessions=False, connect_timeout=30).connect()
             stack.callback(sdk.close)
             robot = PanelRobot(up, cfg, f"{'https' if tls else 'http'}://127.0.0.1:{web_port}/", proxy, sdk, password,
-                               store.path("ca.crt") if tls else None)
+                               store.path("ca.crt") if tls else None,
+                               store.password(ClientId(loaded.config.robot, "watcher")))
             robot.until(lambda: _all_running(sdk), 45, "every part running (through the SDK)")
             yield robot
 
@@ -205,13 +207,17 @@ def browser(browser_tools: tuple[str, str], tmp_path: Path) -> Iterator[WebDrive
         yield driver
 
 
-def open_panel(driver: WebDriver, robot: PanelRobot) -> None:
-    """Load the page, log in as the operator, wait for its session to be open and heartbeated."""
+def open_panel(driver: WebDriver, robot: PanelRobot, *, viewer: bool = False) -> None:
+    """Load the page, log in as the operator, wait for its session to be open and heartbeated (``viewer``:
+    as the viewer "watcher", until the page is connected)."""
     driver.get(robot.web_url)
     driver.find_element(By.ID, "client").clear()
-    driver.find_element(By.ID, "client").send_keys("operator")
-    driver.find_element(By.ID, "password").send_keys(robot.password)
+    driver.find_element(By.ID, "client").send_keys("watcher" if viewer else "operator")
+    driver.find_element(By.ID, "password").send_keys(robot.viewer_password if viewer else robot.password)
     driver.find_element(By.ID, "login-button").click()
+    if viewer:
+        wait_js(driver, "return !!(window.panel && window.panel.connected)", 20, "the page connected")
+        return
     wait_js(driver, "return !!(window.panel && window.panel.session && !window.panel.session.ended "
             "&& window.panel.session.heartbeats > 0)", 20, "the page's session open and heartbeated")
 
@@ -296,6 +302,25 @@ def test_the_panel_shows_the_robot_and_drives_a_motor(browser: WebDriver, panel_
     # STOP ALL stops it (a call in the page's session, to every resource that can stop)
     browser.find_element(By.ID, "stop-all").click()
     robot.until(lambda: robot.power() == 0.0, 10, "base/left stopped by STOP ALL")
+
+
+def test_a_viewer_watches_the_robot_with_no_session_and_no_controls(browser: WebDriver,
+                                                                     panel_robot: PanelRobot) -> None:
+    """A viewer identity (role: viewer) may read the robot and publish nothing: the page shows the robot live
+    and offers nothing to press; it opens no session."""
+    robot = panel_robot
+    open_panel(browser, robot, viewer=True)
+    wait_js(browser, "return [...document.querySelectorAll('#parts tbody tr')].filter(r => r.dataset.state === "
+            f"'running').length === {len(PARTS)}", 15, "every part shown running")
+    wait_js(browser, "return document.querySelectorAll('#resources tbody tr').length === 6", 10, "six resources")
+    wait_js(browser, "return (window.panel.samples['main/health'] || []).length >= 2", 10, "sensor samples")
+    assert "read-only" in browser.find_element(By.ID, "session").text
+    assert browser.execute_script("return window.panel.session") is None
+    assert not browser.find_element(By.ID, "stop-all").is_displayed()
+    assert not browser.find_element(By.ID, "do-command").is_displayed()
+    assert not any(td.is_displayed() for td in browser.find_elements(By.CSS_SELECTOR, "#resources td.controls"))
+    assert "client/watcher" not in browser.find_element(By.ID, "sessions").text
+    assert not browser.find_elements(By.CSS_SELECTOR, "#errors li"), browser.find_element(By.ID, "errors").text
 
 
 def test_closing_the_page_stops_its_motor(browser: WebDriver, panel_robot: PanelRobot) -> None:

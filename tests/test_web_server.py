@@ -119,7 +119,7 @@ def test_the_web_command_serves_the_panel_alone_passes_its_health_check_and_stop
         with urllib.request.urlopen(f"{base}config.json", timeout=5) as resp:
             # the port the browser reaches the broker on (published by compose), not the embedded broker's
             assert json.load(resp) == {"robot": "r1", "websocket_url": None, "websocket_port": 9123,
-                                       "client": "operator"}
+                                       "client": "operator", "viewers": ["eve"]}
         with urllib.request.urlopen(base, timeout=5) as resp:
             assert resp.read() == (STATIC_DIR / "index.html").read_bytes()
         # the compose file's health check of the `web` service, as docker runs it (python3: this interpreter)
@@ -200,7 +200,7 @@ def test_the_panel_of_a_robot_with_tls_is_served_over_https_only(tmp_path: Path)
         base = f"https://127.0.0.1:{server.port}/"
         # the browser's view: the certificate verified with the robot's CA, for the address the page is on
         assert fetch_page_config(base, 5, cafile=ca) == {"robot": "r1", "websocket_url": None, "websocket_port": 18831,
-                                                         "client": "operator"}
+                                                         "client": "operator", "viewers": ["eve"]}
         # a client that does not trust the robot's CA is refused the handshake
         with pytest.raises(urllib.error.URLError, match="CERTIFICATE_VERIFY_FAILED"):
             fetch_page_config(base, 5)

@@ -15,6 +15,7 @@ import json
 import socket
 import ssl
 import threading
+from collections.abc import Sequence
 from functools import partial
 from http.server import SimpleHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
@@ -94,6 +95,7 @@ class WebServer:
         static_dir: Path = STATIC_DIR,
         certfile: Path | None = None,
         keyfile: Path | None = None,
+        viewers: Sequence[str] = (),
     ) -> None:
         if websocket_url is None and websocket_port is None:
             raise ValueError("the page needs the broker's WebSocket URL or its port")
@@ -106,6 +108,8 @@ class WebServer:
             page["websocket_port"] = websocket_port
         if client is not None:
             page["client"] = client
+        if viewers:  # names only (usernames, not secrets): the page watches as these, without a session
+            page["viewers"] = list(viewers)
         config = json.dumps(page).encode()
         handler = type("PanelHandler", (_Handler,), {"page_config": config})
         serve = partial(handler, directory=str(static_dir))
@@ -173,6 +177,8 @@ def panel_server(
     ``certificate`` (:func:`panel_certificate`) serves HTTPS; a robot with TLS needs it, unless ``plain_http``
     says explicitly that this server is plain HTTP (``orchestrator web --plain-http``).
     """
+    from orchestrator.config.models import ClientRole
+
     web = config.web
     if web is None or not web.enabled:
         raise ValueError(f"robot {config.robot} has no enabled web: section")
@@ -184,7 +190,8 @@ def panel_server(
     return WebServer(host=web.host if host is None else host, port=web.port if port is None else port,
                      robot=config.robot, websocket_url=web.websocket_url, websocket_port=websocket_port,
                      client=web.client or config.default_client(), static_dir=static_dir,
-                     certfile=certfile, keyfile=keyfile)
+                     certfile=certfile, keyfile=keyfile,
+                     viewers=[c.name for c in config.clients if c.role == ClientRole.VIEWER])
 
 
 def fetch_page_config(url: str, timeout: float, cafile: str | Path | None = None) -> dict[str, Any]:

@@ -7,6 +7,7 @@ import { Robot } from "./robot.js";
 const $ = (sel) => document.querySelector(sel);
 const now = () => Date.now() / 1000;
 let robot = null;
+let readOnly = false; // logged in as a viewer: no session, no controls
 let config = { robot: "robot", websocket_url: null, websocket_port: null };
 let plot = null;
 let plotKey = "";
@@ -307,7 +308,7 @@ function drawHeader() {
   $("#connection").textContent = robot.connected ? "connected" : "disconnected";
   $("#upstream").textContent = robot.upstream ? robot.upstream.state : (st ? st.upstream : "-");
   const s = robot.session;
-  const text = !s ? "none" : s.ended ? `ended (${s.ended})` :
+  const text = readOnly ? `none: watching as viewer ${robot.client} (read-only)` : !s ? "none" : s.ended ? `ended (${s.ended})` :
     `${s.publicId.slice(0, 8)}, window ${s.windowS} s, ${s.heartbeats} heartbeats${s.hbConnected ? "" : " (heartbeat link down)"}`;
   $("#session").textContent = text;
   $("#session").dataset.state = !s ? "none" : s.ended ? "ended" : "open";
@@ -344,7 +345,10 @@ async function login(ev) {
   const password = $("#password").value;
   $("#login-error").textContent = "";
   $("#login-button").disabled = true;
-  const r = new Robot({ url: websocketUrl(), robot: config.robot, client, password });
+  // a viewer identity may read the robot but publish nothing: the page watches, with no session and no
+  // controls (the broker would drop what it sent anyway)
+  const viewer = (config.viewers || []).includes(client);
+  const r = new Robot({ url: websocketUrl(), robot: config.robot, client, password, viewer });
   try {
     await r.connect();
   } catch (err) {
@@ -355,16 +359,18 @@ async function login(ev) {
   robot = r;
   window.panel = robot; // for the console (and the tests)
   sessionStorage.setItem("panel.client", client);
+  readOnly = viewer;
+  document.body.classList.toggle("read-only", readOnly);
   $("#login").hidden = true;
   $("#panel").hidden = false;
-  $("#robot-actions").hidden = false;
+  $("#robot-actions").hidden = readOnly;
   for (const t of ["change", "event", "session", "connection"]) robot.addEventListener(t, queueRedraw);
   robot.addEventListener("robot-error", (e) => showError(e.detail));
   robot.addEventListener("warning", (e) => robot.note("panel", "", e.detail, "warning"));
   setInterval(queueRedraw, 1000); // ages grow even when nothing arrives
   // the primary's name comes with its retained status, at once after subscribing
   for (let i = 0; i < 50 && !robot.primary; i++) await new Promise((res) => setTimeout(res, 100));
-  await act("opening a session", () => robot.openSession());
+  if (!readOnly) await act("opening a session", () => robot.openSession());
   queueRedraw();
 }
 

@@ -30,9 +30,10 @@ export class RobotError extends Error {
 }
 
 export class Robot extends EventTarget {
-  constructor({ url, robot, client, password }) {
+  constructor({ url, robot, client, password, viewer = false }) {
     super();
     this.url = url;
+    this.viewer = viewer; // a viewer identity: reads only, never calls
     this.robotName = robot;
     this.client = client;
     this.password = password;
@@ -78,7 +79,7 @@ export class Robot extends EventTarget {
       });
       this.mqtt = m;
       m.on("connect", () => {
-        m.subscribe(this.topics.subscriptions(), { qos: 1 }, (err, granted) => {
+        m.subscribe(this.topics.subscriptions(this.viewer), { qos: 1 }, (err, granted) => {
           const refused = (granted || []).filter((g) => g.qos === 128).map((g) => g.topic);
           if (refused.length) this.emit("warning", `the broker refused subscriptions: ${refused.join(", ")}`);
           if (!settled) {

@@ -48,13 +48,14 @@ export class Topics {
   sessionHeartbeat() { return `${this.root}/${this.sender}/session/hb`; }
   shutdown() { return `${this.root}/${this.sender}/shutdown`; }
   reload() { return `${this.root}/${this.sender}/reload`; }
-  // what the page reads: every one is in the client's read rights (security/acl.py, _public_reads)
-  subscriptions() {
+  // what the page reads: every one is in the client's read rights (security/acl.py, _public_reads), and
+  // the replies to its calls for an operator (a viewer makes no call and may not read any reply)
+  subscriptions(viewer = false) {
     const r = this.root;
     return [
       `${r}/part/+/state`, `${r}/part/+/resources`, `${r}/part/+/telemetry/+`, `${r}/part/+/sessions/events`,
       `${r}/part/+/sessions/state`, `${r}/part/+/events`, `${r}/robot/status`, `${r}/robot/liveness`,
-      `${r}/robot/timeline`, `${r}/robot/notice`, `${r}/robot/upstream`, this.replies(),
+      `${r}/robot/timeline`, `${r}/robot/notice`, `${r}/robot/upstream`, ...(viewer ? [] : [this.replies()]),
     ];
   }
   /** [kind, part, rest] of a topic of this robot: kind "part" or "robot"; null otherwise. */
