@@ -123,7 +123,10 @@ def start_panel_robot(tmp: Path, *, on_mosquitto: bool = False, tls: bool = Fals
             {"urls": [f"mqtt://127.0.0.1:{port}"], "keepalive_s": 2} if on_mosquitto else
             {"embedded": {"host": "127.0.0.1", "port": port, "websocket_port": ws_port}, "keepalive_s": 2})
         if tls:
-            broker["embedded"]["tls_port"] = tls_port
+            if on_mosquitto:  # the parts on mosquitto's TLS listener, the page on its WebSocket-over-TLS one
+                broker["urls"] = [f"mqtts://127.0.0.1:{tls_port}"]
+            else:
+                broker["embedded"]["tls_port"] = tls_port
             broker["tls"] = {"ca_file": "ca.crt"}
         scheme = "wss" if tls else "ws"
         cfg = write_config(
@@ -141,8 +144,10 @@ def start_panel_robot(tmp: Path, *, on_mosquitto: bool = False, tls: bool = Fals
         password = store.password(ClientId(loaded.config.robot, "operator"))
         with contextlib.ExitStack() as stack:
             if on_mosquitto:  # its WebSocket listener on ws_port, behind the proxy as the embedded broker's
+                args = ("--websocket-port", str(ws_port)) + (("--tls-port", str(tls_port)) if tls else ())
+                files = ("passwd", "acl") + (("ca.crt", "broker.crt", "broker.key") if tls else ())
                 stack.enter_context(mosquitto_from_broker_config(loaded, store, tmp, port=port, wait_port=ws_port,
-                                                                 args=("--websocket-port", str(ws_port))))
+                                                                 args=args, files=files))
             up = Up(cfg, tmp)
             stack.callback(up.close)
             # the SDK checks what the motors do, as another operator ("other"), outside any session
@@ -379,14 +384,15 @@ def test_the_panel_drives_a_robot_on_mosquitto(browser: WebDriver, tmp_path: Pat
         print(f"mosquitto, closing the page: motor stopped {time.monotonic() - t0:.3f} s after")
 
 
+@pytest.mark.parametrize("broker", ["amqtt", "mosquitto"])
 def test_the_panel_of_a_robot_with_tls_is_served_over_https_and_talks_wss(browser_tools: tuple[str, str],
-                                                                           tmp_path: Path) -> None:
-    """A robot with TLS (the embedded broker's TLS listener, broker.tls): `up` serves the panel over https://
-    only, with the broker's certificate, and the page talks MQTT over wss:// (web.websocket_url) to the embedded
-    broker's WebSocket-over-TLS listener.  Chromium trusts the robot's CA through an NSS database in a
+                                                                           tmp_path: Path, broker: str) -> None:
+    """A robot with TLS (the embedded broker's TLS listener, or mosquitto's as `broker-config --tls-port` writes
+    it; broker.tls): `up` serves the panel over https:// only, with the broker's certificate, and the page talks
+    MQTT over wss:// (web.websocket_url) to that broker's WebSocket-over-TLS listener.  Chromium trusts the robot's CA through an NSS database in a
     temporary HOME (no certificate error is ignored): login, every part shown running, the slider drives the
     motor, closing the page stops it."""
-    with start_panel_robot(tmp_path, tls=True) as robot:
+    with start_panel_robot(tmp_path, tls=True, on_mosquitto=broker == "mosquitto") as robot:
         assert robot.web_url.startswith("https://") and robot.ca is not None
         assert f"web control panel on {robot.web_url}" in robot.up.output()
         # plain http:// on the panel's port is not served: the connection is closed unanswered
@@ -406,4 +412,4 @@ def test_the_panel_of_a_robot_with_tls_is_served_over_https_and_talks_wss(browse
             browser.close()
             browser.switch_to.window(blank)
             robot.until(lambda: robot.power() == 0.0, STOP_BOUND_S, "base/left stopped after the page closed")
-            print(f"TLS, closing the page: motor stopped {time.monotonic() - t0:.3f} s after")
+            print(f"TLS on {broker}, closing the page: motor stopped {time.monotonic() - t0:.3f} s after")
