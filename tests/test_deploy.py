@@ -222,5 +222,13 @@ def test_compose_with_a_wss_panel_needs_broker_tls_and_uses_its_certificate(tmp_
         "tls_version tlsv1.2"]
     assert gen.compose["services"]["broker"]["ports"] == ["127.0.0.1:${ORCHESTRATOR_BROKER_TLS_PORT:-18883}:8883",
                                                          "127.0.0.1:${ORCHESTRATOR_BROKER_WS_PORT:-9443}:9001"]
-    # the web service holds no key: on a robot with TLS it serves plain HTTP, and says so (docs/web.md, not done)
-    assert gen.compose["services"]["web"]["command"][-1] == "--plain-http"
+    # HTTPS with the panel's own certificate and key (never the broker's key, which belongs to mosquitto's uid)
+    from orchestrator.launcher.compose import PART_UID, secret_owners
+
+    web = gen.compose["services"]["web"]
+    assert "--plain-http" not in web["command"]
+    assert web["secrets"] == ["ca.crt", "web.crt", "web.key"]
+    assert web["environment"] == {"ORCHESTRATOR_CREDENTIALS": "/run/secrets"}
+    assert web["healthcheck"]["test"] == health_check(8080, "wssbot", cafile="/run/secrets/ca.crt")
+    assert "https://127.0.0.1:8080/" in web["healthcheck"]["test"][-1]
+    assert secret_owners(load_config(cfg))["web.key"] == PART_UID

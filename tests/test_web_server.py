@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import json
 import re
+import shutil
 import signal
 import subprocess
 import sys
@@ -191,8 +192,15 @@ def test_the_panel_of_a_robot_with_tls_is_served_over_https_only(tmp_path: Path)
     # never plain HTTP by omission: the robot's panel needs its certificate, or an explicit plain_http
     with pytest.raises(ValueError, match="has TLS"):
         panel_server(loaded.config, websocket_port=18831)
+    # the panel's own pair (`orchestrator certs` makes it), else the broker's
     certificate = panel_certificate(loaded.config, loaded.path)
-    assert certificate is not None and [p.name for p in certificate] == ["broker.crt", "broker.key"]
+    assert certificate is not None and [p.name for p in certificate] == ["web.crt", "web.key"]
+    for f in certificate:
+        f.rename(f.with_suffix(f.suffix + ".away"))
+    broker_pair = panel_certificate(loaded.config, loaded.path)
+    assert broker_pair is not None and [p.name for p in broker_pair] == ["broker.crt", "broker.key"]
+    for f in certificate:
+        f.with_suffix(f.suffix + ".away").rename(f)
     server = panel_server(loaded.config, websocket_port=18831, certificate=certificate)
     server.start()
     try:
@@ -238,11 +246,27 @@ def test_the_web_command_of_a_robot_with_tls_serves_https_or_refuses(tmp_path: P
     with _web(cfg, scheme="https") as (proc, base):
         assert fetch_page_config(base, 5, cafile=ca)["websocket_port"] == 18831
         _sigterm(proc)
+    # what the compose file's `web` service holds: the CA and the panel's own pair, not the broker's key; it
+    # serves HTTPS with them, and its health check (the compose file's line, over HTTPS) says healthy
+    secrets = tmp_path / "secrets"
+    secrets.mkdir(mode=0o700)
+    for name in ("ca.crt", "web.crt", "web.key"):
+        shutil.copy(ca.parent / name, secrets / name)
+    with _web(cfg, "--credentials", str(secrets), scheme="https") as (proc, base):
+        assert fetch_page_config(base, 5, cafile=ca)["robot"] == "r1"
+        port = int(base.rsplit(":", 1)[1].rstrip("/"))
+        cmd = health_check(port, "r1", python=sys.executable, cafile=str(secrets / "ca.crt"))
+        res = subprocess.run(cmd[1:], capture_output=True, text=True, timeout=20, stdin=subprocess.DEVNULL)
+        assert res.returncode == 0 and res.stdout.startswith("healthy: the panel of r1 at https://"), \
+            res.stdout + res.stderr
+        # the plain-HTTP line finds no panel there
+        assert _check(port, "r1").returncode == 1
+        _sigterm(proc)
     # no certificate: exit 2 naming the file, nothing served
     cfg2, _ = _tls_robot(tmp_path / "nocerts", certs=False)
     res = _cli("web", "-c", str(cfg2))
     assert res.returncode == 2 and "broker.crt: the robot has TLS" in res.stderr, res.stdout + res.stderr
-    # plain HTTP only when asked for explicitly (the compose file's web service, which holds no key)
+    # plain HTTP only when asked for explicitly (behind a TLS proxy)
     with _web(cfg2, "--plain-http") as (proc, base):
         assert fetch_page_config(base, 5)["robot"] == "r1"
         _sigterm(proc)

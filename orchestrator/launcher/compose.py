@@ -38,7 +38,7 @@ from orchestrator.config.models import RestartPolicy
 from orchestrator.errors import ConfigError
 from orchestrator.protocol.topics import PartId
 from orchestrator.security.credentials import ACL, PASSWD, SESSION_KEY
-from orchestrator.security.tls import BROKER_CERT, BROKER_KEY
+from orchestrator.security.tls import BROKER_CERT, BROKER_KEY, WEB_CERT, WEB_KEY
 from orchestrator.web.server import health_check
 
 __all__ = ["BRIDGE_CONF", "BROKER_SERVICE", "MOSQUITTO_UID", "PART_UID", "TLS_PORT", "WEB_PORT", "WEB_SERVICE",
@@ -225,17 +225,19 @@ def generate(loaded: LoadedConfig, options: ComposeOptions) -> Generated:
         broker["ports"].append(f"{on}:{ws_host_port}:{WS_PORT}")
         # the page is told the port the browser reaches the broker on, on the page's own host (or the URL)
         page = [] if web.websocket_url else ["--websocket-port", ws_host_port]
-        # not done yet (docs/web.md): the web service holds no key, so on a robot with TLS it serves the page over
-        # plain HTTP, and says so explicitly (`orchestrator web` refuses that without --plain-http)
-        page += ["--plain-http"] if cfg.panel_tls() else []
-        services[WEB_SERVICE] = {
+        # an embedded broker's TLS listener without broker.tls: the compose broker (mosquitto) has no TLS, nor the
+        # page then; `orchestrator web` refuses that without saying so explicitly
+        page += ["--plain-http"] if cfg.panel_tls() and tls is None else []
+        web_svc: dict[str, Any] = {
             "image": options.image,
             "command": ["web", "-c", config_in, "--host", "0.0.0.0", "--port", str(WEB_PORT), *page],
             "volumes": [f"{config_dir}:{CONFIG_DIR}:ro"],
             "ports": [f"{on}:{web_host_port}:{WEB_PORT}"],
             "depends_on": {BROKER_SERVICE: {"condition": "service_healthy"}},
             "healthcheck": {
-                "test": health_check(WEB_PORT, cfg.robot),  # python3 -I -c: the standard library alone
+                # python3 -I -c: the standard library alone; over HTTPS on a robot with TLS
+                "test": health_check(WEB_PORT, cfg.robot,
+                                     cafile=f"{SECRETS_DIR}/{tls.ca_file}" if tls is not None else None),
                 "interval": "5s", "timeout": "5s", "retries": 3, "start_period": "30s",
             },
             "restart": "on-failure:3",
@@ -247,6 +249,10 @@ def generate(loaded: LoadedConfig, options: ComposeOptions) -> Generated:
             "read_only": True,
             "logging": logging,
         }
+        if tls is not None:  # HTTPS with the panel's own certificate and key (`orchestrator certs`), not the broker's
+            web_svc["secrets"] = [secret(tls.ca_file), secret(WEB_CERT), secret(WEB_KEY)]
+            web_svc["environment"] = {"ORCHESTRATOR_CREDENTIALS": SECRETS_DIR}
+        services[WEB_SERVICE] = web_svc
     compose: dict[str, Any] = {"name": cfg.robot, "services": services}
     if secrets:
         compose["secrets"] = secrets
@@ -274,6 +280,8 @@ def secret_owners(loaded: LoadedConfig) -> dict[str, int]:
     # ca.crt and broker.crt are public (0644: parts and broker read them); the broker's key is not
     if loaded.config.broker.tls is not None:
         owners[BROKER_KEY] = MOSQUITTO_UID
+        if loaded.config.web is not None and loaded.config.web.enabled:
+            owners[WEB_KEY] = PART_UID  # the `web` service's user
     if loaded.config.upstream is not None:
         owners[BRIDGE_CONF] = MOSQUITTO_UID
     for name in loaded.topology.parts:

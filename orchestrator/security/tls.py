@@ -20,10 +20,13 @@ from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
 from orchestrator.transport.client import TlsSettings
 
-__all__ = ["BROKER_CERT", "BROKER_KEY", "CA_CERT", "TlsSettings", "make_dev_certs"]
+__all__ = ["BROKER_CERT", "BROKER_KEY", "CA_CERT", "WEB_CERT", "WEB_KEY", "TlsSettings", "make_dev_certs"]
 
 CA_CERT, CA_KEY = "ca.crt", "ca.key"
 BROKER_CERT, BROKER_KEY = "broker.crt", "broker.key"
+# the web panel's own pair, for a server that may not hold the broker's key (the compose file's `web` service
+# runs as another user than mosquitto): same CA, same names
+WEB_CERT, WEB_KEY = "web.crt", "web.key"
 
 
 def _key_pem(key: ec.EllipticCurvePrivateKey) -> str:
@@ -32,7 +35,8 @@ def _key_pem(key: ec.EllipticCurvePrivateKey) -> str:
 
 
 def make_dev_certs(directory: Path, hosts: Iterable[str], *, days: int = 825, robot: str = "robot") -> list[Path]:
-    """A development CA (kept if it exists) and a broker certificate for ``hosts`` (DNS names or IPs)."""
+    """A development CA (kept if it exists), a broker certificate and a web panel certificate for ``hosts``
+    (DNS names or IPs), each with its own key."""
     from orchestrator.security.credentials import _write_private
 
     directory.mkdir(parents=True, exist_ok=True, mode=0o700)
@@ -66,17 +70,21 @@ def make_dev_certs(directory: Path, hosts: Iterable[str], *, days: int = 825, ro
             names.append(x509.IPAddress(ipaddress.ip_address(h)))
         except ValueError:
             names.append(x509.DNSName(h))
-    key = ec.generate_private_key(ec.SECP256R1())
-    cert = (
-        x509.CertificateBuilder()
-        .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, f"{robot} broker")]))
-        .issuer_name(ca_cert.subject).public_key(key.public_key()).serial_number(x509.random_serial_number())
-        .not_valid_before(now - datetime.timedelta(minutes=5)).not_valid_after(now + datetime.timedelta(days=days))
-        .add_extension(x509.SubjectAlternativeName(names), critical=False)
-        .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
-        .add_extension(x509.ExtendedKeyUsage([ExtendedKeyUsageOID.SERVER_AUTH]), critical=False)
-        .sign(ca_private, hashes.SHA256())
-    )
-    _write_private(directory / BROKER_KEY, _key_pem(key))
-    (directory / BROKER_CERT).write_bytes(cert.public_bytes(serialization.Encoding.PEM))
-    return [*made, directory / BROKER_CERT, directory / BROKER_KEY]
+    out = [*made]
+    for cert_name, key_name, what in ((BROKER_CERT, BROKER_KEY, "broker"), (WEB_CERT, WEB_KEY, "web panel")):
+        key = ec.generate_private_key(ec.SECP256R1())
+        cert = (
+            x509.CertificateBuilder()
+            .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, f"{robot} {what}")]))
+            .issuer_name(ca_cert.subject).public_key(key.public_key()).serial_number(x509.random_serial_number())
+            .not_valid_before(now - datetime.timedelta(minutes=5))
+            .not_valid_after(now + datetime.timedelta(days=days))
+            .add_extension(x509.SubjectAlternativeName(names), critical=False)
+            .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
+            .add_extension(x509.ExtendedKeyUsage([ExtendedKeyUsageOID.SERVER_AUTH]), critical=False)
+            .sign(ca_private, hashes.SHA256())
+        )
+        _write_private(directory / key_name, _key_pem(key))
+        (directory / cert_name).write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+        out += [directory / cert_name, directory / key_name]
+    return out

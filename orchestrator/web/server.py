@@ -139,7 +139,9 @@ class WebServer:
 
 def panel_certificate(config: RobotConfig, config_path: Path,
                       credentials: str | Path | None = None) -> tuple[Path, Path] | None:
-    """The broker's certificate and key, which the panel of a robot with TLS is served with (None without TLS).
+    """The certificate and key the panel of a robot with TLS is served with (None without TLS): the panel's own
+    (``web.crt``, ``web.key``: `orchestrator certs` makes them; the compose file's `web` service holds only
+    these) when both are in the credentials directory, else the broker's.
 
     Raises :class:`~orchestrator.errors.CredentialsMissing` when either file is missing: the page is then
     never served over plain HTTP instead.
@@ -148,10 +150,11 @@ def panel_certificate(config: RobotConfig, config_path: Path,
         return None
     from orchestrator.security.access import store_for
     from orchestrator.security.credentials import CredentialsMissing
-    from orchestrator.security.tls import BROKER_CERT, BROKER_KEY
+    from orchestrator.security.tls import BROKER_CERT, BROKER_KEY, WEB_CERT, WEB_KEY
 
     store = store_for(config, config_path, credentials)
-    files = (store.path(BROKER_CERT), store.path(BROKER_KEY))
+    own = (store.path(WEB_CERT), store.path(WEB_KEY))
+    files = own if all(f.is_file() for f in own) else (store.path(BROKER_CERT), store.path(BROKER_KEY))
     for f in files:
         if not f.is_file():
             raise CredentialsMissing(f"{f}: the robot has TLS, so its web panel is served over HTTPS with the "
@@ -210,16 +213,25 @@ def fetch_page_config(url: str, timeout: float, cafile: str | Path | None = None
     return page
 
 
-def health_check(port: int, robot: str, python: str = "python3") -> list[str]:
-    """The compose health check of the ``web`` service: the panel of ``robot`` is served on 127.0.0.1:``port``.
+def health_check(port: int, robot: str, python: str = "python3", cafile: str | None = None) -> list[str]:
+    """The compose health check of the ``web`` service: the panel of ``robot`` is served on 127.0.0.1:``port``
+    (over HTTPS with a certificate of the robot's CA ``cafile``, when given: the chain is checked, not the name,
+    which is the robot's, not 127.0.0.1).
 
     The standard library alone in an isolated interpreter (about 0.1 s of CPU, where importing the framework
     for ``orchestrator ...`` costs 0.4 s before any work: docs/deploy.md), one line of output, exit 0 or 1.
     """
+    if cafile is None:
+        head = ["import json,sys,urllib.request as u", f"r={robot!r};a='http://127.0.0.1:{port}/config.json'",
+                "h=[u.ProxyHandler({})]"]  # never through a proxy
+    else:
+        head = ["import json,ssl,sys,urllib.request as u",
+                f"r={robot!r};a='https://127.0.0.1:{port}/config.json'",
+                f"c=ssl.create_default_context(cafile={cafile!r});c.check_hostname=False",
+                "h=[u.ProxyHandler({}),u.HTTPSHandler(context=c)]"]
     code = "\n".join([
-        "import json,sys,urllib.request as u",
-        f"r={robot!r};a='http://127.0.0.1:{port}/config.json'",
-        "try: p=json.load(u.build_opener(u.ProxyHandler({})).open(a,timeout=3))",  # never through a proxy
+        *head,
+        "try: p=json.load(u.build_opener(*h).open(a,timeout=3))",
         "except Exception as e: sys.exit(f'unhealthy: no panel at {a}: {e}')",
         "if p.get('robot')!=r: sys.exit(f'unhealthy: {a} is the panel of {p.get(\"robot\")!r}, not of {r}')",
         "print(f'healthy: the panel of {r} at {a}')",
