@@ -388,10 +388,10 @@ def test_the_panel_drives_a_robot_on_mosquitto(browser: WebDriver, tmp_path: Pat
 def test_the_panel_of_a_robot_with_tls_is_served_over_https_and_talks_wss(browser_tools: tuple[str, str],
                                                                            tmp_path: Path, broker: str) -> None:
     """A robot with TLS (the embedded broker's TLS listener, or mosquitto's as `broker-config --tls-port` writes
-    it; broker.tls): `up` serves the panel over https:// only, with the broker's certificate, and the page talks
-    MQTT over wss:// (web.websocket_url) to that broker's WebSocket-over-TLS listener.  Chromium trusts the robot's CA through an NSS database in a
-    temporary HOME (no certificate error is ignored): login, every part shown running, the slider drives the
-    motor, closing the page stops it."""
+    it; broker.tls): `up` serves the panel over https:// only, with the robot's certificate, and the page talks
+    MQTT over wss:// (web.websocket_url) to that broker's WebSocket-over-TLS listener.  Chromium trusts the
+    robot's CA through an NSS database in a temporary HOME (no certificate error is ignored): login, every part
+    shown running, the slider drives the motor, closing the page stops it."""
     with start_panel_robot(tmp_path, tls=True, on_mosquitto=broker == "mosquitto") as robot:
         assert robot.web_url.startswith("https://") and robot.ca is not None
         assert f"web control panel on {robot.web_url}" in robot.up.output()
