@@ -328,6 +328,40 @@ def test_a_viewer_watches_the_robot_with_no_session_and_no_controls(browser: Web
     assert not browser.find_elements(By.CSS_SELECTOR, "#errors li"), browser.find_element(By.ID, "errors").text
 
 
+def test_the_base_pad_servo_gripper_and_reload_controls_act_on_the_robot(browser: WebDriver,
+                                                                          panel_robot: PanelRobot) -> None:
+    """The other controls of item 3, each checked on the robot (the SDK) or in what the robot reports."""
+    robot = panel_robot
+    open_panel(browser, robot)
+    wait_js(browser, "return !!document.querySelector('button[data-drive=\"base/wheels:forward\"]')", 15,
+            "the base's drive pad")
+    # the base's pad: forward drives both wheels at half power; its stop stops them
+    browser.find_element(By.CSS_SELECTOR, 'button[data-drive="base/wheels:forward"]').click()
+    robot.until(lambda: robot.power("base/left") == 0.5 and robot.power("base/right") == 0.5, 10,
+                "both wheels at 50 % after forward")
+    browser.find_element(By.CSS_SELECTOR, 'button[data-drive="base/wheels:stop"]').click()
+    robot.until(lambda: robot.power("base/left") == 0.0 and robot.power("base/right") == 0.0, 10,
+                "both wheels stopped by the pad's stop")
+    # the servo: an angle, then move; the servo gets there
+    angle = browser.find_element(By.CSS_SELECTOR, 'input[aria-label="arm/wrist angle"]')
+    angle.clear()
+    angle.send_keys("45")
+    angle.find_element(By.XPATH, "following-sibling::button[text()='move']").click()
+    robot.until(lambda: abs(float(robot.sdk.call("arm/wrist", "get_position", timeout=5)) - 45) < 1e-6, 15,
+                "arm/wrist at 45 degrees")
+    # the gripper: grab, and the page says what the robot answered
+    row = browser.find_element(By.CSS_SELECTOR, 'tr[data-resource="arm/gripper"]')
+    row.find_element(By.XPATH, ".//button[text()='grab']").click()
+    wait_js(browser, "return document.getElementById('events').textContent.includes('gripper.grab: holding "
+            "something')", 10, "the grab's answer shown")
+    # reload, after the confirmation: the robot reloads (its reload event reaches the page)
+    browser.find_element(By.ID, "reload").click()
+    browser.switch_to.alert.accept()
+    wait_js(browser, "return [...document.querySelectorAll('#events li')].some(li => /reload/i.test(li.textContent))",
+            15, "the robot's reload event")
+    assert not browser.find_elements(By.CSS_SELECTOR, "#errors li"), browser.find_element(By.ID, "errors").text
+
+
 def test_closing_the_page_stops_its_motor(browser: WebDriver, panel_robot: PanelRobot) -> None:
     robot = panel_robot
     blank = browser.current_window_handle
