@@ -369,6 +369,66 @@ async def test_up_stops_every_part_gracefully_bottom_up_when_the_primary_hangs_i
 
 
 @pytest.mark.timeout(90)
+@pytest.mark.parametrize("kind", KINDS)
+async def test_up_stops_every_part_when_the_primary_hangs_in_the_middle_of_a_shutdown(
+        tmp_path: Path, kind: str) -> None:
+    """Issue 8 scenario: the primary hangs *in the middle of* its shutdown (it asked its children; base and
+    odo have stopped and reported; arm is still stopping a slow motor).  Every other part still stops its
+    actuators and exits by itself, nobody but the hung primary is killed, and the timeline lists every part
+    once: the ones the primary stopped before it hung (from their reports) and the ones `up` stopped."""
+    traces = tmp_path / "traces"
+    traces.mkdir()
+    slow = {**_motor(traces, "shoulder"), "attributes": {"trace_file": str(traces / "shoulder.trace"),
+                                                         "hang_on_stop_s": 3.0}}
+    parts = [{"name": "main", "resources": [{"name": "health", "model": "orc:sim:sensor"}]},
+             {"name": "base", "parent": "main", "resources": [_motor(traces, "wheel")]},
+             {"name": "odo", "parent": "base", "resources": [_motor(traces, "spin")]},
+             {"name": "arm", "parent": "main", "stop_deadline_s": 8.0, "resources": [slow]}]
+    main_pid: int | None = None
+    with robot_setup(kind, tmp_path / "robot.yaml", parts) as setup:
+        up = Up(setup.cfg, tmp_path)
+        try:
+            async with setup.watcher() as w:
+                await w.all_running(["main", "base", "odo", "arm"])
+                async with RobotClient.from_config(setup.loaded, urls=[setup.where], sessions=False,
+                                                   connect_timeout=15) as client:
+                    for target in ("base/wheel", "odo/spin", "arm/shoulder"):  # only a stop() stops them
+                        await client.resource(target, Motor).set_power(0.4)
+                pids = {p: w.states[p][1].pid for p in ("main", "base", "odo", "arm")}
+                main_pid = pids["main"]
+                assert main_pid is not None
+                asked = time.time()
+                up.terminate(signal.SIGTERM)
+                # the primary is in the middle of its shutdown: one branch done, arm still stopping
+                await w.until(lambda: w.state("base") == "stopped" and w.state("arm") == "stopping", 20,
+                              "base stopped while arm is still stopping")
+                os.kill(main_pid, signal.SIGSTOP)  # the primary hangs there
+                hung = time.time()
+            await up.wait(60)
+        finally:
+            if main_pid is not None:
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(main_pid, signal.SIGKILL)
+            up.close()
+    out = up.output()
+    assert "the primary did not finish the shutdown" in out and "stops the remaining parts itself" in out, out
+    tl = up.timeline()["timeline"]
+    by = entries_by_part(tl)
+    assert len(tl["entries"]) == len(by) == 4, tl["entries"]  # each part once, those stopped before the hang too
+    for name in ("base", "odo"):  # stopped by their parents before the primary hung, as their reports say
+        assert by[name]["by"] == "" and not by[name]["killed"] and not by[name]["forced"], by[name]
+        assert by[name]["stopped_at"] is not None and by[name]["stopped_at"] <= hung, by[name]
+    assert by["odo"]["stopped_at"] <= by["base"]["began_at"], "bottom-up in the part of the shutdown done"
+    assert not by["arm"]["killed"] and not by["arm"]["forced"], by["arm"]  # it stopped and exited by itself
+    assert by["main"]["killed"]  # only the hung primary
+    for motor in ("spin", "wheel", "shoulder"):
+        stopped = _last_stop(traces, motor)
+        assert stopped is not None, f"{motor} still running"
+        assert asked <= stopped, (motor, stopped)
+    assert not [p for p in pids.values() if p is not None and alive(p)]
+
+
+@pytest.mark.timeout(90)
 async def test_the_timeline_says_when_each_stop_request_left_and_lists_a_forced_part_once(tmp_path: Path) -> None:
     """Regression, issue 8 defect 6: the shutdown timeline recorded when the primary decided to ask a part
     to stop, not when the request left, and a forced part appeared twice.  Every request leaves before
