@@ -260,6 +260,8 @@ async def test_broker_killed_and_restarted(tmp_path: Path, kind: str, outage: st
             await motor.set_power(0.3)
             assert robot.power("m1") == 0.3
             session = client.session
+            told = asyncio.Event()
+            client.on_session_end(lambda s, ev: told.set())
             async with robot.watcher() as w:
                 await w.all_running(["main", "drive"])
                 births = {p: w.states[p][0] for p in ("main", "drive")}
@@ -281,7 +283,15 @@ async def test_broker_killed_and_restarted(tmp_path: Path, kind: str, outage: st
             if outage == "shorter":  # the session outlived the outage: the client drives on in it
                 await motor.set_power(0.2)
                 assert client.session is session and robot.power("m1") == 0.2
+                assert not told.is_set()
             else:
+                # the end decided while the broker was down is not lost: the SDK is told without calling
+                # (regression, issue 8 defect 5: session events published while the broker was down)
+                await asyncio.wait_for(told.wait(), 10)
+                assert session is not None and session.ended is not None and not session.alive
+                sent = session._heart.sent
+                await asyncio.sleep(3 * window / 5)  # three heartbeat periods: none may go out
+                assert session._heart.sent == sent
                 with pytest.raises(SessionExpired):
                     await motor.set_power(0.2)
                 assert robot.power("m1") == 0.0
