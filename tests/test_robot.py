@@ -497,13 +497,13 @@ async def test_a_session_ended_through_the_management_api_stops_bottom_up_then_c
                 client.on_session_end(lambda s, ev: (ended.append((s, ev)), told.set()))
                 connections = client.mqtt.connections
                 dropped: list[float] = []
+                lost = asyncio.Event()
 
-                async def watch_connection() -> None:  # no event for a drop: poll the client's own flag
-                    while client.mqtt.is_connected:
-                        await asyncio.sleep(0.002)
+                def on_drop(reason: str) -> None:
                     dropped.append(time.time())
+                    lost.set()
 
-                watcher = asyncio.create_task(watch_connection())
+                client.mqtt.on_disconnect(on_drop)
                 async with other.sessions.events(only_mine=False) as events:
                     t0 = time.time()
                     await other.sessions.end(session.public_id, "ended by hand in the test")
@@ -516,7 +516,7 @@ async def test_a_session_ended_through_the_management_api_stops_bottom_up_then_c
                     while not complete():
                         seen.append(await asyncio.wait_for(events.get(), 10))
                 await asyncio.wait_for(told.wait(), 10)
-                await asyncio.wait_for(watcher, 10)
+                await asyncio.wait_for(lost.wait(), 10)
                 # bottom-up: each motor stopped before its parent's, all before `ended`, which comes before the
                 # connection is closed
                 stops = {m: _first_stop_after(traces, m, t0) for m in motors}
@@ -528,7 +528,7 @@ async def test_a_session_ended_through_the_management_api_stops_bottom_up_then_c
                 assert end_event.kind == "ended" and "ended by hand in the test" in end_event.reason, end_event
                 assert stops["m0"] <= end_event.at <= dropped[0], (stops, end_event.at, dropped)  # type: ignore[operator]
                 # the SDK: a clean end, with the reason
-                s, ev = ended[0]
+                s, _ = ended[0]
                 assert s is session and "ended by hand in the test" in (session.ended or ""), session.ended
                 assert not session.alive
                 with pytest.raises(SessionExpired):
