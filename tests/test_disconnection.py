@@ -12,6 +12,8 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import os
+import signal
 import subprocess
 import sys
 import time
@@ -252,6 +254,42 @@ async def test_a_primary_link_cut_stops_what_the_primary_drove_and_ends_client_s
             robot.drive_from_part("main", "chassis", 0.4, 0.0)
             assert robot.power("m3") == robot.power("m4") == 0.4
             print(f"primary cut: m1 stopped {stopped - t1:.3f} s after the return")
+
+
+# -- the primary's process is frozen -----------------------------------------------------------------------
+
+@pytest.mark.timeout(90)
+async def test_a_frozen_primary_leaves_nothing_it_drove_moving_and_drives_again_when_it_resumes(
+        tmp_path: Path) -> None:
+    """A frozen process (SIGSTOP: its sockets stay open, the broker sees nothing for seconds) that drove
+    actuators on another part: they stop there within ``window + grace``, by the expiry of its own session.
+    When it resumes, nothing moves by itself, and what it then drives by itself moves again (its refused
+    session replaced by a new one)."""
+    with net_robot(tmp_path, "mosquitto", primary_driver=True) as robot:
+        await running(robot)
+        window = robot.loaded.config.sessions.heartbeat_window_s
+        bound = window + grace_of(window)
+        robot.drive_from_part("main", "chassis", 0.4, 0.0)
+        assert robot.power("m3") == robot.power("m4") == 0.4
+        main = robot.procs["main"]
+        t0 = time.time()
+        os.kill(main.pid, signal.SIGSTOP)
+        try:
+            for m in ("m3", "m4"):
+                stopped = await until_motor(robot, m, t0, bound + 5)
+                assert stopped - t0 < bound + SLACK_S, f"{m} stopped {stopped - t0:.2f} s after the freeze"
+        finally:
+            os.kill(main.pid, signal.SIGCONT)
+        resumed = time.time()
+        async with robot.watcher() as w:
+            await w.until(lambda: w.status is not None and w.status.state == "running" and
+                          w.status.parts["drive"].online, 20, "the primary running again")
+        assert not robot.changes_between("m3", resumed, time.time()), "m3 moved by itself after the resume"
+        with contextlib.suppress(AssertionError):  # the first call may be refused: its old session expired
+            robot.drive_from_part("main", "chassis", 0.3, 0.0)
+        robot.drive_from_part("main", "chassis", 0.3, 0.0)
+        assert robot.power("m3") == robot.power("m4") == 0.3
+        print(f"primary frozen: m3, m4 stopped {stopped - t0:.3f} s after the freeze")
 
 
 # -- the broker is killed and restarted -----------------------------------------------------------------
