@@ -22,6 +22,22 @@ a bounded number of times:
 * ``upstream``: upstream loss to every actuator stopped, and the default-off case (bench/upstream_loss.py,
   its own robot under ``orchestrator up``, the uplink through a fault proxy).
 
+The other single faults of docs/disconnection.md, on a robot of their own whose primary drives the
+sub-part's m3 and m4 by itself (``other_faults``):
+
+* ``client_link_cut_to_stop_ms``: a client on host ``client`` drives m2 in its session; its link is cut ->
+  m2's probe records 0.  Bound: ``window + grace`` (the session's expiry, ended robot-wide).
+* ``primary_link_cut_to_stop_ms``: the primary drives m3 in its own session; its link is cut -> m3 stops
+  on the sub-part.  Bound: ``window + grace``.
+* ``primary_frozen_to_stop_ms``: the same with the primary's process frozen (SIGSTOP, its sockets open).
+  Bound: ``window + grace``.
+* ``part_frozen_to_offline_ms``: SIGSTOP of the sub-part -> the primary's status marks it offline.  Bound:
+  ``1.5 x heartbeat_s x heartbeat_misses``; raw baseline ``raw_paho_frozen_to_will_ms`` (a bare paho client
+  frozen on the same host at the same moment: its Will, at the broker's keep-alive check).
+* ``broker_kill_to_stop_ms``: SIGKILL of the broker -> the sub-part stops m1 (driven in a session).  Bound:
+  100 ms ("at once": the part sees its connection close); raw baseline ``raw_paho_broker_kill_to_own_notice_ms``
+  (a bare paho client on the sub-part's host noticing the same kill).
+
 The raw paho baseline, in the same run, over the same links (``raw_paho_*``): a bare paho process
 (``bench/raw_will.py``) with a Will and the robot's broker keep-alive runs on the sub-part's host next to
 the part and goes through the very same cut or blackhole; an observer on no faulty link stamps the Will.
@@ -38,7 +54,8 @@ Every figure is given as ``p50``/``p99`` (nearest rank over the runs: with few r
 worst one) in milliseconds and as a ratio to its bound.  ``load`` records the machine's load
 average before and after.  Knobs: ``BENCH_DISCONNECT_REPEATS`` (runs per fault, default 5),
 ``BENCH_DISCONNECT_BROKERS`` (default ``mosquitto``; ``mosquitto,amqtt`` adds the embedded broker),
-``BENCH_DISCONNECT_UPSTREAM`` (default 1; 0 leaves the upstream figures out), ``BENCH_DISCONNECT_LOSSY``
+``BENCH_DISCONNECT_UPSTREAM`` (default 1; 0 leaves the upstream figures out), ``BENCH_DISCONNECT_OTHER`` (default 1;
+0 leaves ``other_faults`` out; ``only`` runs nothing else), ``BENCH_DISCONNECT_LOSSY``
 (default 0; 1 adds the loss x delay grid of bench/lossy_link.py, about 8 minutes: ``lossy_link``).
 Needs root (network namespaces), like the net lab.
 """
@@ -74,10 +91,12 @@ from orchestrator.security.access import Access  # noqa: E402
 
 REPEATS = int(os.environ.get("BENCH_DISCONNECT_REPEATS", "5"))
 UPSTREAM = os.environ.get("BENCH_DISCONNECT_UPSTREAM", "1") != "0"
+OTHER = os.environ.get("BENCH_DISCONNECT_OTHER", "1")
 LOSSY = os.environ.get("BENCH_DISCONNECT_LOSSY", "0") == "1"
 BROKERS = [b for b in os.environ.get("BENCH_DISCONNECT_BROKERS", "mosquitto").split(",") if b]
 RECONNECT_MAX_S = 2.0  # orchestrator.transport.client.MqttClient's default back-off ceiling
 CALL_BOUND_S = 0.1
+AT_ONCE_BOUND_S = 0.1  # a part that sees its connection close stops its actuators "at once"
 STEP_TIMEOUT_S = 20.0  # any single wait longer than this fails the run
 
 
@@ -282,6 +301,136 @@ async def _one(kind: str) -> dict[str, Any]:
         }
 
 
+async def _client_cuts(robot: NetRobot, w: Watcher, out: dict[str, list[float]]) -> None:
+    client_host = robot.host("client")
+    for _ in range(REPEATS):
+        await w.until(lambda: w.status is not None and w.status.state == "running", STEP_TIMEOUT_S, "running")
+        proc, _ = await asyncio.to_thread(robot.client_process, "drive/m2", "set_power", '{"power": -0.5}')
+        try:
+            await _until(lambda: robot.power("m2") == -0.5, "m2 to run")
+            t0 = time.time()
+            client_host.cut()
+            await _until(lambda t0=t0: robot.stopped_after("m2", t0) is not None, "m2 to stop")
+            out["client_cut"].append((robot.stopped_after("m2", t0) or t0) - t0)
+        finally:
+            client_host.restore()
+            proc.kill()
+            proc.wait(10)
+        print(f"  client link cut: m2 stopped {out['client_cut'][-1]:.3f} s", file=sys.stderr)
+
+
+async def _primary_faults(robot: NetRobot, w: Watcher, out: dict[str, list[float]]) -> None:
+    primary = robot.host("primary")
+    main = robot.procs["main"]
+    for fault in ("cut", "frozen"):
+        for _ in range(REPEATS):
+            await w.until(lambda: w.status is not None and w.status.state == "running" and
+                          w.status.parts["drive"].online, 3 * STEP_TIMEOUT_S, "running")
+            deadline = time.monotonic() + 3 * STEP_TIMEOUT_S
+            while True:  # right after the last fault the primary may still be reconnecting: it says so, retry
+                try:
+                    await asyncio.to_thread(robot.drive_from_part, "main", "chassis", 0.4, 0.0)
+                    break
+                except AssertionError:
+                    if time.monotonic() > deadline:
+                        raise
+                    await asyncio.sleep(0.2)
+            await _until(lambda: robot.power("m3") == 0.4, "m3 to run")
+            t0 = time.time()
+            primary.cut() if fault == "cut" else os.kill(main.pid, signal.SIGSTOP)
+            try:
+                await _until(lambda t0=t0: robot.stopped_after("m3", t0) is not None, "m3 to stop")
+                out[f"primary_{fault}"].append((robot.stopped_after("m3", t0) or t0) - t0)
+            finally:
+                primary.restore() if fault == "cut" else os.kill(main.pid, signal.SIGCONT)
+            print(f"  primary {fault}: m3 stopped {out[f'primary_{fault}'][-1]:.3f} s", file=sys.stderr)
+
+
+async def _part_frozen(robot: NetRobot, w: Watcher, out: dict[str, list[float]], raw: RawWills) -> None:
+    for _ in range(REPEATS):
+        await w.until(lambda: w.status is not None and w.status.state == "running" and
+                      w.status.parts["drive"].online, 3 * STEP_TIMEOUT_S, "running")
+        bare, topic = raw.start()
+        drive = robot.procs["drive"]
+        t0 = time.time()
+        os.kill(bare.pid, signal.SIGSTOP)
+        os.kill(drive.pid, signal.SIGSTOP)
+        try:
+            await w.until(lambda: w.status is not None and not w.status.parts["drive"].online, STEP_TIMEOUT_S,
+                          "offline at the primary")
+            out["part_frozen"].append(w.status_at - t0)
+            out["raw_frozen"].append(await raw.will(topic) - t0)
+        finally:
+            os.kill(drive.pid, signal.SIGCONT)
+            raw.kill(bare)
+        print(f"  part frozen: offline {out['part_frozen'][-1]:.3f} s; raw paho Will {out['raw_frozen'][-1]:.3f} s",
+              file=sys.stderr)
+
+
+async def _broker_kills(robot: NetRobot, client: RobotClient, raw: RawWills, out: dict[str, list[float]]) -> None:
+    for _ in range(REPEATS):
+        async with robot.watcher() as w:
+            await w.until(lambda: w.status is not None and w.status.state == "running" and
+                          w.status.parts["drive"].online, 3 * STEP_TIMEOUT_S, "running")
+        await _drive(client, robot)
+        bare, _ = raw.start()
+        notice = asyncio.ensure_future(raw.own_notice(bare))
+        try:
+            t0 = robot.kill_broker()
+            await _until(lambda t0=t0: robot.stopped_after("m1", t0) is not None, "m1 to stop")
+            out["broker_kill"].append((robot.stopped_after("m1", t0) or t0) - t0)
+            out["raw_broker_kill"].append(await notice - t0)
+        finally:
+            notice.cancel()
+            raw.kill(bare)
+            if robot.broker_proc is None or robot.broker_proc.poll() is not None:
+                robot.start_broker()
+        print(f"  broker killed: m1 stopped {out['broker_kill'][-1] * 1000:.1f} ms; raw paho own notice "
+              f"{out['raw_broker_kill'][-1] * 1000:.1f} ms", file=sys.stderr)
+
+
+async def _other(kind: str) -> dict[str, Any]:
+    from orchestrator.sessions.guard import grace_of
+
+    out: dict[str, list[float]] = {k: [] for k in ("client_cut", "primary_cut", "primary_frozen", "part_frozen",
+                                                   "raw_frozen", "broker_kill", "raw_broker_kill")}
+    with tempfile.TemporaryDirectory(prefix="bench-disconnection-") as tmp, \
+            net_robot(Path(tmp), kind, primary_driver=True) as robot:
+        cfg = robot.loaded.config
+        p = cfg.part("drive")
+        detect = p.heartbeat_s * p.heartbeat_misses
+        window = cfg.sessions.heartbeat_window_s
+        raw = RawWills(robot)
+        try:
+            async with robot.watcher() as w:
+                await w.all_running(["main", "drive"], timeout=40)
+                await _client_cuts(robot, w, out)
+                await _primary_faults(robot, w, out)
+                await _part_frozen(robot, w, out, raw)
+        finally:
+            raw.close()
+        # the broker restarts below: a new observer for the raw clients, and a client that renews its session
+        async with robot.checker(sessions=True, identity="operator") as client:
+            raw = RawWills(robot)
+            try:
+                await _broker_kills(robot, client, raw, out)
+            finally:
+                raw.close()
+        ended = window + grace_of(window)
+        return {
+            "settings": {"heartbeat_s": p.heartbeat_s, "heartbeat_misses": p.heartbeat_misses,
+                         "heartbeat_window_s": window, "grace_s": grace_of(window),
+                         "keepalive_s": cfg.broker.keepalive_s},
+            "client_link_cut_to_stop_ms": _stats(out["client_cut"], ended),
+            "primary_link_cut_to_stop_ms": _stats(out["primary_cut"], ended),
+            "primary_frozen_to_stop_ms": _stats(out["primary_frozen"], ended),
+            "part_frozen_to_offline_ms": _stats(out["part_frozen"], 1.5 * detect, out["raw_frozen"]),
+            "broker_kill_to_stop_ms": _stats(out["broker_kill"], AT_ONCE_BOUND_S, out["raw_broker_kill"]),
+            "raw_paho_frozen_to_will_ms": _stats(out["raw_frozen"]),
+            "raw_paho_broker_kill_to_own_notice_ms": _stats(out["raw_broker_kill"]),
+        }
+
+
 def run() -> dict[str, Any]:
     if os.geteuid() != 0:
         return {"skipped": "needs root (network namespaces)"}
@@ -291,10 +440,14 @@ def run() -> dict[str, Any]:
     load_before = os.getloadavg()
     results: dict[str, Any] = {}
     for kind in BROKERS:
-        print(f"disconnection: {kind}", file=sys.stderr)
-        results[kind] = asyncio.run(_one(kind))
+        if OTHER != "only":
+            print(f"disconnection: {kind}", file=sys.stderr)
+            results[kind] = asyncio.run(_one(kind))
+        if OTHER != "0":
+            print(f"disconnection: {kind}, the other faults", file=sys.stderr)
+            results.setdefault(kind, {})["other_faults"] = asyncio.run(_other(kind))
     upstream: dict[str, Any] = {}
-    if UPSTREAM:
+    if UPSTREAM and OTHER != "only":
         from bench import upstream_loss
 
         print("disconnection: upstream loss", file=sys.stderr)

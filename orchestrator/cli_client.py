@@ -72,6 +72,17 @@ async def _status(t: Target) -> tuple[Any, float]:
         return view, time.time()
 
 
+def _upstream_of(view: Any) -> dict[str, Any] | None:
+    """The upstream (cloud) link as the primary last published it (``robot/upstream``, retained), else as its
+    robot status names it; None for a robot without an upstream."""
+    if view.upstream is not None:
+        return {k: v for k, v in view.upstream.model_dump(mode="json").items() if k in ("state", "since", "reason",
+                                                                                          "rule")}
+    if view.status is not None and view.status.upstream not in ("", "none"):
+        return {"state": view.status.upstream, "since": None, "reason": "", "rule": ""}
+    return None
+
+
 @app.command()
 def status(
     config: LegacyConfigArg = None,
@@ -111,8 +122,10 @@ def status(
     running = robot_state is not None and robot_state not in ("offline", "stopped") \
         and not robot_state.startswith("invalid")
     nothing = view.status is None and not view.refused_topics and not any(p.state for p in view.parts.values())
+    upstream = _upstream_of(view)
     if as_json:
-        print(json.dumps({"robot": t.robot, "state": robot_state, "running": running, "parts": parts}, indent=2))
+        print(json.dumps({"robot": t.robot, "state": robot_state, "running": running, "upstream": upstream,
+                          "parts": parts}, indent=2))
         raise typer.Exit(1 if nothing else 0)
     if nothing:
         err_console.print(f"robot {t.robot} is not running: nothing of it on the broker at "
@@ -121,6 +134,16 @@ def status(
     title = f"robot {t.robot}: {robot_state or 'unknown (no status from a primary)'}"
     if not running:
         title += " (not running)"
+    if upstream is not None:
+        title += f"; upstream link {upstream['state']}"
+        if upstream.get("since"):
+            title += f" since {time.strftime('%H:%M:%S', time.localtime(upstream['since']))}"
+        if upstream.get("rule") == "stopped":
+            title += " (every session ended, every actuator stopped)"
+        elif upstream.get("rule") == "nothing":
+            title += " (default management off: nothing stopped)"
+        if upstream.get("reason"):
+            title += f": {upstream['reason']}"
     table = Table(title=Text(title))
     for col in ("part", "parent", "state", "liveness", "heartbeat age s", "restarts", "pid", "reason"):
         table.add_column(col)

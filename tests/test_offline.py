@@ -87,10 +87,11 @@ async def _publish(upstream: tuple[str, int], signed_json: bytes, topic: str) ->
 
 
 @pytest.mark.timeout(120)
+@pytest.mark.parametrize("kind", ["amqtt", "mosquitto"])
 async def test_a_part_restarts_from_the_cached_signed_configuration_while_the_upstream_is_unreachable(
-        tmp_path: Path) -> None:
+        tmp_path: Path, kind: str) -> None:
     parts: list[dict[str, Any]] = [PARTS[0], {**PARTS[1], "restart": RESTARTS}]
-    with cloud_robot("amqtt", tmp_path, parts, upstream={"signed_config": True}, start=False) as cloud:
+    with cloud_robot(kind, tmp_path, parts, upstream={"signed_config": True}, start=False) as cloud:
         setup = cloud.setup
         creds = setup.cfg.parent / ".orchestrator" / setup.robot / "credentials"
         priv, _ = new_fleet_key(creds)  # the test is the fleet: its public key is in the robot's credentials

@@ -6,6 +6,7 @@ import asyncio
 import contextlib
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -17,7 +18,7 @@ import pytest
 from brokers import make_credentials
 from robot import Up, alive, robot_setup, three_level_parts, unique_robot, write_config
 
-from orchestrator import Motor
+from orchestrator import Motor, SessionExpired
 from orchestrator.client import RobotClient
 from orchestrator.config import load_config
 from orchestrator.protocol.codec import encode
@@ -369,6 +370,66 @@ async def test_up_stops_every_part_gracefully_bottom_up_when_the_primary_hangs_i
 
 
 @pytest.mark.timeout(90)
+@pytest.mark.parametrize("kind", KINDS)
+async def test_up_stops_every_part_when_the_primary_hangs_in_the_middle_of_a_shutdown(
+        tmp_path: Path, kind: str) -> None:
+    """Issue 8 scenario: the primary hangs *in the middle of* its shutdown (it asked its children; base and
+    odo have stopped and reported; arm is still stopping a slow motor).  Every other part still stops its
+    actuators and exits by itself, nobody but the hung primary is killed, and the timeline lists every part
+    once: the ones the primary stopped before it hung (from their reports) and the ones `up` stopped."""
+    traces = tmp_path / "traces"
+    traces.mkdir()
+    slow = {**_motor(traces, "shoulder"), "attributes": {"trace_file": str(traces / "shoulder.trace"),
+                                                         "hang_on_stop_s": 3.0}}
+    parts = [{"name": "main", "resources": [{"name": "health", "model": "orc:sim:sensor"}]},
+             {"name": "base", "parent": "main", "resources": [_motor(traces, "wheel")]},
+             {"name": "odo", "parent": "base", "resources": [_motor(traces, "spin")]},
+             {"name": "arm", "parent": "main", "stop_deadline_s": 8.0, "resources": [slow]}]
+    main_pid: int | None = None
+    with robot_setup(kind, tmp_path / "robot.yaml", parts) as setup:
+        up = Up(setup.cfg, tmp_path)
+        try:
+            async with setup.watcher() as w:
+                await w.all_running(["main", "base", "odo", "arm"])
+                async with RobotClient.from_config(setup.loaded, urls=[setup.where], sessions=False,
+                                                   connect_timeout=15) as client:
+                    for target in ("base/wheel", "odo/spin", "arm/shoulder"):  # only a stop() stops them
+                        await client.resource(target, Motor).set_power(0.4)
+                pids = {p: w.states[p][1].pid for p in ("main", "base", "odo", "arm")}
+                main_pid = pids["main"]
+                assert main_pid is not None
+                asked = time.time()
+                up.terminate(signal.SIGTERM)
+                # the primary is in the middle of its shutdown: one branch done, arm still stopping
+                await w.until(lambda: w.state("base") == "stopped" and w.state("arm") == "stopping", 20,
+                              "base stopped while arm is still stopping")
+                os.kill(main_pid, signal.SIGSTOP)  # the primary hangs there
+                hung = time.time()
+            await up.wait(60)
+        finally:
+            if main_pid is not None:
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(main_pid, signal.SIGKILL)
+            up.close()
+    out = up.output()
+    assert "the primary did not finish the shutdown" in out and "stops the remaining parts itself" in out, out
+    tl = up.timeline()["timeline"]
+    by = entries_by_part(tl)
+    assert len(tl["entries"]) == len(by) == 4, tl["entries"]  # each part once, those stopped before the hang too
+    for name in ("base", "odo"):  # stopped by their parents before the primary hung, as their reports say
+        assert by[name]["by"] == "" and not by[name]["killed"] and not by[name]["forced"], by[name]
+        assert by[name]["stopped_at"] is not None and by[name]["stopped_at"] <= hung, by[name]
+    assert by["odo"]["stopped_at"] <= by["base"]["began_at"], "bottom-up in the part of the shutdown done"
+    assert not by["arm"]["killed"] and not by["arm"]["forced"], by["arm"]  # it stopped and exited by itself
+    assert by["main"]["killed"]  # only the hung primary
+    for motor in ("spin", "wheel", "shoulder"):
+        stopped = _last_stop(traces, motor)
+        assert stopped is not None, f"{motor} still running"
+        assert asked <= stopped, (motor, stopped)
+    assert not [p for p in pids.values() if p is not None and alive(p)]
+
+
+@pytest.mark.timeout(90)
 async def test_the_timeline_says_when_each_stop_request_left_and_lists_a_forced_part_once(tmp_path: Path) -> None:
     """Regression, issue 8 defect 6: the shutdown timeline recorded when the primary decided to ask a part
     to stop, not when the request left, and a forced part appeared twice.  Every request leaves before
@@ -395,3 +456,98 @@ async def test_the_timeline_says_when_each_stop_request_left_and_lists_a_forced_
         if e["parent"] is not None and e["began_at"] is not None:
             assert e["asked_at"] is not None and e["asked_at"] <= e["began_at"], e
             assert e["began_at"] - e["asked_at"] < 1.0, e  # the request's time, not a decision long before
+
+
+def _first_stop_after(traces: Path, name: str, t0: float) -> float | None:
+    """When the motor's probe first recorded power 0 after ``t0``."""
+    for line in (traces / f"{name}.trace").read_text().splitlines():
+        t, power = (float(x) for x in line.split()[:2])
+        if t >= t0 and power == 0.0:
+            return t
+    return None
+
+
+@pytest.mark.timeout(90)
+async def test_a_session_ended_through_the_management_api_stops_bottom_up_then_closes_the_clients_connections(
+        tmp_path: Path) -> None:
+    """Issue 8, what to build 2: a session ended by hand (another operator, through the primary's session API)
+    stops what it owned bottom-up (odo, then base, then the primary), says ``ended`` only after every part
+    stopped, and only then has the embedded broker close the owner's connections; the SDK sees a clean end
+    with the reason (callback, ``SessionExpired`` on the next call, heartbeats stopped) and opens a new one."""
+    traces = tmp_path / "traces"
+    traces.mkdir()
+    parts = [{"name": "main", "resources": [_motor(traces, "m0")]},
+             {"name": "base", "parent": "main", "resources": [_motor(traces, "wheel")]},
+             {"name": "odo", "parent": "base", "resources": [_motor(traces, "spin")]}]
+    motors = {"spin": "odo", "wheel": "base", "m0": "main"}
+    with robot_setup("amqtt", tmp_path / "robot.yaml", parts) as setup:
+        up = Up(setup.cfg, tmp_path)
+        try:
+            async with setup.watcher() as w:
+                await w.all_running(["main", "base", "odo"])
+            async with RobotClient.from_config(setup.loaded, urls=[setup.where], connect_timeout=15) as client, \
+                    RobotClient.from_config(setup.loaded, urls=[setup.where], identity="other", sessions=False,
+                                            connect_timeout=15) as other:
+                for m, p in motors.items():
+                    await client.resource(f"{p}/{m}", Motor).set_power(0.4)
+                session = client.session
+                assert session is not None
+                ended: list[Any] = []
+                told = asyncio.Event()
+                client.on_session_end(lambda s, ev: (ended.append((s, ev)), told.set()))
+                connections = client.mqtt.connections
+                dropped: list[float] = []
+                lost = asyncio.Event()
+
+                def on_drop(reason: str) -> None:
+                    dropped.append(time.time())
+                    lost.set()
+
+                client.mqtt.on_disconnect(on_drop)
+                async with other.sessions.events(only_mine=False) as events:
+                    t0 = time.time()
+                    await other.sessions.end(session.public_id, "ended by hand in the test")
+                    seen: list[Any] = []
+
+                    def complete() -> bool:  # the decision is an "ended" too; the end is complete after main's stop
+                        mine = [(e.kind, e.part) for e in seen if e.session == session.public_id]
+                        return ("stopped", "main") in mine and mine[-1] == ("ended", "main")
+
+                    while not complete():
+                        seen.append(await asyncio.wait_for(events.get(), 10))
+                await asyncio.wait_for(told.wait(), 10)
+                await asyncio.wait_for(lost.wait(), 10)
+                # bottom-up: each motor stopped before its parent's, all before `ended`, which comes before the
+                # connection is closed
+                stops = {m: _first_stop_after(traces, m, t0) for m in motors}
+                assert all(t is not None for t in stops.values()), stops
+                assert stops["spin"] <= stops["wheel"] <= stops["m0"], stops  # type: ignore[operator]
+                stopped_parts = [e.part for e in seen if e.kind == "stopped" and e.session == session.public_id]
+                assert stopped_parts == ["odo", "base", "main"], [(e.kind, e.part) for e in seen]
+                end_event = seen[-1]
+                assert end_event.kind == "ended" and "ended by hand in the test" in end_event.reason, end_event
+                assert stops["m0"] <= end_event.at <= dropped[0], (stops, end_event.at, dropped)  # type: ignore[operator]
+                # the SDK: a clean end, with the reason
+                s, _ = ended[0]
+                assert s is session and "ended by hand in the test" in (session.ended or ""), session.ended
+                assert not session.alive
+                with pytest.raises(SessionExpired):
+                    await client.resource("base/wheel", Motor).set_power(0.2)
+                sent = session._heart.sent
+                await asyncio.sleep(3 * session.window_s / 5)  # three heartbeat periods: nothing may go out
+                assert session._heart.sent == sent
+                # the embedded broker really closed the client's connection: the client reconnected since
+                await asyncio.wait_for(client.mqtt.connected.wait(), 10)
+                assert client.mqtt.connections > connections
+                # (its heartbeat connection the SDK may have closed itself already, on hearing the decision)
+                assert re.search(r"closed [12] connection\(s\) of \S+/client/operator: ended by client/other: "
+                                 r"ended by hand in the test", up.output()), up.output()
+                # a new session drives again; nothing moved by itself meanwhile
+                assert all(_last_stop(traces, m) is not None for m in motors)
+                await client.renew_session()
+                await client.resource("base/wheel", Motor).set_power(0.2)
+                assert await other.resource("base/wheel", Motor).get_power() == 0.2
+            up.terminate()
+            assert await up.wait(30) == 0, up.output()
+        finally:
+            up.close()

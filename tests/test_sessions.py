@@ -22,6 +22,7 @@ from orchestrator.protocol.codec import encode
 from orchestrator.protocol.messages import SessionHeartbeat
 from orchestrator.resources.base import Base
 from orchestrator.runtime.part import Part
+from orchestrator.sessions.tokens import public_id
 
 WINDOW = 0.3
 HERE = Path(__file__).parent
@@ -383,3 +384,33 @@ async def test_a_session_expired_at_one_part_is_ended_at_every_part_and_the_sdk_
         await client.renew_session()
         await client.resource("drive/m1", Motor).set_power(0.2)
         assert await robot.motor("m1").get_power() == 0.2
+
+
+@pytest.mark.timeout(60)
+async def test_a_part_whose_own_session_the_robot_ended_drives_again_in_a_new_one(robot: Robot) -> None:
+    """Regression (seen in bench/disconnection.py, issue 8 "everything comes back by itself"): after the
+    primary's link was cut for longer than the window, drive expired the primary's own session, and every
+    later call the primary made by itself (its chassis driving drive/m3, m4) failed with SessionExpired for
+    as long as the primary ran.  Now the refused call fails (what it drove was stopped) and the next one goes
+    out in a new session of the part's own, heartbeated: it drives, and keeps driving for windows."""
+    main, drive = robot.parts["main"], robot.parts["drive"]
+    chassis = main.host.resources["chassis"]
+    assert isinstance(chassis, Base)
+    m3 = robot.motor("m3")
+    await chassis.set_power(linear=0.4, angular=0.0)
+    assert await m3.is_moving()
+    old = main.own_session
+    # drive's timer expires the primary's own session (what it does when the primary's link is cut)
+    await drive.sessions.end_local(public_id(old), f"no heartbeat for {WINDOW:g} s", "expired")
+    await until(lambda: _not(m3.is_moving()), 5, "m3 to stop on the expiry")
+    await until(lambda: _true(public_id(old) in drive.sessions.ended), 5, "drive to refuse the old session")
+    with pytest.raises(SessionExpired):
+        await chassis.set_power(linear=0.4, angular=0.0)  # refused: the caller learns what it drove stopped
+    assert not await m3.is_moving()
+    assert main.own_session != old
+    await chassis.set_power(linear=0.3, angular=0.0)  # nothing moved by itself meanwhile; now it drives
+    assert await m3.get_power() == pytest.approx(0.3)
+    end = time.monotonic() + 4 * WINDOW  # four windows: the new session is heartbeated
+    while time.monotonic() < end:
+        assert await m3.is_moving(), "the part's new session expired: its heartbeats were not heard"
+        await asyncio.sleep(0.02)

@@ -10,6 +10,9 @@ driving the robot for as long as the link is down.
 from __future__ import annotations
 
 import asyncio
+import json
+import subprocess
+import sys
 import time
 from pathlib import Path
 from typing import Any
@@ -53,10 +56,15 @@ async def test_losing_the_upstream_ends_every_session_and_stops_every_actuator(t
                     await motor.set_power(0.2)
                 # the parts keep running and talking to each other locally
                 assert await other.call("main/health", "get_readings") is not None
+                # `orchestrator status` shows the link's state and what its loss did
+                shown = json.loads(await _cli(cloud, "status", "--json"))
+                assert shown["upstream"]["state"] == "down" and shown["upstream"]["rule"] == "stopped", shown
+                assert "upstream link down" in await _cli(cloud, "status")
                 # the link comes back: noticed, published, and nothing starts moving by itself
                 cloud.proxy.resume()
                 await link.until("up", 30)
                 assert not await other.resource("base/left", Motor).is_moving()
+                assert json.loads(await _cli(cloud, "status", "--json"))["upstream"]["state"] == "up"
             await client.renew_session()  # a new session drives the robot again
             await motor.set_power(0.3)
             assert await motor.is_moving()
@@ -118,6 +126,14 @@ async def test_a_remote_client_drives_through_the_upstream_and_sees_the_robot_go
                     got.clear()
                     await asyncio.wait_for(got.wait(), max(0.1, deadline - time.monotonic()))
                 cloud.proxy.resume()
+
+
+async def _cli(cloud: Any, *argv: str) -> str:
+    """``orchestrator ARGV -c CONFIG`` as a user runs it (its own process); its output."""
+    r = await asyncio.to_thread(subprocess.run, [sys.executable, "-m", "orchestrator", *argv, "-c",
+                                                 str(cloud.setup.cfg)], capture_output=True, text=True, timeout=30)
+    assert r.returncode == 0, r.stdout + r.stderr
+    return r.stdout
 
 
 async def _not(aw: Any) -> bool:

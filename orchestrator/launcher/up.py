@@ -93,6 +93,9 @@ class Launcher:
         self.refusals = Refusals("up")
         self._primary_heard = time.monotonic()
         self._forcing: dict[str, asyncio.Task[None]] = {}  # parts recorded as forced, being stopped
+        # this shutdown's lines, from the reports parts sent their parents: a primary that hangs in the
+        # middle of a shutdown publishes no timeline, and the parts it stopped before must still be in `up`'s
+        self._reported: dict[str, TimelineEntry] = {}
         # `up` talks to the broker as the reserved client identity "up" (it reads reports, asks for reloads)
         self.me = ClientId(self.config.robot, LAUNCHER_CLIENT)
         self.access = Access.of(self.config, loaded.path, self.me, credentials)
@@ -404,7 +407,17 @@ class Launcher:
             self.refusals.refuse("report:other_shutdown", msg.topic)
             return
         below = set(self.topology.descendants(reporter))  # a part speaks only for its own subtree
-        self._kill_forced([e for e in rep.children if e.part in below])
+        children = [e for e in rep.children if e.part in below]
+        self._remember_report(reporter, rep, children)
+        self._kill_forced(children)
+
+    def _remember_report(self, reporter: str, rep: StopReport, children: list[TimelineEntry]) -> None:
+        """Keep the reporter's own line and those of its subtree (the first line of each part wins)."""
+        own = TimelineEntry(part=reporter, parent=self.topology.parent(reporter), asked_at=rep.asked_at,
+                            began_at=rep.began_at, stopped_at=rep.stopped_at, reported_at=time.time(),
+                            resources_stopped=rep.resources_stopped, errors=rep.errors)
+        for e in (own, *children):
+            self._reported.setdefault(e.part, e)
 
     def _kill_forced(self, entries: list[TimelineEntry]) -> None:
         """Stop each part recorded as forced, graceful first: SIGTERM (a part that can still run stops its
@@ -570,7 +583,11 @@ class Launcher:
                                        reason="stopped by `up` (the primary did not finish)", started_at=started,
                                        finished_at=time.time())
         mine = {e.part for e in fallback}
-        tl.entries = [e for e in tl.entries if e.part not in mine] + fallback
+        kept = [e for e in tl.entries if e.part not in mine]
+        listed = mine | {e.part for e in kept}
+        # the parts that stopped (and reported) before the primary hung, which `up` no longer had to stop
+        reported = [e for p, e in self._reported.items() if p not in listed]
+        tl.entries = kept + reported + fallback
         tl.finished_at = time.time()
         self.timeline = tl
 

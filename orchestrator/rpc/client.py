@@ -72,6 +72,9 @@ class RpcClient:
         # called once, on the first call made in this client's own session (a part heartbeats its
         # own session only once it drives something on another part)
         self.session_activate: Callable[[], Awaitable[None]] | None = None
+        # called with self.session when a part refuses a call made in it (SessionExpired): a part renews
+        # its own session then (the refused call still fails: what it drove there was stopped)
+        self.on_session_refused: Callable[[str], None] | None = None
         self.on_state_change: list[Callable[[str, PartStateName], None]] = []
         self._followed: set[str] | None = None  # the parts whose states are read (None: all), see start
         self._follows: set[asyncio.Task[None]] = set()
@@ -151,6 +154,7 @@ class RpcClient:
         fut: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
         self._pending[rid] = (part, fut)
         on_behalf = None
+        own = False  # the call is made in self.session (not given, not on a caller's behalf)
         ctx = current.get()
         if session is not _DEFAULT:
             pass  # explicit: a given session, or None for a call outside any session
@@ -158,7 +162,7 @@ class RpcClient:
             # called from inside a call we serve: the resources we drive belong to the caller's session
             session, on_behalf = ctx.session, ctx.caller
         else:
-            session = self.session
+            session, own = self.session, self.session is not None
             if session is not None and self.session_activate is not None:
                 activate, self.session_activate = self.session_activate, None
                 await activate()
@@ -173,6 +177,10 @@ class RpcClient:
                 # a small grace over the deadline so the part's own DeadlineExceeded usually wins
                 async with asyncio.timeout(timeout + 0.25):
                     return await fut
+            except SessionExpired:
+                if own and session == self.session and self.on_session_refused is not None:
+                    self.on_session_refused(session)
+                raise
             except TimeoutError:
                 raise DeadlineExceeded(f"{part}/{resource}.{method}: no reply within {timeout:g} s",
                                        part=part, resource=resource, method=method) from None

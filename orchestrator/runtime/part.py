@@ -72,7 +72,7 @@ from orchestrator.sessions.guard import SessionGuard
 from orchestrator.sessions.heartbeat import Heartbeater
 from orchestrator.sessions.service import SERVICE as SESSION_SERVICE
 from orchestrator.sessions.service import SessionService
-from orchestrator.sessions.tokens import SessionKey
+from orchestrator.sessions.tokens import SessionKey, short
 from orchestrator.tasks import cancel_and_wait
 from orchestrator.transport.client import Message, MqttClient, Will
 
@@ -199,6 +199,25 @@ class Part:
                                           self.own_session, self.session_key.heartbeat_secret(self.own_session),
                                           own_window / 5)
 
+    def _renew_own_session(self, refused: str) -> None:
+        """A part refused a call in this part's own session: the robot ended it (it expired somewhere, e.g.
+        while our link was cut for longer than the window).  The refused call fails (what we drove there
+        was stopped); the next one goes out in a new session, heartbeated from its first call, so what
+        this part drives by itself on other parts works again after an outage.  Nothing moves by itself."""
+        if refused != self.own_session:
+            return
+        old = self._own_heartbeat
+        window = self.config.sessions.heartbeat_window_s
+        self.own_session = self.session_key.issue(self.sender, window)
+        self.rpc.session = self.own_session
+        self._own_heartbeat = Heartbeater(self.client, self.topics.session_heartbeat(self.sender), self.sender,
+                                          self.own_session, self.session_key.heartbeat_secret(self.own_session),
+                                          window / 5)
+        self.rpc.session_activate = lambda: self._own_heartbeat.start(wait=False)
+        log.warning("part %s: its own session %s was ended by the robot; the next call opens session %s",
+                    self.name, short(refused), short(self.own_session))
+        self.spawn(old.aclose(), "own-session.release")
+
     # -- identity and wire helpers ---------------------------------------------------------------
     @property
     def sender(self) -> str:
@@ -302,6 +321,7 @@ class Part:
         self.sessions.start()
         # heartbeats begin with the first remote call, which does not wait for their connection
         self.rpc.session_activate = lambda: self._own_heartbeat.start(wait=False)
+        self.rpc.on_session_refused = self._renew_own_session
         if self.watchdog is not None:
             self.watchdog.start()
         await self.publish_state(PartStateName.STARTING)
