@@ -443,6 +443,25 @@ class NatsLab:
                 return node.index
         return None
 
+    def stream_leaders(self) -> dict[str, str] | None:
+        """The leader of each JetStream stream, as the meta leader sees them; None while the nodes agree on
+        no meta leader, while nats-server has not made its MQTT streams yet, or while one has no leader (a
+        QoS 1 subscription then gets SUBACK 0x80: its consumer cannot be made)."""
+        leader = self.meta_leader()
+        if leader is None:
+            return None
+        if not self.clustered:
+            return {}
+        try:
+            doc = self.jsz(leader, "accounts=true&streams=true")
+        except (OSError, ValueError):
+            return None
+        leaders = {s["name"]: (s.get("cluster") or {}).get("leader")
+                   for account in doc.get("account_details", []) for s in account.get("stream_detail", [])}
+        if not leaders.get("$MQTT_msgs") or not all(leaders.values()):
+            return None
+        return {k: str(v) for k, v in leaders.items()}
+
     # -- readiness ----------------------------------------------------------------------------------
     def wait_ready(self, timeout: float | None = None) -> None:
         """Return once MQTT works across every live node (see the module docstring); raise with the logs.
@@ -467,7 +486,13 @@ class NatsLab:
                 continue
             try:
                 _probe(live, self.probe_credentials, min(PROBE_WAIT, max(0.5, deadline - time.monotonic())))
-                return
+                # the probe made nats-server create its MQTT streams; a consumer (a QoS 1 subscription) can
+                # be made once each has a leader, which may come a moment after MQTT works
+                if self.stream_leaders() is not None:
+                    return
+                last = RuntimeError("a JetStream stream of the MQTT layer has no leader yet")
+                time.sleep(0.05)  # poll interval
+                continue
             except (OSError, RuntimeError) as exc:
                 last = exc
                 self.probe_failures.append(f"{time.monotonic() - started:.2f}s: {exc}")

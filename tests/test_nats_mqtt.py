@@ -761,20 +761,13 @@ async def test_killed_node_fail_over_retained_and_subscriptions_survive() -> Non
 
 
 def _stream_leaders(lab: NatsLab) -> dict[str, str]:
-    """The leader of each JetStream stream, once the nodes agree on a meta leader and every MQTT stream has a
-    leader (right after start-up they may not yet: seen in CI, no meta leader agreed); bounded, polled (the
-    monitoring endpoint has nothing to await)."""
+    """The leader of each JetStream stream, once every MQTT stream has one (bounded, polled: the monitoring
+    endpoint has nothing to await)."""
     deadline = time.monotonic() + 20
-    while True:
-        leader = lab.meta_leader()
-        if leader is not None:
-            doc = lab.jsz(leader, "accounts=true&streams=true")
-            leaders = {s["name"]: (s.get("cluster") or {}).get("leader")
-                       for account in doc.get("account_details", []) for s in account.get("stream_detail", [])}
-            if leaders.get("$MQTT_msgs") and all(leaders.values()):
-                return {k: str(v) for k, v in leaders.items()}
+    while (leaders := lab.stream_leaders()) is None:
         assert time.monotonic() < deadline, "the cluster agreed on no JetStream leaders within 20 s"
         time.sleep(0.1)
+    return leaders
 
 
 # ============================================================================ users and permissions
