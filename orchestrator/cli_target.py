@@ -246,7 +246,8 @@ def resolve(config: Path | None, robot: str | None, broker_url: str | None, iden
 
 def _from_flags(robot: str, broker_url: str, identity: str | None, credentials: Path | None) -> Target:
     from orchestrator.protocol.topics import ClientId, valid_level
-    from orchestrator.security.credentials import CredentialsMissing, CredentialStore
+    from orchestrator.security.access import access_without_config, is_tls_url_list
+    from orchestrator.security.credentials import CredentialsMissing
 
     if not valid_level(robot):
         raise fail(f"--robot {robot[:80]!r}: not a robot name")
@@ -256,21 +257,8 @@ def _from_flags(robot: str, broker_url: str, identity: str | None, credentials: 
     name = identity or "operator"
     if not valid_level(name):
         raise fail(f"--identity {name[:80]!r}: not an identity name")
-    chosen = credentials or os.environ.get("ORCHESTRATOR_CREDENTIALS")
-    tls = None
-    if any(u.strip().startswith(("mqtts://", "ssl://")) for u in broker_url.split(",")):
-        from orchestrator.transport.client import TlsSettings
-
-        ca = Path(chosen or ".") / "ca.crt"
-        if not chosen or not ca.is_file():
-            raise fail(f"{broker_url[:100]}: TLS needs the CA that signed the broker's certificate: ca.crt in the "
-                       "--credentials directory")
-        tls = TlsSettings(str(ca))
-    if not chosen:  # a robot without security (insecure mode): anonymous
-        return Target(robot, urls, name, tls=tls)
-    me = ClientId(robot, name)
     try:
-        password = CredentialStore(Path(chosen)).password(me)
+        acc = access_without_config(ClientId(robot, name), credentials, tls_urls=is_tls_url_list(broker_url))
     except CredentialsMissing as exc:
-        raise fail(str(exc)) from None
-    return Target(robot, urls, name, me.username, password, tls)
+        raise fail(f"{broker_url[:100]}: {exc}" if "ca.crt" in str(exc) else str(exc)) from None
+    return Target(robot, urls, name, acc.username, acc.password, acc.tls)

@@ -35,6 +35,16 @@ async def test_a_robot_runs_over_tls_and_its_clients_verify_the_broker(tmp_path:
             motor = client.resource("base/left", Motor)
             await motor.set_power(0.25)
             assert await motor.get_power() == 0.25
+        # the SDK with no configuration file: RobotClient.at verifies an mqtts:// broker with ca.crt of the
+        # credentials directory (as the CLI's --robot/--broker does)
+        from orchestrator.security.access import store_for
+
+        store = store_for(robot.loaded.config, robot.loaded.path)
+        async with RobotClient.at(robot.loaded.config.robot, robot.broker.url, credentials=store.directory,
+                                  connect_timeout=10) as bare:
+            assert bare.mqtt.tls is not None and bare.mqtt.tls.ca_file == str(store.directory / "ca.crt")
+            await bare.call("base/left", "set_power", {"power": 0.3})
+            assert await bare.call("base/left", "get_power", {}) == 0.3
         # a client that trusts another CA refuses the broker: nobody in the middle passes for it
         other = make_dev_certs(tmp_path / "other-ca", ["127.0.0.1"])[0]
         access = robot.client().mqtt

@@ -107,17 +107,21 @@ class RobotClient:
 
         The identity's password is ``password``, else read from the credentials directory
         (``credentials`` or ``$ORCHESTRATOR_CREDENTIALS``: the file ``client.<identity>.secret``); with
-        neither, the connection is anonymous (a robot running ``security.insecure``)."""
+        neither, the connection is anonymous (a robot running ``security.insecure``).  An ``mqtts://`` broker
+        is verified with ``ca.crt`` of that directory (unless ``tls=`` is given)."""
         from orchestrator.protocol.topics import valid_level
         from orchestrator.runtime.main import parse_urls
-        from orchestrator.security.credentials import CredentialStore
+        from orchestrator.security.access import access_without_config, is_tls_url_list
 
         if not valid_level(robot) or not valid_level(identity):
             raise ConfigError(f"robot {robot[:80]!r} / identity {identity[:80]!r}: not a name")
         me = ClientId(robot, identity)
-        directory = credentials or os.environ.get("ORCHESTRATOR_CREDENTIALS")
-        if password is None and directory:
-            password = CredentialStore(Path(directory)).password(me)
+        tls_urls = is_tls_url_list(broker)
+        if password is None or tls_urls:
+            acc = access_without_config(me, credentials, tls_urls=tls_urls and "tls" not in kwargs)
+            if acc.tls is not None:
+                kwargs.setdefault("tls", acc.tls)
+            password = acc.password if password is None else password
         if password is not None:
             kwargs.setdefault("username", me.username)
             kwargs.setdefault("password", password)

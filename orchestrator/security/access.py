@@ -12,7 +12,7 @@ from orchestrator.protocol.topics import Identity
 from orchestrator.security.credentials import CredentialsMissing, CredentialStore
 from orchestrator.transport.client import TlsSettings
 
-__all__ = ["Access", "session_key"]
+__all__ = ["Access", "access_without_config", "is_tls_url_list", "session_key"]
 
 log = logging.getLogger("orchestrator.security")
 
@@ -40,6 +40,34 @@ class Access:
         if config.security.insecure:
             return cls(identity, tls=tls)
         return cls(identity, identity.username, store.password(identity), tls)
+
+
+def access_without_config(identity: Identity, credentials: str | Path | None, *, tls_urls: bool) -> Access:
+    """The credential of ``identity`` with no configuration file: from the credentials directory
+    ``credentials`` (or ``$ORCHESTRATOR_CREDENTIALS``), its ``client.<name>.secret``; anonymous without one
+    (a robot with ``security.insecure``).  ``tls_urls`` (an ``mqtts://`` broker URL): the broker is verified
+    with ``ca.crt`` of that directory, which must then be there.  One rule for the SDK's
+    ``RobotClient.at`` and the CLI's ``--robot/--broker``."""
+    import os
+
+    from orchestrator.security.credentials import ENV
+
+    chosen = credentials or os.environ.get(ENV)
+    tls = None
+    if tls_urls:
+        ca = Path(chosen or ".") / "ca.crt"
+        if not chosen or not ca.is_file():
+            raise CredentialsMissing(f"{ca}: TLS needs the CA that signed the broker's certificate: ca.crt in the "
+                                     "credentials directory", path=str(ca))
+        tls = TlsSettings(str(ca))
+    if not chosen:
+        return Access(identity, tls=tls)
+    return Access(identity, identity.username, CredentialStore(Path(chosen)).password(identity), tls)
+
+
+def is_tls_url_list(urls: str) -> bool:
+    """Whether a comma-separated broker URL list reaches the broker over TLS."""
+    return any(u.strip().startswith(("mqtts://", "ssl://")) for u in urls.split(","))
 
 
 def store_for(config: RobotConfig, config_path: Path, credentials: str | Path | None = None) -> CredentialStore:
