@@ -133,6 +133,24 @@ def test_cli_validate_ok_and_schema(tmp_path: Path) -> None:
     assert '"parts"' in res.stdout
 
 
+def test_a_models_own_definitions_are_moved_into_the_schema_with_every_reference_and_nothing_else() -> None:
+    from orchestrator.resources.describe import _inline
+
+    model = {
+        "properties": {"gain": {"$ref": "#/$defs/Gain"},
+                       "note": {"type": "string", "description": 'not a reference: "#/$defs/Gain"'},
+                       "more": {"type": "array", "items": {"$ref": "#/$defs/Axis"}}},
+        "$defs": {"Gain": {"properties": {"axis": {"$ref": "#/$defs/Axis"}}}, "Axis": {"type": "string"}},
+    }
+    defs: dict[str, object] = {"Axis": {"type": "integer"}}  # the document's own, of the same name: untouched
+    out = _inline(model, defs, "m_")
+    assert out["properties"]["gain"] == {"$ref": "#/$defs/m_Gain"}
+    assert out["properties"]["more"]["items"] == {"$ref": "#/$defs/m_Axis"}
+    assert out["properties"]["note"]["description"] == 'not a reference: "#/$defs/Gain"'
+    assert defs == {"Axis": {"type": "integer"}, "m_Gain": {"properties": {"axis": {"$ref": "#/$defs/m_Axis"}}},
+                    "m_Axis": {"type": "string"}}
+
+
 def test_example_config_is_valid() -> None:
     loaded = load_config(Path(__file__).parent.parent / "examples" / "rover.yaml")
     topo = loaded.topology

@@ -90,19 +90,24 @@ def describe_model(reg: Registration) -> dict[str, Any]:
 
 
 def _inline(schema: dict[str, Any], defs: dict[str, Any], prefix: str) -> dict[str, Any]:
-    """Move a model schema's own ``$defs`` into the document's, renamed under ``prefix``."""
-    import json
-
+    """Move a model schema's own ``$defs`` into the document's, renamed under ``prefix``: every ``$ref`` to
+    one of them, wherever it is (the schema or the definitions themselves), is rewritten; nothing else is."""
     own = schema.pop("$defs", {})
-    text = json.dumps(schema)
-    for name in own:
-        text = text.replace(f'"#/$defs/{name}"', f'"#/$defs/{prefix}{name}"')
+
+    def renamed(node: Any) -> Any:
+        if isinstance(node, dict):
+            out = {k: renamed(v) for k, v in node.items()}
+            ref = out.get("$ref")
+            if isinstance(ref, str) and ref.startswith("#/$defs/") and ref[len("#/$defs/"):] in own:
+                out["$ref"] = f"#/$defs/{prefix}{ref[len('#/$defs/'):]}"
+            return out
+        if isinstance(node, list):
+            return [renamed(v) for v in node]
+        return node
+
     for name, body in own.items():
-        body_text = json.dumps(body)
-        for other in own:
-            body_text = body_text.replace(f'"#/$defs/{other}"', f'"#/$defs/{prefix}{other}"')
-        defs[f"{prefix}{name}"] = json.loads(body_text)
-    result: dict[str, Any] = json.loads(text)
+        defs[f"{prefix}{name}"] = renamed(body)
+    result: dict[str, Any] = renamed(schema)
     return result
 
 
