@@ -138,7 +138,7 @@ def test_a_models_own_definitions_are_moved_into_the_schema_with_every_reference
 
     model = {
         "properties": {"gain": {"$ref": "#/$defs/Gain"},
-                       "note": {"type": "string", "description": 'not a reference: "#/$defs/Gain"'},
+                       "note": {"type": "string", "default": "#/$defs/Gain"},  # a value, not a reference
                        "more": {"type": "array", "items": {"$ref": "#/$defs/Axis"}}},
         "$defs": {"Gain": {"properties": {"axis": {"$ref": "#/$defs/Axis"}}}, "Axis": {"type": "string"}},
     }
@@ -146,7 +146,7 @@ def test_a_models_own_definitions_are_moved_into_the_schema_with_every_reference
     out = _inline(model, defs, "m_")
     assert out["properties"]["gain"] == {"$ref": "#/$defs/m_Gain"}
     assert out["properties"]["more"]["items"] == {"$ref": "#/$defs/m_Axis"}
-    assert out["properties"]["note"]["description"] == 'not a reference: "#/$defs/Gain"'
+    assert out["properties"]["note"]["default"] == "#/$defs/Gain"
     assert defs == {"Axis": {"type": "integer"}, "m_Gain": {"properties": {"axis": {"$ref": "#/$defs/m_Axis"}}},
                     "m_Axis": {"type": "string"}}
 
