@@ -241,6 +241,44 @@ async def test_a_client_cannot_subscribe_to_everything(robot: InprocRobot) -> No
             assert private == [], private
 
 
+@pytest.mark.timeout(30)
+async def test_a_client_cannot_take_over_a_parts_connection_by_its_client_id(robot: InprocRobot) -> None:
+    """Found in the audit of the security issue: part client ids were ``<robot>.part.<name>`` (and
+    ``.status``, ``.watch`` for the primary), and a CONNECT with a live connection's client id throws that
+    connection off [MQTT-3.1.4-2]; neither broker tied the id to a username, so the viewer could keep base
+    (or the primary's status link, whose Will says the robot is offline) off the broker.  Now every id of
+    a part, `up` and the bridge ends in 48 random bits (mosquitto cannot refuse the take-over itself), and
+    the embedded broker lets a connection be taken over only by the same identity (counted)."""
+    cfg = robot.loaded.config
+    main, base = robot.parts["main"], robot.parts["base"]
+    links = {"base": base.client, "main": main.client, "main.status": main.status_link, "main.watch": main.watch}
+    guessable = {f"{cfg.robot}.part.{name}" for name in links}
+    assert not {c.client_id for c in links.values()} & guessable
+    before = {name: (c.birth, c.connections) for name, c in links.items()}
+    access = Access.of(cfg, robot.loaded.path, Identity(cfg.robot, "client", "watcher"))
+    for cid in sorted(guessable):  # what an attacker could guess: no collision, nobody is thrown off
+        async with MqttClient(cid, [robot.where], username=access.username, password=access.password,
+                              connect_timeout=3):
+            pass
+    if robot.broker.embedded is not None:  # an id learned some other way: refused by the embedded broker
+        stats = robot.broker.embedded.stats
+        refused = stats["takeovers_refused"]
+
+        def connack(client_id: str) -> bytes:
+            with socket.create_connection(robot.where, timeout=5) as s:
+                s.sendall(connect_packet(client_id, 2, access.username, access.password))
+                return s.recv(4)
+
+        for c in links.values():  # CONNACK 0x02, identifier rejected
+            assert await asyncio.to_thread(connack, c.client_id) == b"\x20\x02\x00\x02", c.client_id
+        assert stats["takeovers_refused"] == refused + len(links)
+    async with robot.client(sessions=False) as sdk:  # every link kept its connection throughout
+        assert await sdk.call("base/left", "get_power") == 0.0
+    assert {name: (c.birth, c.connections) for name, c in links.items()} == before
+    st = main.liveness.status("base")
+    assert st.online and st.birth == before["base"][0]
+
+
 @pytest.mark.timeout(60)
 async def test_the_demo_makes_its_own_credentials_and_refuses_anonymous_clients(tmp_path: Path) -> None:
     """`make demo`: `orchestrator credentials` then `orchestrator up` on examples/rover.yaml (here on a

@@ -41,7 +41,7 @@ from amqtt.adapters import StreamReaderAdapter, StreamWriterAdapter
 from amqtt.broker import Broker
 from amqtt.errors import AMQTTError, MQTTError, NoDataError
 from amqtt.events import BrokerEvents
-from amqtt.mqtt.connack import NOT_AUTHORIZED, ConnackPacket
+from amqtt.mqtt.connack import IDENTIFIER_REJECTED, NOT_AUTHORIZED, ConnackPacket
 from amqtt.mqtt.protocol.broker_handler import BrokerProtocolHandler
 from amqtt.session import Session
 from amqtt.utils import gen_client_id
@@ -68,6 +68,7 @@ STAT_KEYS = (
     "oversize",
     "acl_denied",
     "stalled_packets",
+    "takeovers_refused",
 )
 
 CONNECT_TIMEOUT = 10.0  # a TCP connection that sends no CONNECT is closed after this
@@ -390,7 +391,8 @@ class FixedBroker(Broker):  # type: ignore[misc]  # amqtt ships no type informat
     async def _resolve_session(self, incoming: Session) -> Session:
         client_id = incoming.client_id
         existing: Session | None = self._sessions.get(client_id, (None, None))[0]
-        if incoming.clean_session or existing is None or existing.clean_session:
+        if incoming.clean_session or existing is None or existing.clean_session or \
+                existing.username != incoming.username:  # another identity never inherits a session
             await self._delete_session(client_id)
             incoming.parent = 0
             return incoming
@@ -429,11 +431,23 @@ class FixedBroker(Broker):  # type: ignore[misc]  # amqtt ships no type informat
         users[0] += 1
         try:
             async with lock:
-                outbox, done, session = await self._register(client_session, handler, reader, writer)
+                foreign = self._foreign_owner(client_session)
+                if foreign is None:
+                    outbox, done, session = await self._register(client_session, handler, reader, writer)
         finally:
             users[0] -= 1
             if users[0] == 0:
                 self._connect_locks.pop(client_id, None)
+        if foreign is not None:
+            # A client id is no credential: with it any identity (a viewer too) could throw a part off the
+            # broker, again and again, or pick up its persistent session.  Only the same username takes over.
+            self._stats["takeovers_refused"] += 1
+            log.info("refused client %r of %r: its client id is in use by another identity (%r)", client_id[:80],
+                     (client_session.username or "")[:80], foreign[:80])
+            with contextlib.suppress(Exception):
+                await ConnackPacket.build(0, IDENTIFIER_REJECTED).to_stream(writer)
+            await writer.close()
+            return
 
         self._stats["connections"] += 1
         try:
@@ -448,6 +462,19 @@ class FixedBroker(Broker):  # type: ignore[misc]  # amqtt ships no type informat
             await self._client_message_loop(session, handler)
         finally:
             await self._end_connection(session, handler, outbox, done)
+
+    def _foreign_owner(self, incoming: Session) -> str | None:
+        """The username of the live connection with ``incoming``'s client id, if that is another identity
+        than ``incoming``'s; None when it may take over (or nobody is connected with that id).  Without
+        authentication (no password table) every client may take over any other, as MQTT says.  (A stored
+        persistent session of another identity is not resumed: ``_resolve_session``.)"""
+        if self._settings.passwords is None:
+            return None
+        live = self._live.get(incoming.client_id)
+        old = live[0].session if live is not None else None
+        if old is None or old.username == incoming.username:
+            return None
+        return str(old.username or "")
 
     async def _register(
         self, client_session: Session, handler: _Handler, reader: Any, writer: Any
