@@ -45,6 +45,7 @@ from orchestrator.protocol.messages import (
     Notice,
     PartState,
     PartStateName,
+    ReloadRequest,
     SessionHeartbeat,
     ShutdownRequest,
     StopReport,
@@ -367,6 +368,58 @@ async def test_a_client_cannot_request_a_shutdown_as_another_client(robot: Inpro
         assert not main._stop_requested.is_set() and main.state == PartStateName.RUNNING
         assert main.last_reload is None
         assert await m.is_moving()
+
+
+@pytest.mark.timeout(40)
+@pytest.mark.parametrize("kind", KINDS)
+async def test_a_retained_call_or_shutdown_request_is_never_acted_on(tmp_path: Path, kind: str) -> None:
+    """Found in the audit of the security issue: an operator may set the retain flag on its own call and
+    request topics, and the broker then hands that message to every new subscription.  The primary obeyed
+    a retained shutdown request at each of its starts (with mosquitto's persistence, at every start of the
+    robot, for ever), and a part served a retained actuating call again after each reconnect to the broker
+    (it stops its actuators when it loses the broker; the retained call then started the motor again, with
+    nobody driving it).  A retained copy is refused and counted (``call:retained``, ``request:retained``);
+    the live delivery of the same publish is an ordinary request (the retain flag is 0 on it)."""
+    async with running_robot(tmp_path, kind, PARTS, start=False) as robot:
+        t = Topics(robot.loaded.config.robot)
+        async with raw(robot.loaded, "client", "operator", replies=False) as op:  # nobody listens yet
+            await op.send(t.call(op.sender, "base", "left"), envelope(op.sender, {
+                "id": "kept", "method": "set_power", "args": {"power": 0.6}}), retain=True)
+            for topic, req in ((t.client_shutdown("operator"), ShutdownRequest(reason="kept")),
+                               (t.client_reload("operator"), ReloadRequest(reason="kept"))):
+                await op.send(topic, encode(op.sender, req), retain=True)
+        from orchestrator.runtime.main import make_part
+
+        for name in robot.loaded.topology.start_order():
+            p = robot.parts[name] = make_part(robot.loaded, name)
+            await p.start()
+        main, base = robot.parts["main"], robot.parts["base"]
+        async with raw(robot.loaded, "client", "other") as marker:
+            await marker.marker("main", "base")  # the retained copies were handed over before this
+        async with asyncio.timeout(5):
+            while base.refusals.counts.get("call:retained", 0) < 1 or \
+                    main.refusals.counts.get("request:retained", 0) < 2:  # noqa: ASYNC110 - a counter, no event
+                await asyncio.sleep(0.02)
+        assert not await motor(robot).is_moving()
+        assert not main._stop_requested.is_set() and main.state == PartStateName.RUNNING
+        assert main.last_reload is None
+        # base loses its connection (taken over by its own identity, as a restarted process would) and
+        # reconnects: its subscriptions are made again, and the broker hands the retained call over again
+        refused, connections = base.refusals.counts["call:retained"], base.client.connections
+        access = Access.of(robot.loaded.config, robot.loaded.path, base.id)
+
+        def take_over() -> None:
+            with socket.create_connection(robot.where, timeout=5) as s:
+                s.sendall(connect_packet(base.client.client_id, 2, access.username, access.password))
+                assert s.recv(4) == b"\x20\x02\x00\x00"
+
+        await asyncio.to_thread(take_over)
+        await until(lambda: base.client.connections > connections and base.state == PartStateName.RUNNING, 10,
+                    "base back on the broker")
+        async with raw(robot.loaded, "client", "other") as marker:
+            await marker.marker("base")
+        await until(lambda: base.refusals.counts["call:retained"] > refused, 5, "the retained call refused again")
+        assert not await motor(robot).is_moving()
 
 
 @contextlib.asynccontextmanager

@@ -304,6 +304,9 @@ class Primary(Part):
     def _client_request(self, msg: Message, model: type[R]) -> tuple[str, R] | None:
         """A request published by an operator (or `up`) on its own topic; None (counted) otherwise."""
         client = self.topics.client_of(msg.topic)
+        if msg.retain:  # kept by the broker from an earlier run: it would shut the robot down at every start
+            self.refusals.refuse("request:retained", msg.topic, message=msg)
+            return None
         got = self.trusted(msg, model)
         if client is None or got is None:
             return None
