@@ -1310,6 +1310,42 @@ async def test_the_embedded_broker_forgets_a_filter_nobody_subscribes_to(tmp_pat
         assert not robot.broker.embedded._broker._wildcard_filters.match(t.telemetry("p1", "x"))
 
 
+@pytest.mark.timeout(60)
+async def test_one_identity_cannot_grow_the_embedded_brokers_retained_store_without_bound(tmp_path: Path) -> None:
+    """Found in the audit of the security issue: amqtt kept every retained message, and any identity may
+    retain under its own topics, so one operator credential could grow the broker (inside `up`) until the
+    machine ran out of memory.  The embedded broker keeps at most 10,000 retained messages and 32 MiB per
+    identity; past that a retained publish is delivered but not kept, and counted.  (mosquitto 2.0 has no
+    such quota: docs/security.md.)"""
+    from orchestrator.broker.amqtt_fixes import BrokerSettings
+
+    most_bytes = BrokerSettings(max_payload=1, max_queued=1).max_retained_per_identity[1]
+    async with running_robot(tmp_path, "amqtt", PARTS[:1]) as robot:
+        assert robot.broker.embedded is not None and robot.broker.embedded._broker is not None
+        broker, stats = robot.broker.embedded._broker, robot.broker.embedded.stats
+        t = Topics(robot.loaded.config.robot)
+        chunk = b"\x00" * (200 * 1024)
+        mine = [f"{t.root}/client/operator/junk/{i}" for i in range(most_bytes // len(chunk) + 5)]
+        async with raw(robot.loaded, "client", "operator") as op:
+            for topic in mine:
+                await op.send(topic, chunk, retain=True)
+            await op.marker("main")
+            assert stats["retained_refused"] >= 4
+            kept = [x for x in mine if x in broker._retained_messages]
+            assert len(kept) * len(chunk) <= most_bytes < (len(kept) + 1) * (len(chunk) + 100)
+            await op.send(kept[0], b"", retain=True)  # clearing one of its own makes room for one more
+            await op.send(mine[-1], chunk, retain=True)
+            await op.marker("main")
+            assert kept[0] not in broker._retained_messages and mine[-1] in broker._retained_messages
+        # the part's own retained picture is untouched, and it may still retain
+        main = robot.parts["main"]
+        await main.publish_resources()
+        async with robot.client(sessions=False) as sdk:
+            assert await sdk.call("main/health", "get_readings")
+        assert t.part_state("main") in broker._retained_messages
+        assert stats["retained_refused"] == len(mine) - len(kept)  # not one of the part's
+
+
 # ---------------------------------------------------------------------------------------------- insecure
 
 @pytest.mark.timeout(30)

@@ -11,7 +11,9 @@ Overridden amqtt methods (all on ``amqtt.broker.Broker`` unless noted):
 - ``_initialize_client_session``: only parses CONNECT (bounded in time); no session state is
   touched before the client is authenticated.
 - ``_handle_client_session``: authentication first, then take-over of a connection with the same
-  client id, then the session; no retained messages pushed on connect.
+  client id (only by the same username: a client id is no credential), then the session (never one
+  stored for another username); no retained messages pushed on connect.
+- ``retain_message``: a quota of retained messages per identity (amqtt kept any number).
 - ``_handle_message_delivery``: payload size limit; keeps the publish QoS.
 - ``_run_broadcast``: one copy per client at min(publish QoS, subscription QoS), receive ACL, a
   bounded queue per client, bounded offline queues.
@@ -33,6 +35,7 @@ import dataclasses
 import errno
 import logging
 import ssl
+import time
 from collections import deque
 from collections.abc import Callable
 from typing import Any
@@ -69,6 +72,7 @@ STAT_KEYS = (
     "acl_denied",
     "stalled_packets",
     "takeovers_refused",
+    "retained_refused",
 )
 
 CONNECT_TIMEOUT = 10.0  # a TCP connection that sends no CONNECT is closed after this
@@ -100,6 +104,11 @@ class BrokerSettings:
     acl: Acl | None = None
     # called with (username, topic, payload) for every publish the broker accepted (after the ACL)
     on_publish: Callable[[str | None, str, bytes], None] | None = None
+    # retained messages one identity may keep (topics, bytes): amqtt kept any number, and any identity
+    # may retain under its own topics (a part's states, a client's calls), so one credential could grow the
+    # broker, which runs inside `up`, until the machine ran out of memory.  Past it a retained publish is
+    # delivered but not kept (counted in ``retained_refused``).  Anonymous clients (insecure) share one.
+    max_retained_per_identity: tuple[int, int] = (10_000, 32 * 1024 * 1024)
 
     @property
     def max_packet(self) -> int:
@@ -272,6 +281,11 @@ class FixedBroker(Broker):  # type: ignore[misc]  # amqtt ships no type informat
         # 270 with 5,000 subscriptions).  Entries whose filter amqtt deleted are pruned lazily.
         self._wildcard_filters = FilterTrie()
         self._acl_cache: dict[tuple[str | None, str, str], bool] = {}
+        # topic -> (username, bytes) of every retained message a client published, and per username
+        # [topics, bytes]: the quota of :attr:`BrokerSettings.max_retained_per_identity`
+        self._retained_by: dict[str, tuple[str | None, int]] = {}
+        self._retained_use: dict[str | None, list[int]] = {}
+        self._retained_refusal_logged = 0.0
 
     # ------------------------------------------------------------------------------ lifecycle
 
@@ -599,6 +613,49 @@ class FixedBroker(Broker):  # type: ignore[misc]  # amqtt ships no type informat
                 self._stats["dropped_offline"] += 1
                 return
             queue.append(message)
+
+    # ------------------------------------------------------------------------------ retained quota
+
+    async def retain_message(
+        self, source_session: Session | None, topic_name: str | None, data: bytes | bytearray | None,
+        qos: int | None = None,
+    ) -> None:
+        if topic_name is None:
+            return
+        prev = self._retained_by.get(topic_name)
+        if data and source_session is not None:  # the broker's own retained messages are not counted
+            owner = source_session.username
+            size = len(data) + len(topic_name)
+            use = self._retained_use.get(owner, [0, 0])
+            topics, total = use[0] + 1, use[1] + size
+            if prev is not None and prev[0] == owner:  # replacing one of its own
+                topics, total = topics - 1, total - prev[1]
+            most_topics, most_bytes = self._settings.max_retained_per_identity
+            if topics > most_topics or total > most_bytes:
+                self._stats["retained_refused"] += 1
+                now = time.monotonic()
+                if now - self._retained_refusal_logged > 10.0:
+                    self._retained_refusal_logged = now
+                    log.warning("not retaining a message of %r on %r: it keeps %d retained messages (%d bytes) "
+                                "already, at most %d (%d bytes)", (owner or "")[:80], topic_name[:120], use[0],
+                                use[1], most_topics, most_bytes)
+                return
+        await super().retain_message(source_session, topic_name, data, qos)
+        if prev is not None:
+            self._retained_by.pop(topic_name, None)
+            old = self._retained_use.get(prev[0])
+            if old is not None:
+                old[0] -= 1
+                old[1] -= prev[1]
+                if old[0] <= 0:
+                    self._retained_use.pop(prev[0], None)
+        if data and source_session is not None and topic_name in self._retained_messages:
+            owner = source_session.username
+            size = len(data) + len(topic_name)
+            self._retained_by[topic_name] = (owner, size)
+            use = self._retained_use.setdefault(owner, [0, 0])
+            use[0] += 1
+            use[1] += size
 
     # ------------------------------------------------------------------------------ publish path
 
