@@ -422,6 +422,59 @@ async def test_a_retained_call_or_shutdown_request_is_never_acted_on(tmp_path: P
         assert not await motor(robot).is_moving()
 
 
+@pytest.mark.timeout(30)
+@pytest.mark.parametrize("attacker", ["operator", "watcher"])
+async def test_a_client_cannot_publish_a_control_notice_or_state_through_its_will(
+        robot: InprocRobot, attacker: str) -> None:
+    """Found in the audit of the security issue: the embedded broker published a client's Will without
+    the publish rights (amqtt broadcasts it from its disconnect path, past the ACL of the publish path).
+    A viewer, which may publish nothing, connected with a Will on ``part/main/ctl/base`` carrying a
+    ``stop`` "from part/main" and dropped its TCP connection: the broker delivered it, base found sender
+    and topic consistent, and stopped with its subtree; a Will on ``robot/notice`` started `up`'s shutdown.
+    The embedded broker refuses a CONNECT whose Will topic the identity may not write (CONNACK 0x05,
+    counted in ``acl_denied``); mosquitto accepts it and drops the Will when it would send it."""
+    cfg = robot.loaded.config
+    t = Topics(cfg.robot)
+    base = robot.parts["base"]
+    birth = base.client.birth
+    access = Access.of(cfg, robot.loaded.path, Identity(cfg.robot, "client", attacker))
+    wills = [
+        (t.part_control("main", "base"), encode("part/main", Control(cmd=ControlCommand.STOP, reason="will",
+                                                                      shutdown_id="forged")), False),
+        (t.robot_notice(), encode("part/main", Notice(kind="going_down", shutdown_id="forged")), False),
+        (t.part_state("base"), encode("part/base", PartState(state=PartStateName.OFFLINE, parent="main",
+                                                             reason="forged Will"), birth=birth + 1), True),
+        (t.client_shutdown("other"), encode("client/other", ShutdownRequest(reason="will")), False),
+    ]
+
+    def connect_and_vanish(will: tuple[str, bytes, bool]) -> bytes:
+        with socket.create_connection(robot.where, timeout=5) as s:
+            s.sendall(connect_packet(f"will-{uuid.uuid4().hex[:6]}", 2, access.username, access.password, will))
+            got = s.recv(4)
+            s.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))  # RST: no DISCONNECT
+        return got
+
+    async with moving(robot) as m, launcher_monitor(robot) as up, \
+            raw(robot.loaded, "client", "operator") as marker:
+        before = acl_denied(robot)
+        for will in wills:
+            connack = await asyncio.to_thread(connect_and_vanish, will)
+            if robot.broker.embedded is not None:
+                assert connack == b"\x20\x02\x00\x05", will[0]
+            else:  # mosquitto 2.0.11 accepts the CONNECT and drops the Will when it would send it
+                assert connack in (b"\x20\x02\x00\x00", b"\x20\x02\x00\x05"), will[0]
+        if robot.broker.embedded is not None:
+            assert acl_denied(robot) >= before + len(wills)
+        await marker.marker("main", "base")
+        assert base.state == PartStateName.RUNNING and not base._stop_requested.is_set()
+        assert await m.is_moving()
+        assert not up._shutdown.is_set() and not up._shutting_down
+        main = robot.parts["main"]
+        assert not main._stop_requested.is_set()
+        st = main.liveness.status("base")
+        assert st.online and st.birth == birth
+
+
 @contextlib.asynccontextmanager
 async def launcher_monitor(robot: InprocRobot) -> AsyncIterator[Any]:
     """`up`'s wire side (its monitor connection and handlers) in this process, without its processes."""
@@ -1240,9 +1293,15 @@ def _s16(b: bytes) -> bytes:
     return struct.pack("!H", len(b)) + b
 
 
-def connect_packet(client_id: str, keepalive: int, username: str | None, password: str | None) -> bytes:
+def connect_packet(client_id: str, keepalive: int, username: str | None, password: str | None,
+                   will: tuple[str, bytes, bool] | None = None) -> bytes:
+    """A CONNECT, clean session; ``will``: (topic, payload, retain), at QoS 1."""
     flags = 0x02 | (0x80 if username else 0) | (0x40 if password else 0)
+    if will is not None:
+        flags |= 0x04 | 0x08 | (0x20 if will[2] else 0)
     body = _s16(b"MQTT") + bytes([4, flags]) + struct.pack("!H", keepalive) + _s16(client_id.encode())
+    if will is not None:
+        body += _s16(will[0].encode()) + _s16(will[1])
     body += (_s16(username.encode()) if username else b"") + (_s16(password.encode()) if password else b"")
     return b"\x10" + _varint(len(body)) + body
 

@@ -10,7 +10,8 @@ Overridden amqtt methods (all on ``amqtt.broker.Broker`` unless noted):
 - ``stream_connected``: our reader/writer adapters (bounded packet size, abortable close).
 - ``_initialize_client_session``: only parses CONNECT (bounded in time); no session state is
   touched before the client is authenticated.
-- ``_handle_client_session``: authentication first, then take-over of a connection with the same
+- ``_handle_client_session``: authentication first, the Will's topic checked against the publish rights
+  (amqtt published a Will past the ACL), then take-over of a connection with the same
   client id (only by the same username: a client id is no credential), then the session (never one
   stored for another username); no retained messages pushed on connect.
 - ``retain_message``: a quota of retained messages per identity (amqtt kept any number).
@@ -439,6 +440,15 @@ class FixedBroker(Broker):  # type: ignore[misc]  # amqtt ships no type informat
                 await ConnackPacket.build(0, NOT_AUTHORIZED).to_stream(writer)
             await writer.close()
             return
+        if not self._will_allowed(client_session):
+            # amqtt publishes a Will from its disconnect path, past the publish rights: a viewer's Will on
+            # part/<parent>/ctl/<child> was a stop "from the parent" that nobody had the right to send
+            log.info("refused client %r of %r: a Will on a topic it may not publish to", client_id[:80],
+                     (client_session.username or "")[:80])
+            with contextlib.suppress(Exception):
+                await ConnackPacket.build(0, NOT_AUTHORIZED).to_stream(writer)
+            await writer.close()
+            return
 
         # One connection with a given client id at a time through take-over and registration.
         lock, users = self._connect_locks.setdefault(client_id, (asyncio.Lock(), [0]))
@@ -476,6 +486,18 @@ class FixedBroker(Broker):  # type: ignore[misc]  # amqtt ships no type informat
             await self._client_message_loop(session, handler)
         finally:
             await self._end_connection(session, handler, outbox, done)
+
+    def _will_allowed(self, session: Session) -> bool:
+        """A Will is a publish the broker makes for the client: the same rights and limits as its own."""
+        if not session.will_flag:
+            return True
+        topic = session.will_topic
+        if not isinstance(topic, str) or not valid_topic(topic) or topic.startswith("$"):
+            return False
+        if len(session.will_message or b"") > self._settings.max_payload:
+            self._stats["oversize"] += 1
+            return False
+        return self._allowed(session, "publish", topic)
 
     def _foreign_owner(self, incoming: Session) -> str | None:
         """The username of the live connection with ``incoming``'s client id, if that is another identity
