@@ -22,6 +22,7 @@ import socket
 import struct
 import subprocess
 import sys
+import threading
 import time
 import uuid
 from collections.abc import AsyncIterator, Callable
@@ -29,6 +30,7 @@ from pathlib import Path
 from typing import Any
 
 import msgpack
+import paho.mqtt.client as paho
 import pytest
 from inproc import InprocRobot, running_robot
 from robot import Up, alive, robot_setup
@@ -1403,6 +1405,62 @@ async def test_one_identity_cannot_grow_the_embedded_brokers_retained_store_with
             assert await sdk.call("main/health", "get_readings")
         assert t.part_state("main") in broker._retained_messages
         assert stats["retained_refused"] == len(mine) - len(kept)  # not one of the part's
+
+
+@pytest.mark.timeout(60)
+async def test_one_connection_cannot_hold_subscriptions_without_bound(tmp_path: Path) -> None:
+    """Found in the audit of the security issue: amqtt took any number of filters from one client (each
+    kept by the broker, and walked whenever any client disconnects), and the public picture's wildcards
+    admit any number of distinct filters (``part/<anything>/state``).  The embedded broker grants one
+    connection at most 10,000 filters (SUBACK 0x80 past that, counted); its unsubscribes and its close
+    give them back."""
+    from orchestrator.broker.amqtt_fixes import MAX_SUBSCRIPTIONS_PER_CLIENT
+
+    async with running_robot(tmp_path, "amqtt", PARTS[:1]) as robot:
+        assert robot.broker.embedded is not None
+        stats = robot.broker.embedded.stats
+        t = Topics(robot.loaded.config.robot)
+        access = Access.of(robot.loaded.config, robot.loaded.path, Identity(t.robot, "client", "watcher"))
+        filters = [t.part_state(f"p{i}") for i in range(MAX_SUBSCRIPTIONS_PER_CLIENT + 50)]
+
+        def flood() -> list[int]:
+            granted: list[int] = []
+            done = threading.Event()
+            c = paho.Client(paho.CallbackAPIVersion.VERSION2, client_id=f"subs-{uuid.uuid4().hex[:6]}")
+            c.username_pw_set(access.username, access.password)
+
+            def on_subscribe(_c: Any, _u: Any, _mid: int, codes: list[Any], _p: Any) -> None:
+                granted.extend(0x80 if rc.is_failure else int(rc.value) for rc in codes)
+                if len(granted) >= len(filters):
+                    done.set()
+
+            c.on_subscribe = on_subscribe
+            c.connect(*robot.where)
+            c.loop_start()
+            try:
+                for i in range(0, len(filters), 500):  # one SUBSCRIBE of 500 filters at a time
+                    c.subscribe([(f, 0) for f in filters[i:i + 500]])
+                assert done.wait(30), f"{len(granted)} SUBACK codes of {len(filters)}"
+                c.unsubscribe(filters[:10])  # gives back room for 10 more
+                back = threading.Event()
+                c.on_subscribe = lambda _c, _u, _m, codes, _p: (granted.extend(
+                    0x80 if rc.is_failure else 0 for rc in codes), back.set())
+                c.subscribe([(f, 0) for f in filters[-10:]])
+                assert back.wait(10)
+            finally:
+                c.disconnect()
+                c.loop_stop()
+            return granted
+
+        refused = stats["subscriptions_refused"]
+        granted = await asyncio.to_thread(flood)
+        assert granted[:MAX_SUBSCRIPTIONS_PER_CLIENT] == [0] * MAX_SUBSCRIPTIONS_PER_CLIENT
+        assert granted[MAX_SUBSCRIPTIONS_PER_CLIENT:len(filters)] == [0x80] * 50
+        assert granted[len(filters):] == [0] * 10
+        assert stats["subscriptions_refused"] == refused + 50
+        await until(lambda: not [f for f in broker_filters(robot) if "/part/p" in f], 10, "the flood forgotten")
+        async with robot.client(sessions=False) as sdk:  # the robot was served throughout
+            assert await sdk.call("main/health", "get_readings")
 
 
 # ---------------------------------------------------------------------------------------------- insecure

@@ -15,6 +15,7 @@ Overridden amqtt methods (all on ``amqtt.broker.Broker`` unless noted):
   client id (only by the same username: a client id is no credential), then the session (never one
   stored for another username); no retained messages pushed on connect.
 - ``retain_message``: a quota of retained messages per identity (amqtt kept any number).
+- ``add_subscription``: at most ``MAX_SUBSCRIPTIONS_PER_CLIENT`` filters per client (amqtt took any number).
 - ``_handle_message_delivery``: payload size limit; keeps the publish QoS.
 - ``_run_broadcast``: one copy per client at min(publish QoS, subscription QoS), receive ACL, a
   bounded queue per client, bounded offline queues.
@@ -74,6 +75,7 @@ STAT_KEYS = (
     "stalled_packets",
     "takeovers_refused",
     "retained_refused",
+    "subscriptions_refused",
 )
 
 CONNECT_TIMEOUT = 10.0  # a TCP connection that sends no CONNECT is closed after this
@@ -83,6 +85,10 @@ ACL_CACHE_SIZE = 50_000
 TAKEOVER_TIMEOUT = 5.0
 CLOSE_TIMEOUT = 2.0
 SUBACK_FAILURE = 0x80
+# filters one client may hold: amqtt took any number (each an entry the broker keeps, and walks whenever
+# any client disconnects), so one credential could grow the broker inside `up` without bound.  A part
+# of a 100-part robot holds a few dozen, the primary a few hundred.
+MAX_SUBSCRIPTIONS_PER_CLIENT = 10_000
 _KEEPALIVE_ATTR = "orchestrator.keep_alive"
 _OFFLINE_ATTR = "orchestrator.offline"
 
@@ -287,6 +293,8 @@ class FixedBroker(Broker):  # type: ignore[misc]  # amqtt ships no type informat
         self._retained_by: dict[str, tuple[str | None, int]] = {}
         self._retained_use: dict[str | None, list[int]] = {}
         self._retained_refusal_logged = 0.0
+        self._subscription_counts: dict[str, int] = {}  # client id -> filters it holds
+        self._subscription_refusal_logged = 0.0
 
     # ------------------------------------------------------------------------------ lifecycle
 
@@ -801,20 +809,36 @@ class FixedBroker(Broker):  # type: ignore[misc]  # amqtt ships no type informat
             return SUBACK_FAILURE  # shared subscriptions are MQTT 5; amqtt granted them and delivered nothing
         if not self._allowed(session, "subscribe", topic_filter):
             return SUBACK_FAILURE
-        subscriptions = self._subscriptions.setdefault(topic_filter, [])
-        if "+" in topic_filter or "#" in topic_filter:
-            self._wildcard_filters.add(topic_filter)
+        subscriptions = self._subscriptions.get(topic_filter, [])
         for index, (existing, _) in enumerate(subscriptions):
             if existing.client_id == session.client_id:
                 subscriptions[index] = (session, qos)  # [MQTT-3.8.4-3]: replace, new QoS
-                break
-        else:
-            subscriptions.append((session, qos))
+                return qos
+        held = self._subscription_counts.get(session.client_id, 0)
+        if held >= MAX_SUBSCRIPTIONS_PER_CLIENT:
+            self._stats["subscriptions_refused"] += 1
+            now = time.monotonic()
+            if now - self._subscription_refusal_logged > 10.0:
+                self._subscription_refusal_logged = now
+                log.warning("refused a subscription of client %r of %r: it holds %d filters, at most %d",
+                            session.client_id[:80], (session.username or "")[:80], held,
+                            MAX_SUBSCRIPTIONS_PER_CLIENT)
+            return SUBACK_FAILURE
+        self._subscriptions.setdefault(topic_filter, subscriptions).append((session, qos))
+        if "+" in topic_filter or "#" in topic_filter:
+            self._wildcard_filters.add(topic_filter)
+        self._subscription_counts[session.client_id] = held + 1
         return qos
 
     def _del_subscription(self, a_filter: str, session: Session) -> int:
         # amqtt left the filter's (empty) list behind on UNSUBSCRIBE: one entry per filter ever used
         deleted: int = super()._del_subscription(a_filter, session)
+        if deleted:
+            left = self._subscription_counts.get(session.client_id, 0) - deleted
+            if left > 0:
+                self._subscription_counts[session.client_id] = left
+            else:
+                self._subscription_counts.pop(session.client_id, None)
         if deleted and not self._subscriptions.get(a_filter, True):
             del self._subscriptions[a_filter]
             self._wildcard_filters.discard(a_filter)
