@@ -1463,6 +1463,53 @@ async def test_one_connection_cannot_hold_subscriptions_without_bound(tmp_path: 
             assert await sdk.call("main/health", "get_readings")
 
 
+@pytest.mark.timeout(60)
+async def test_a_stranger_flooding_connections_without_connect_costs_a_counter_not_descriptors_or_log_lines(
+        tmp_path: Path, caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Found in the audit of the security issue: a TCP connection needs no credential, and the embedded
+    broker held each one up to 10 s waiting for its CONNECT, a file descriptor of `up`'s process each (1,024
+    by default), and amqtt logged a warning with the peer's address for every one that failed.  One
+    (non-loopback) address may now hold at most 32 connections that have not finished their CONNECT; the
+    rest are closed at once and counted, and one warning line per 10 s is written.  The stranger here is
+    127.0.0.2, treated as a remote address (every other address of this machine stays loopback)."""
+    import orchestrator.broker.amqtt_fixes as fixes
+
+    stranger = "127.0.0.2"
+    monkeypatch.setattr(fixes, "_is_loopback", lambda address: address != stranger)
+    caplog.set_level(logging.WARNING)
+    n = 200
+    async with running_robot(tmp_path, "amqtt", PARTS[:1]) as robot:
+        assert robot.broker.embedded is not None
+        stats = robot.broker.embedded.stats
+        socks: list[socket.socket] = []
+
+        def flood() -> None:
+            for i in range(n):
+                s = socket.socket()
+                s.bind((stranger, 0))
+                s.connect(robot.where)
+                socks.append(s)
+                if i % 50 == 0:
+                    s.sendall(b"\x10\x05garbage")  # and a few that send junk instead of a CONNECT
+
+        try:
+            await asyncio.to_thread(flood)
+            most = fixes.MAX_PREAUTH_PER_ADDRESS
+            await until(lambda: stats["preauth_refused"] + stats["preauth_failures"] >= n - most, 10,
+                        "the connections past the limit closed")
+            assert robot.broker.embedded._broker is not None
+            assert sum(robot.broker.embedded._broker._preauth.values()) <= most
+            async with robot.client(sessions=False) as sdk:  # everyone else is served meanwhile
+                assert await sdk.call("main/health", "get_readings")
+        finally:
+            for s in socks:
+                s.close()
+        broker = robot.broker.embedded._broker
+        await until(lambda: not broker._preauth, 5, "the stranger's connections gone")
+    failed = [r for r in caplog.records if r.getMessage().startswith("Failed to initialize client session")]
+    assert 1 <= len(failed) <= 2, [r.getMessage()[:120] for r in failed]
+
+
 # ---------------------------------------------------------------------------------------------- insecure
 
 @pytest.mark.timeout(30)

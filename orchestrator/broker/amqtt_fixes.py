@@ -24,6 +24,9 @@ Overridden amqtt methods (all on ``amqtt.broker.Broker`` unless noted):
 - ``_del_subscription``, ``_del_all_subscriptions``: a filter nobody subscribes to any more is forgotten.
 - ``StreamReaderAdapter.read`` (our ``_Reader``): packet size limit, and a deadline on the rest of a
   packet once it has begun (a client stalled mid-packet held its connection forever).
+- ``_initialize_client_session``: at most ``MAX_PREAUTH_PER_ADDRESS`` unfinished CONNECTs per
+  non-loopback address, counted; amqtt's warning per failed connection is rate limited
+  (:class:`PreauthLogLimit`).
 - ``_create_ssl_context``: no client-certificate request (amqtt's ``CERT_OPTIONAL``): clients log in with
   a password, and Chromium cancels a WebSocket whose TLS server asks for a certificate (the web panel's
   ``wss://``: "WebSocket opening handshake was canceled"); TLS 1.2 at least.
@@ -35,6 +38,7 @@ import asyncio
 import contextlib
 import dataclasses
 import errno
+import ipaddress
 import logging
 import ssl
 import time
@@ -56,7 +60,7 @@ from orchestrator.protocol.matching import FilterTrie, topic_matches, valid_filt
 from .auth import PasswordChecker
 from .outbox import Outbox, Outgoing, encode_qos0_publish
 
-__all__ = ["STAT_KEYS", "BrokerSettings", "FixedBroker", "keepalive_deadline"]
+__all__ = ["STAT_KEYS", "BrokerSettings", "FixedBroker", "PreauthLogLimit", "keepalive_deadline"]
 
 log = logging.getLogger("orchestrator.broker")
 
@@ -76,6 +80,8 @@ STAT_KEYS = (
     "takeovers_refused",
     "retained_refused",
     "subscriptions_refused",
+    "preauth_failures",
+    "preauth_refused",
 )
 
 CONNECT_TIMEOUT = 10.0  # a TCP connection that sends no CONNECT is closed after this
@@ -89,6 +95,11 @@ SUBACK_FAILURE = 0x80
 # any client disconnects), so one credential could grow the broker inside `up` without bound.  A part
 # of a 100-part robot holds a few dozen, the primary a few hundred.
 MAX_SUBSCRIPTIONS_PER_CLIENT = 10_000
+# connections from one (non-loopback) address that have not finished their CONNECT yet: a stranger on the
+# network needs no credential to open TCP connections, each held up to CONNECT_TIMEOUT and a descriptor
+# of `up`'s process (1,024 of them by default on Linux): past this one address gets no more of them
+MAX_PREAUTH_PER_ADDRESS = 32
+PREAUTH_LOG_INTERVAL_S = 10.0
 _KEEPALIVE_ATTR = "orchestrator.keep_alive"
 _OFFLINE_ATTR = "orchestrator.offline"
 
@@ -294,6 +305,7 @@ class FixedBroker(Broker):  # type: ignore[misc]  # amqtt ships no type informat
         self._retained_use: dict[str | None, list[int]] = {}
         self._retained_refusal_logged = 0.0
         self._subscription_counts: dict[str, int] = {}  # client id -> filters it holds
+        self._preauth: dict[str, int] = {}  # remote address -> connections still in their CONNECT
         self._subscription_refusal_logged = 0.0
 
     # ------------------------------------------------------------------------------ lifecycle
@@ -362,18 +374,37 @@ class FixedBroker(Broker):  # type: ignore[misc]  # amqtt ships no type informat
     ) -> tuple[_Handler, Session]:
         # Parse CONNECT only.  amqtt also deleted or updated the stored session here, before the
         # client was authenticated and while an older connection with that id could still be live.
+        address = str(remote_address)
+        counted = not _is_loopback(address)
+        if counted:
+            held = self._preauth.get(address, 0)
+            if held >= MAX_PREAUTH_PER_ADDRESS:
+                self._stats["preauth_refused"] += 1
+                writer.abort()
+                raise NoDataError(f"{address[:64]}: {held} connections without CONNECT already")
+            self._preauth[address] = held + 1
         try:
             handler, session = await asyncio.wait_for(
                 _Handler.init_from_connect(reader, writer, self.plugins_manager), CONNECT_TIMEOUT
             )
         except TimeoutError as exc:
+            self._stats["preauth_failures"] += 1
             writer.abort()
             raise NoDataError(f"no CONNECT from {remote_address}:{remote_port} within {CONNECT_TIMEOUT} s") from exc
         except MQTTError:
+            self._stats["preauth_failures"] += 1
             await writer.close()
             raise
         except NoDataError as exc:
+            self._stats["preauth_failures"] += 1
             raise AMQTTError(exc) from exc
+        finally:
+            if counted:
+                left = self._preauth.get(address, 1) - 1
+                if left > 0:
+                    self._preauth[address] = left
+                else:
+                    self._preauth.pop(address, None)
         if not session.client_id:
             session.client_id = gen_client_id()
         raw = int(session.keep_alive or 0)
@@ -869,6 +900,39 @@ class FixedBroker(Broker):  # type: ignore[misc]  # amqtt ships no type informat
         if not ok:
             self._stats["acl_denied"] += 1
         return ok
+
+
+def _is_loopback(address: str) -> bool:
+    try:
+        return ipaddress.ip_address(address.split("%", 1)[0]).is_loopback
+    except ValueError:
+        return False
+
+
+class PreauthLogLimit(logging.Filter):
+    """amqtt logs a warning for every connection that fails before its CONNECT is read (garbage, silence,
+    too many from one address), with the peer's address: a stranger's stream of junk connections cost a
+    line each.  Let one such line through per interval; the rest are in the ``preauth_*`` counters."""
+
+    def __init__(self, interval_s: float = PREAUTH_LOG_INTERVAL_S) -> None:
+        super().__init__()
+        self.interval_s = interval_s
+        self._last = -interval_s
+        self.suppressed = 0
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if not str(record.msg).startswith("Failed to initialize client session"):
+            return True
+        now = time.monotonic()
+        if now - self._last < self.interval_s:
+            self.suppressed += 1
+            return False
+        self._last = now
+        if self.suppressed:
+            record.msg = f"{record.msg} ({self.suppressed} more such connections since the last line)"
+            record.args = None
+            self.suppressed = 0
+        return True
 
 
 def is_address_in_use(exc: BaseException) -> bool:
