@@ -195,9 +195,9 @@ class Target:
 
     def mqtt(self, kind: str = "cli", *, connect_timeout: float = 3.0) -> MqttClient:
         """A bare MQTT connection as this identity; a refused connection fails at once."""
-        from orchestrator.transport.client import MqttClient
+        from orchestrator.transport.client import MqttClient, private_client_id
 
-        return MqttClient(f"{self.robot}.{kind}.{self.identity}.{os.getpid()}", self.urls,
+        return MqttClient(private_client_id(f"{self.robot}.{kind}.{self.identity}"), self.urls,
                           connect_timeout=connect_timeout, fail_fast=True, username=self.username,
                           password=self.password, tls=self.tls)
 

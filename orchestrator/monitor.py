@@ -19,6 +19,7 @@ from textual.containers import Horizontal, Vertical
 from textual.widgets import DataTable, Footer, Input, RichLog, Static
 
 from orchestrator.observe import Event, RobotView
+from orchestrator.transport.client import private_client_id
 
 if TYPE_CHECKING:
     from orchestrator.cli_watch import WatchTarget
@@ -87,7 +88,7 @@ class MonitorApp(App[None]):
         self.query_one("#telemetry", DataTable).add_columns("reading", "value", "age")
         t = self.target
         self.view = RobotView(t.robot, t.urls, username=t.username, password=t.password, tls=t.tls,
-                              client_id=f"{t.robot}.monitor.{t.identity}.{id(self) & 0xFFFFFF:x}",
+                              client_id=private_client_id(f"{t.robot}.monitor.{t.identity}"),
                               connect_timeout=3.0)
         self.view.listeners.append(lambda ev: self._pending.append(ev))
         try:

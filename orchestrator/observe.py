@@ -37,7 +37,7 @@ from orchestrator.protocol.messages import (
 from orchestrator.protocol.refusals import Refusals
 from orchestrator.protocol.topics import Topics
 from orchestrator.protocol.trust import authentic_envelope, trusted
-from orchestrator.transport.client import Message, MqttClient
+from orchestrator.transport.client import Message, MqttClient, private_client_id
 
 __all__ = ["Event", "PartView", "RobotView"]
 
@@ -137,7 +137,7 @@ class RobotView:
                  fail_fast: bool = False) -> None:
         self.topics = Topics(robot)
         self.robot = robot
-        self.mqtt = MqttClient(client_id or f"{robot}.view.{id(self) & 0xFFFFFF:x}", urls, username=username,
+        self.mqtt = MqttClient(client_id or private_client_id(f"{robot}.view"), urls, username=username,
                                password=password, tls=tls, connect_timeout=connect_timeout, fail_fast=fail_fast)
         self.parts: dict[str, PartView] = {}
         self.status: RobotStatus | None = None

@@ -22,6 +22,7 @@ import socket
 import struct
 import subprocess
 import sys
+import threading
 import time
 import uuid
 from collections.abc import AsyncIterator, Callable
@@ -29,6 +30,7 @@ from pathlib import Path
 from typing import Any
 
 import msgpack
+import paho.mqtt.client as paho
 import pytest
 from inproc import InprocRobot, running_robot
 from robot import Up, alive, robot_setup
@@ -45,6 +47,7 @@ from orchestrator.protocol.messages import (
     Notice,
     PartState,
     PartStateName,
+    ReloadRequest,
     SessionHeartbeat,
     ShutdownRequest,
     StopReport,
@@ -241,6 +244,44 @@ async def test_a_client_cannot_subscribe_to_everything(robot: InprocRobot) -> No
             assert private == [], private
 
 
+@pytest.mark.timeout(30)
+async def test_a_client_cannot_take_over_a_parts_connection_by_its_client_id(robot: InprocRobot) -> None:
+    """Found in the audit of the security issue: part client ids were ``<robot>.part.<name>`` (and
+    ``.status``, ``.watch`` for the primary), and a CONNECT with a live connection's client id throws that
+    connection off [MQTT-3.1.4-2]; neither broker tied the id to a username, so the viewer could keep base
+    (or the primary's status link, whose Will says the robot is offline) off the broker.  Now every id of
+    a part, `up` and the bridge ends in 48 random bits (mosquitto cannot refuse the take-over itself), and
+    the embedded broker lets a connection be taken over only by the same identity (counted)."""
+    cfg = robot.loaded.config
+    main, base = robot.parts["main"], robot.parts["base"]
+    links = {"base": base.client, "main": main.client, "main.status": main.status_link, "main.watch": main.watch}
+    guessable = {f"{cfg.robot}.part.{name}" for name in links}
+    assert not {c.client_id for c in links.values()} & guessable
+    before = {name: (c.birth, c.connections) for name, c in links.items()}
+    access = Access.of(cfg, robot.loaded.path, Identity(cfg.robot, "client", "watcher"))
+    for cid in sorted(guessable):  # what an attacker could guess: no collision, nobody is thrown off
+        async with MqttClient(cid, [robot.where], username=access.username, password=access.password,
+                              connect_timeout=3):
+            pass
+    if robot.broker.embedded is not None:  # an id learned some other way: refused by the embedded broker
+        stats = robot.broker.embedded.stats
+        refused = stats["takeovers_refused"]
+
+        def connack(client_id: str) -> bytes:
+            with socket.create_connection(robot.where, timeout=5) as s:
+                s.sendall(connect_packet(client_id, 2, access.username, access.password))
+                return s.recv(4)
+
+        for c in links.values():  # CONNACK 0x02, identifier rejected
+            assert await asyncio.to_thread(connack, c.client_id) == b"\x20\x02\x00\x02", c.client_id
+        assert stats["takeovers_refused"] == refused + len(links)
+    async with robot.client(sessions=False) as sdk:  # every link kept its connection throughout
+        assert await sdk.call("base/left", "get_power") == 0.0
+    assert {name: (c.birth, c.connections) for name, c in links.items()} == before
+    st = main.liveness.status("base")
+    assert st.online and st.birth == before["base"][0]
+
+
 @pytest.mark.timeout(60)
 async def test_the_demo_makes_its_own_credentials_and_refuses_anonymous_clients(tmp_path: Path) -> None:
     """`make demo`: `orchestrator credentials` then `orchestrator up` on examples/rover.yaml (here on a
@@ -329,6 +370,111 @@ async def test_a_client_cannot_request_a_shutdown_as_another_client(robot: Inpro
         assert not main._stop_requested.is_set() and main.state == PartStateName.RUNNING
         assert main.last_reload is None
         assert await m.is_moving()
+
+
+@pytest.mark.timeout(40)
+@pytest.mark.parametrize("kind", KINDS)
+async def test_a_retained_call_or_shutdown_request_is_never_acted_on(tmp_path: Path, kind: str) -> None:
+    """Found in the audit of the security issue: an operator may set the retain flag on its own call and
+    request topics, and the broker then hands that message to every new subscription.  The primary obeyed
+    a retained shutdown request at each of its starts (with mosquitto's persistence, at every start of the
+    robot, for ever), and a part served a retained actuating call again after each reconnect to the broker
+    (it stops its actuators when it loses the broker; the retained call then started the motor again, with
+    nobody driving it).  A retained copy is refused and counted (``call:retained``, ``request:retained``);
+    the live delivery of the same publish is an ordinary request (the retain flag is 0 on it)."""
+    async with running_robot(tmp_path, kind, PARTS, start=False) as robot:
+        t = Topics(robot.loaded.config.robot)
+        async with raw(robot.loaded, "client", "operator", replies=False) as op:  # nobody listens yet
+            await op.send(t.call(op.sender, "base", "left"), envelope(op.sender, {
+                "id": "kept", "method": "set_power", "args": {"power": 0.6}}), retain=True)
+            for topic, req in ((t.client_shutdown("operator"), ShutdownRequest(reason="kept")),
+                               (t.client_reload("operator"), ReloadRequest(reason="kept"))):
+                await op.send(topic, encode(op.sender, req), retain=True)
+        from orchestrator.runtime.main import make_part
+
+        for name in robot.loaded.topology.start_order():
+            p = robot.parts[name] = make_part(robot.loaded, name)
+            await p.start()
+        main, base = robot.parts["main"], robot.parts["base"]
+        async with raw(robot.loaded, "client", "other") as marker:
+            await marker.marker("main", "base")  # the retained copies were handed over before this
+        async with asyncio.timeout(5):
+            while base.refusals.counts.get("call:retained", 0) < 1 or \
+                    main.refusals.counts.get("request:retained", 0) < 2:  # noqa: ASYNC110 - a counter, no event
+                await asyncio.sleep(0.02)
+        assert not await motor(robot).is_moving()
+        assert not main._stop_requested.is_set() and main.state == PartStateName.RUNNING
+        assert main.last_reload is None
+        # base loses its connection (taken over by its own identity, as a restarted process would) and
+        # reconnects: its subscriptions are made again, and the broker hands the retained call over again
+        refused, connections = base.refusals.counts["call:retained"], base.client.connections
+        access = Access.of(robot.loaded.config, robot.loaded.path, base.id)
+
+        def take_over() -> None:
+            with socket.create_connection(robot.where, timeout=5) as s:
+                s.sendall(connect_packet(base.client.client_id, 2, access.username, access.password))
+                assert s.recv(4) == b"\x20\x02\x00\x00"
+
+        await asyncio.to_thread(take_over)
+        await until(lambda: base.client.connections > connections and base.state == PartStateName.RUNNING, 10,
+                    "base back on the broker")
+        async with raw(robot.loaded, "client", "other") as marker:
+            await marker.marker("base")
+        await until(lambda: base.refusals.counts["call:retained"] > refused, 5, "the retained call refused again")
+        assert not await motor(robot).is_moving()
+
+
+@pytest.mark.timeout(30)
+@pytest.mark.parametrize("attacker", ["operator", "watcher"])
+async def test_a_client_cannot_publish_a_control_notice_or_state_through_its_will(
+        robot: InprocRobot, attacker: str) -> None:
+    """Found in the audit of the security issue: the embedded broker published a client's Will without
+    the publish rights (amqtt broadcasts it from its disconnect path, past the ACL of the publish path).
+    A viewer, which may publish nothing, connected with a Will on ``part/main/ctl/base`` carrying a
+    ``stop`` "from part/main" and dropped its TCP connection: the broker delivered it, base found sender
+    and topic consistent, and stopped with its subtree; a Will on ``robot/notice`` started `up`'s shutdown.
+    The embedded broker refuses a CONNECT whose Will topic the identity may not write (CONNACK 0x05,
+    counted in ``acl_denied``); mosquitto accepts it and drops the Will when it would send it."""
+    cfg = robot.loaded.config
+    t = Topics(cfg.robot)
+    base = robot.parts["base"]
+    birth = base.client.birth
+    access = Access.of(cfg, robot.loaded.path, Identity(cfg.robot, "client", attacker))
+    wills = [
+        (t.part_control("main", "base"), encode("part/main", Control(cmd=ControlCommand.STOP, reason="will",
+                                                                      shutdown_id="forged")), False),
+        (t.robot_notice(), encode("part/main", Notice(kind="going_down", shutdown_id="forged")), False),
+        (t.part_state("base"), encode("part/base", PartState(state=PartStateName.OFFLINE, parent="main",
+                                                             reason="forged Will"), birth=birth + 1), True),
+        (t.client_shutdown("other"), encode("client/other", ShutdownRequest(reason="will")), False),
+    ]
+
+    def connect_and_vanish(will: tuple[str, bytes, bool]) -> bytes:
+        with socket.create_connection(robot.where, timeout=5) as s:
+            s.sendall(connect_packet(f"will-{uuid.uuid4().hex[:6]}", 2, access.username, access.password, will))
+            got = s.recv(4)
+            s.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))  # RST: no DISCONNECT
+        return got
+
+    async with moving(robot) as m, launcher_monitor(robot) as up, \
+            raw(robot.loaded, "client", "operator") as marker:
+        before = acl_denied(robot)
+        for will in wills:
+            connack = await asyncio.to_thread(connect_and_vanish, will)
+            if robot.broker.embedded is not None:
+                assert connack == b"\x20\x02\x00\x05", will[0]
+            else:  # mosquitto 2.0.11 accepts the CONNECT and drops the Will when it would send it
+                assert connack in (b"\x20\x02\x00\x00", b"\x20\x02\x00\x05"), will[0]
+        if robot.broker.embedded is not None:
+            assert acl_denied(robot) >= before + len(wills)
+        await marker.marker("main", "base")
+        assert base.state == PartStateName.RUNNING and not base._stop_requested.is_set()
+        assert await m.is_moving()
+        assert not up._shutdown.is_set() and not up._shutting_down
+        main = robot.parts["main"]
+        assert not main._stop_requested.is_set()
+        st = main.liveness.status("base")
+        assert st.online and st.birth == birth
 
 
 @contextlib.asynccontextmanager
@@ -1149,9 +1295,15 @@ def _s16(b: bytes) -> bytes:
     return struct.pack("!H", len(b)) + b
 
 
-def connect_packet(client_id: str, keepalive: int, username: str | None, password: str | None) -> bytes:
+def connect_packet(client_id: str, keepalive: int, username: str | None, password: str | None,
+                   will: tuple[str, bytes, bool] | None = None) -> bytes:
+    """A CONNECT, clean session; ``will``: (topic, payload, retain), at QoS 1."""
     flags = 0x02 | (0x80 if username else 0) | (0x40 if password else 0)
+    if will is not None:
+        flags |= 0x04 | 0x08 | (0x20 if will[2] else 0)
     body = _s16(b"MQTT") + bytes([4, flags]) + struct.pack("!H", keepalive) + _s16(client_id.encode())
+    if will is not None:
+        body += _s16(will[0].encode()) + _s16(will[1])
     body += (_s16(username.encode()) if username else b"") + (_s16(password.encode()) if password else b"")
     return b"\x10" + _varint(len(body)) + body
 
@@ -1217,6 +1369,145 @@ async def test_the_embedded_broker_forgets_a_filter_nobody_subscribes_to(tmp_pat
             await until(lambda: broker_filters(robot) <= baseline, 5, "the filters of a closed connection forgotten")
         assert robot.broker.embedded is not None and robot.broker.embedded._broker is not None
         assert not robot.broker.embedded._broker._wildcard_filters.match(t.telemetry("p1", "x"))
+
+
+@pytest.mark.timeout(60)
+async def test_one_identity_cannot_grow_the_embedded_brokers_retained_store_without_bound(tmp_path: Path) -> None:
+    """Found in the audit of the security issue: amqtt kept every retained message, and any identity may
+    retain under its own topics, so one operator credential could grow the broker (inside `up`) until the
+    machine ran out of memory.  The embedded broker keeps at most 10,000 retained messages and 32 MiB per
+    identity; past that a retained publish is delivered but not kept, and counted.  (mosquitto 2.0 has no
+    such quota: docs/security.md.)"""
+    from orchestrator.broker.amqtt_fixes import BrokerSettings
+
+    most_bytes = BrokerSettings(max_payload=1, max_queued=1).max_retained_per_identity[1]
+    async with running_robot(tmp_path, "amqtt", PARTS[:1]) as robot:
+        assert robot.broker.embedded is not None and robot.broker.embedded._broker is not None
+        broker, stats = robot.broker.embedded._broker, robot.broker.embedded.stats
+        t = Topics(robot.loaded.config.robot)
+        chunk = b"\x00" * (200 * 1024)
+        mine = [f"{t.root}/client/operator/junk/{i}" for i in range(most_bytes // len(chunk) + 5)]
+        async with raw(robot.loaded, "client", "operator") as op:
+            for topic in mine:
+                await op.send(topic, chunk, retain=True)
+            await op.marker("main")
+            assert stats["retained_refused"] >= 4
+            kept = [x for x in mine if x in broker._retained_messages]
+            assert len(kept) * len(chunk) <= most_bytes < (len(kept) + 1) * (len(chunk) + 100)
+            await op.send(kept[0], b"", retain=True)  # clearing one of its own makes room for one more
+            await op.send(mine[-1], chunk, retain=True)
+            await op.marker("main")
+            assert kept[0] not in broker._retained_messages and mine[-1] in broker._retained_messages
+        # the part's own retained picture is untouched, and it may still retain
+        main = robot.parts["main"]
+        await main.publish_resources()
+        async with robot.client(sessions=False) as sdk:
+            assert await sdk.call("main/health", "get_readings")
+        assert t.part_state("main") in broker._retained_messages
+        assert stats["retained_refused"] == len(mine) - len(kept)  # not one of the part's
+
+
+@pytest.mark.timeout(60)
+async def test_one_connection_cannot_hold_subscriptions_without_bound(tmp_path: Path) -> None:
+    """Found in the audit of the security issue: amqtt took any number of filters from one client (each
+    kept by the broker, and walked whenever any client disconnects), and the public picture's wildcards
+    admit any number of distinct filters (``part/<anything>/state``).  The embedded broker grants one
+    connection at most 10,000 filters (SUBACK 0x80 past that, counted); its unsubscribes and its close
+    give them back."""
+    from orchestrator.broker.amqtt_fixes import MAX_SUBSCRIPTIONS_PER_CLIENT
+
+    async with running_robot(tmp_path, "amqtt", PARTS[:1]) as robot:
+        assert robot.broker.embedded is not None
+        stats = robot.broker.embedded.stats
+        t = Topics(robot.loaded.config.robot)
+        access = Access.of(robot.loaded.config, robot.loaded.path, Identity(t.robot, "client", "watcher"))
+        filters = [t.part_state(f"p{i}") for i in range(MAX_SUBSCRIPTIONS_PER_CLIENT + 50)]
+
+        def flood() -> list[int]:
+            granted: list[int] = []
+            done = threading.Event()
+            c = paho.Client(paho.CallbackAPIVersion.VERSION2, client_id=f"subs-{uuid.uuid4().hex[:6]}")
+            c.username_pw_set(access.username, access.password)
+
+            def on_subscribe(_c: Any, _u: Any, _mid: int, codes: list[Any], _p: Any) -> None:
+                granted.extend(0x80 if rc.is_failure else int(rc.value) for rc in codes)
+                if len(granted) >= len(filters):
+                    done.set()
+
+            c.on_subscribe = on_subscribe
+            c.connect(*robot.where)
+            c.loop_start()
+            try:
+                for i in range(0, len(filters), 500):  # one SUBSCRIBE of 500 filters at a time
+                    c.subscribe([(f, 0) for f in filters[i:i + 500]])
+                assert done.wait(30), f"{len(granted)} SUBACK codes of {len(filters)}"
+                c.unsubscribe(filters[:10])  # gives back room for 10 more
+                back = threading.Event()
+                c.on_subscribe = lambda _c, _u, _m, codes, _p: (granted.extend(
+                    0x80 if rc.is_failure else 0 for rc in codes), back.set())
+                c.subscribe([(f, 0) for f in filters[-10:]])
+                assert back.wait(10)
+            finally:
+                c.disconnect()
+                c.loop_stop()
+            return granted
+
+        refused = stats["subscriptions_refused"]
+        granted = await asyncio.to_thread(flood)
+        assert granted[:MAX_SUBSCRIPTIONS_PER_CLIENT] == [0] * MAX_SUBSCRIPTIONS_PER_CLIENT
+        assert granted[MAX_SUBSCRIPTIONS_PER_CLIENT:len(filters)] == [0x80] * 50
+        assert granted[len(filters):] == [0] * 10
+        assert stats["subscriptions_refused"] == refused + 50
+        await until(lambda: not [f for f in broker_filters(robot) if "/part/p" in f], 10, "the flood forgotten")
+        async with robot.client(sessions=False) as sdk:  # the robot was served throughout
+            assert await sdk.call("main/health", "get_readings")
+
+
+@pytest.mark.timeout(60)
+async def test_a_stranger_flooding_connections_without_connect_costs_a_counter_not_descriptors_or_log_lines(
+        tmp_path: Path, caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Found in the audit of the security issue: a TCP connection needs no credential, and the embedded
+    broker held each one up to 10 s waiting for its CONNECT, a file descriptor of `up`'s process each (1,024
+    by default), and amqtt logged a warning with the peer's address for every one that failed.  One
+    (non-loopback) address may now hold at most 32 connections that have not finished their CONNECT; the
+    rest are closed at once and counted, and one warning line per 10 s is written.  The stranger here is
+    127.0.0.2, treated as a remote address (every other address of this machine stays loopback)."""
+    import orchestrator.broker.amqtt_fixes as fixes
+
+    stranger = "127.0.0.2"
+    monkeypatch.setattr(fixes, "_is_loopback", lambda address: address != stranger)
+    caplog.set_level(logging.WARNING)
+    n = 200
+    async with running_robot(tmp_path, "amqtt", PARTS[:1]) as robot:
+        assert robot.broker.embedded is not None
+        stats = robot.broker.embedded.stats
+        socks: list[socket.socket] = []
+
+        def flood() -> None:
+            for i in range(n):
+                s = socket.socket()
+                s.bind((stranger, 0))
+                s.connect(robot.where)
+                socks.append(s)
+                if i % 50 == 0:
+                    s.sendall(b"\x10\x05garbage")  # and a few that send junk instead of a CONNECT
+
+        try:
+            await asyncio.to_thread(flood)
+            most = fixes.MAX_PREAUTH_PER_ADDRESS
+            await until(lambda: stats["preauth_refused"] + stats["preauth_failures"] >= n - most, 10,
+                        "the connections past the limit closed")
+            assert robot.broker.embedded._broker is not None
+            assert sum(robot.broker.embedded._broker._preauth.values()) <= most
+            async with robot.client(sessions=False) as sdk:  # everyone else is served meanwhile
+                assert await sdk.call("main/health", "get_readings")
+        finally:
+            for s in socks:
+                s.close()
+        broker = robot.broker.embedded._broker
+        await until(lambda: not broker._preauth, 5, "the stranger's connections gone")
+    failed = [r for r in caplog.records if r.getMessage().startswith("Failed to initialize client session")]
+    assert 1 <= len(failed) <= 2, [r.getMessage()[:120] for r in failed]
 
 
 # ---------------------------------------------------------------------------------------------- insecure

@@ -10,8 +10,12 @@ Overridden amqtt methods (all on ``amqtt.broker.Broker`` unless noted):
 - ``stream_connected``: our reader/writer adapters (bounded packet size, abortable close).
 - ``_initialize_client_session``: only parses CONNECT (bounded in time); no session state is
   touched before the client is authenticated.
-- ``_handle_client_session``: authentication first, then take-over of a connection with the same
-  client id, then the session; no retained messages pushed on connect.
+- ``_handle_client_session``: authentication first, the Will's topic checked against the publish rights
+  (amqtt published a Will past the ACL), then take-over of a connection with the same
+  client id (only by the same username: a client id is no credential), then the session (never one
+  stored for another username); no retained messages pushed on connect.
+- ``retain_message``: a quota of retained messages per identity (amqtt kept any number).
+- ``add_subscription``: at most ``MAX_SUBSCRIPTIONS_PER_CLIENT`` filters per client (amqtt took any number).
 - ``_handle_message_delivery``: payload size limit; keeps the publish QoS.
 - ``_run_broadcast``: one copy per client at min(publish QoS, subscription QoS), receive ACL, a
   bounded queue per client, bounded offline queues.
@@ -20,6 +24,9 @@ Overridden amqtt methods (all on ``amqtt.broker.Broker`` unless noted):
 - ``_del_subscription``, ``_del_all_subscriptions``: a filter nobody subscribes to any more is forgotten.
 - ``StreamReaderAdapter.read`` (our ``_Reader``): packet size limit, and a deadline on the rest of a
   packet once it has begun (a client stalled mid-packet held its connection forever).
+- ``_initialize_client_session``: at most ``MAX_PREAUTH_PER_ADDRESS`` unfinished CONNECTs per
+  non-loopback address, counted; amqtt's warning per failed connection is rate limited
+  (:class:`PreauthLogLimit`).
 - ``_create_ssl_context``: no client-certificate request (amqtt's ``CERT_OPTIONAL``): clients log in with
   a password, and Chromium cancels a WebSocket whose TLS server asks for a certificate (the web panel's
   ``wss://``: "WebSocket opening handshake was canceled"); TLS 1.2 at least.
@@ -31,8 +38,10 @@ import asyncio
 import contextlib
 import dataclasses
 import errno
+import ipaddress
 import logging
 import ssl
+import time
 from collections import deque
 from collections.abc import Callable
 from typing import Any
@@ -41,7 +50,7 @@ from amqtt.adapters import StreamReaderAdapter, StreamWriterAdapter
 from amqtt.broker import Broker
 from amqtt.errors import AMQTTError, MQTTError, NoDataError
 from amqtt.events import BrokerEvents
-from amqtt.mqtt.connack import NOT_AUTHORIZED, ConnackPacket
+from amqtt.mqtt.connack import IDENTIFIER_REJECTED, NOT_AUTHORIZED, ConnackPacket
 from amqtt.mqtt.protocol.broker_handler import BrokerProtocolHandler
 from amqtt.session import Session
 from amqtt.utils import gen_client_id
@@ -51,7 +60,7 @@ from orchestrator.protocol.matching import FilterTrie, topic_matches, valid_filt
 from .auth import PasswordChecker
 from .outbox import Outbox, Outgoing, encode_qos0_publish
 
-__all__ = ["STAT_KEYS", "BrokerSettings", "FixedBroker", "keepalive_deadline"]
+__all__ = ["STAT_KEYS", "BrokerSettings", "FixedBroker", "PreauthLogLimit", "keepalive_deadline"]
 
 log = logging.getLogger("orchestrator.broker")
 
@@ -68,6 +77,11 @@ STAT_KEYS = (
     "oversize",
     "acl_denied",
     "stalled_packets",
+    "takeovers_refused",
+    "retained_refused",
+    "subscriptions_refused",
+    "preauth_failures",
+    "preauth_refused",
 )
 
 CONNECT_TIMEOUT = 10.0  # a TCP connection that sends no CONNECT is closed after this
@@ -77,6 +91,15 @@ ACL_CACHE_SIZE = 50_000
 TAKEOVER_TIMEOUT = 5.0
 CLOSE_TIMEOUT = 2.0
 SUBACK_FAILURE = 0x80
+# filters one client may hold: amqtt took any number (each an entry the broker keeps, and walks whenever
+# any client disconnects), so one credential could grow the broker inside `up` without bound.  A part
+# of a 100-part robot holds a few dozen, the primary a few hundred.
+MAX_SUBSCRIPTIONS_PER_CLIENT = 10_000
+# connections from one (non-loopback) address that have not finished their CONNECT yet: a stranger on the
+# network needs no credential to open TCP connections, each held up to CONNECT_TIMEOUT and a descriptor
+# of `up`'s process (1,024 of them by default on Linux): past this one address gets no more of them
+MAX_PREAUTH_PER_ADDRESS = 32
+PREAUTH_LOG_INTERVAL_S = 10.0
 _KEEPALIVE_ATTR = "orchestrator.keep_alive"
 _OFFLINE_ATTR = "orchestrator.offline"
 
@@ -99,6 +122,11 @@ class BrokerSettings:
     acl: Acl | None = None
     # called with (username, topic, payload) for every publish the broker accepted (after the ACL)
     on_publish: Callable[[str | None, str, bytes], None] | None = None
+    # retained messages one identity may keep (topics, bytes): amqtt kept any number, and any identity
+    # may retain under its own topics (a part's states, a client's calls), so one credential could grow the
+    # broker, which runs inside `up`, until the machine ran out of memory.  Past it a retained publish is
+    # delivered but not kept (counted in ``retained_refused``).  Anonymous clients (insecure) share one.
+    max_retained_per_identity: tuple[int, int] = (10_000, 32 * 1024 * 1024)
 
     @property
     def max_packet(self) -> int:
@@ -271,6 +299,14 @@ class FixedBroker(Broker):  # type: ignore[misc]  # amqtt ships no type informat
         # 270 with 5,000 subscriptions).  Entries whose filter amqtt deleted are pruned lazily.
         self._wildcard_filters = FilterTrie()
         self._acl_cache: dict[tuple[str | None, str, str], bool] = {}
+        # topic -> (username, bytes) of every retained message a client published, and per username
+        # [topics, bytes]: the quota of :attr:`BrokerSettings.max_retained_per_identity`
+        self._retained_by: dict[str, tuple[str | None, int]] = {}
+        self._retained_use: dict[str | None, list[int]] = {}
+        self._retained_refusal_logged = 0.0
+        self._subscription_counts: dict[str, int] = {}  # client id -> filters it holds
+        self._preauth: dict[str, int] = {}  # remote address -> connections still in their CONNECT
+        self._subscription_refusal_logged = 0.0
 
     # ------------------------------------------------------------------------------ lifecycle
 
@@ -338,18 +374,37 @@ class FixedBroker(Broker):  # type: ignore[misc]  # amqtt ships no type informat
     ) -> tuple[_Handler, Session]:
         # Parse CONNECT only.  amqtt also deleted or updated the stored session here, before the
         # client was authenticated and while an older connection with that id could still be live.
+        address = str(remote_address)
+        counted = not _is_loopback(address)
+        if counted:
+            held = self._preauth.get(address, 0)
+            if held >= MAX_PREAUTH_PER_ADDRESS:
+                self._stats["preauth_refused"] += 1
+                writer.abort()
+                raise NoDataError(f"{address[:64]}: {held} connections without CONNECT already")
+            self._preauth[address] = held + 1
         try:
             handler, session = await asyncio.wait_for(
                 _Handler.init_from_connect(reader, writer, self.plugins_manager), CONNECT_TIMEOUT
             )
         except TimeoutError as exc:
+            self._stats["preauth_failures"] += 1
             writer.abort()
             raise NoDataError(f"no CONNECT from {remote_address}:{remote_port} within {CONNECT_TIMEOUT} s") from exc
         except MQTTError:
+            self._stats["preauth_failures"] += 1
             await writer.close()
             raise
         except NoDataError as exc:
+            self._stats["preauth_failures"] += 1
             raise AMQTTError(exc) from exc
+        finally:
+            if counted:
+                left = self._preauth.get(address, 1) - 1
+                if left > 0:
+                    self._preauth[address] = left
+                else:
+                    self._preauth.pop(address, None)
         if not session.client_id:
             session.client_id = gen_client_id()
         raw = int(session.keep_alive or 0)
@@ -390,7 +445,8 @@ class FixedBroker(Broker):  # type: ignore[misc]  # amqtt ships no type informat
     async def _resolve_session(self, incoming: Session) -> Session:
         client_id = incoming.client_id
         existing: Session | None = self._sessions.get(client_id, (None, None))[0]
-        if incoming.clean_session or existing is None or existing.clean_session:
+        if incoming.clean_session or existing is None or existing.clean_session or \
+                existing.username != incoming.username:  # another identity never inherits a session
             await self._delete_session(client_id)
             incoming.parent = 0
             return incoming
@@ -423,17 +479,38 @@ class FixedBroker(Broker):  # type: ignore[misc]  # amqtt ships no type informat
                 await ConnackPacket.build(0, NOT_AUTHORIZED).to_stream(writer)
             await writer.close()
             return
+        if not self._will_allowed(client_session):
+            # amqtt publishes a Will from its disconnect path, past the publish rights: a viewer's Will on
+            # part/<parent>/ctl/<child> was a stop "from the parent" that nobody had the right to send
+            log.info("refused client %r of %r: a Will on a topic it may not publish to", client_id[:80],
+                     (client_session.username or "")[:80])
+            with contextlib.suppress(Exception):
+                await ConnackPacket.build(0, NOT_AUTHORIZED).to_stream(writer)
+            await writer.close()
+            return
 
         # One connection with a given client id at a time through take-over and registration.
         lock, users = self._connect_locks.setdefault(client_id, (asyncio.Lock(), [0]))
         users[0] += 1
         try:
             async with lock:
-                outbox, done, session = await self._register(client_session, handler, reader, writer)
+                foreign = self._foreign_owner(client_session)
+                if foreign is None:
+                    outbox, done, session = await self._register(client_session, handler, reader, writer)
         finally:
             users[0] -= 1
             if users[0] == 0:
                 self._connect_locks.pop(client_id, None)
+        if foreign is not None:
+            # A client id is no credential: with it any identity (a viewer too) could throw a part off the
+            # broker, again and again, or pick up its persistent session.  Only the same username takes over.
+            self._stats["takeovers_refused"] += 1
+            log.info("refused client %r of %r: its client id is in use by another identity (%r)", client_id[:80],
+                     (client_session.username or "")[:80], foreign[:80])
+            with contextlib.suppress(Exception):
+                await ConnackPacket.build(0, IDENTIFIER_REJECTED).to_stream(writer)
+            await writer.close()
+            return
 
         self._stats["connections"] += 1
         try:
@@ -448,6 +525,31 @@ class FixedBroker(Broker):  # type: ignore[misc]  # amqtt ships no type informat
             await self._client_message_loop(session, handler)
         finally:
             await self._end_connection(session, handler, outbox, done)
+
+    def _will_allowed(self, session: Session) -> bool:
+        """A Will is a publish the broker makes for the client: the same rights and limits as its own."""
+        if not session.will_flag:
+            return True
+        topic = session.will_topic
+        if not isinstance(topic, str) or not valid_topic(topic) or topic.startswith("$"):
+            return False
+        if len(session.will_message or b"") > self._settings.max_payload:
+            self._stats["oversize"] += 1
+            return False
+        return self._allowed(session, "publish", topic)
+
+    def _foreign_owner(self, incoming: Session) -> str | None:
+        """The username of the live connection with ``incoming``'s client id, if that is another identity
+        than ``incoming``'s; None when it may take over (or nobody is connected with that id).  Without
+        authentication (no password table) every client may take over any other, as MQTT says.  (A stored
+        persistent session of another identity is not resumed: ``_resolve_session``.)"""
+        if self._settings.passwords is None:
+            return None
+        live = self._live.get(incoming.client_id)
+        old = live[0].session if live is not None else None
+        if old is None or old.username == incoming.username:
+            return None
+        return str(old.username or "")
 
     async def _register(
         self, client_session: Session, handler: _Handler, reader: Any, writer: Any
@@ -573,6 +675,49 @@ class FixedBroker(Broker):  # type: ignore[misc]  # amqtt ships no type informat
                 return
             queue.append(message)
 
+    # ------------------------------------------------------------------------------ retained quota
+
+    async def retain_message(
+        self, source_session: Session | None, topic_name: str | None, data: bytes | bytearray | None,
+        qos: int | None = None,
+    ) -> None:
+        if topic_name is None:
+            return
+        prev = self._retained_by.get(topic_name)
+        if data and source_session is not None:  # the broker's own retained messages are not counted
+            owner = source_session.username
+            size = len(data) + len(topic_name)
+            use = self._retained_use.get(owner, [0, 0])
+            topics, total = use[0] + 1, use[1] + size
+            if prev is not None and prev[0] == owner:  # replacing one of its own
+                topics, total = topics - 1, total - prev[1]
+            most_topics, most_bytes = self._settings.max_retained_per_identity
+            if topics > most_topics or total > most_bytes:
+                self._stats["retained_refused"] += 1
+                now = time.monotonic()
+                if now - self._retained_refusal_logged > 10.0:
+                    self._retained_refusal_logged = now
+                    log.warning("not retaining a message of %r on %r: it keeps %d retained messages (%d bytes) "
+                                "already, at most %d (%d bytes)", (owner or "")[:80], topic_name[:120], use[0],
+                                use[1], most_topics, most_bytes)
+                return
+        await super().retain_message(source_session, topic_name, data, qos)
+        if prev is not None:
+            self._retained_by.pop(topic_name, None)
+            old = self._retained_use.get(prev[0])
+            if old is not None:
+                old[0] -= 1
+                old[1] -= prev[1]
+                if old[0] <= 0:
+                    self._retained_use.pop(prev[0], None)
+        if data and source_session is not None and topic_name in self._retained_messages:
+            owner = source_session.username
+            size = len(data) + len(topic_name)
+            self._retained_by[topic_name] = (owner, size)
+            use = self._retained_use.setdefault(owner, [0, 0])
+            use[0] += 1
+            use[1] += size
+
     # ------------------------------------------------------------------------------ publish path
 
     async def _handle_message_delivery(self, client_session: Session, handler: Any, wait_deliver: Any) -> bool:
@@ -695,20 +840,36 @@ class FixedBroker(Broker):  # type: ignore[misc]  # amqtt ships no type informat
             return SUBACK_FAILURE  # shared subscriptions are MQTT 5; amqtt granted them and delivered nothing
         if not self._allowed(session, "subscribe", topic_filter):
             return SUBACK_FAILURE
-        subscriptions = self._subscriptions.setdefault(topic_filter, [])
-        if "+" in topic_filter or "#" in topic_filter:
-            self._wildcard_filters.add(topic_filter)
+        subscriptions = self._subscriptions.get(topic_filter, [])
         for index, (existing, _) in enumerate(subscriptions):
             if existing.client_id == session.client_id:
                 subscriptions[index] = (session, qos)  # [MQTT-3.8.4-3]: replace, new QoS
-                break
-        else:
-            subscriptions.append((session, qos))
+                return qos
+        held = self._subscription_counts.get(session.client_id, 0)
+        if held >= MAX_SUBSCRIPTIONS_PER_CLIENT:
+            self._stats["subscriptions_refused"] += 1
+            now = time.monotonic()
+            if now - self._subscription_refusal_logged > 10.0:
+                self._subscription_refusal_logged = now
+                log.warning("refused a subscription of client %r of %r: it holds %d filters, at most %d",
+                            session.client_id[:80], (session.username or "")[:80], held,
+                            MAX_SUBSCRIPTIONS_PER_CLIENT)
+            return SUBACK_FAILURE
+        self._subscriptions.setdefault(topic_filter, subscriptions).append((session, qos))
+        if "+" in topic_filter or "#" in topic_filter:
+            self._wildcard_filters.add(topic_filter)
+        self._subscription_counts[session.client_id] = held + 1
         return qos
 
     def _del_subscription(self, a_filter: str, session: Session) -> int:
         # amqtt left the filter's (empty) list behind on UNSUBSCRIBE: one entry per filter ever used
         deleted: int = super()._del_subscription(a_filter, session)
+        if deleted:
+            left = self._subscription_counts.get(session.client_id, 0) - deleted
+            if left > 0:
+                self._subscription_counts[session.client_id] = left
+            else:
+                self._subscription_counts.pop(session.client_id, None)
         if deleted and not self._subscriptions.get(a_filter, True):
             del self._subscriptions[a_filter]
             self._wildcard_filters.discard(a_filter)
@@ -739,6 +900,39 @@ class FixedBroker(Broker):  # type: ignore[misc]  # amqtt ships no type informat
         if not ok:
             self._stats["acl_denied"] += 1
         return ok
+
+
+def _is_loopback(address: str) -> bool:
+    try:
+        return ipaddress.ip_address(address.split("%", 1)[0]).is_loopback
+    except ValueError:
+        return False
+
+
+class PreauthLogLimit(logging.Filter):
+    """amqtt logs a warning for every connection that fails before its CONNECT is read (garbage, silence,
+    too many from one address), with the peer's address: a stranger's stream of junk connections cost a
+    line each.  Let one such line through per interval; the rest are in the ``preauth_*`` counters."""
+
+    def __init__(self, interval_s: float = PREAUTH_LOG_INTERVAL_S) -> None:
+        super().__init__()
+        self.interval_s = interval_s
+        self._last = -interval_s
+        self.suppressed = 0
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if not str(record.msg).startswith("Failed to initialize client session"):
+            return True
+        now = time.monotonic()
+        if now - self._last < self.interval_s:
+            self.suppressed += 1
+            return False
+        self._last = now
+        if self.suppressed:
+            record.msg = f"{record.msg} ({self.suppressed} more such connections since the last line)"
+            record.args = None
+            self.suppressed = 0
+        return True
 
 
 def is_address_in_use(exc: BaseException) -> bool:

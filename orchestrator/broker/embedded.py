@@ -20,7 +20,7 @@ from types import TracebackType
 from typing import Any
 
 from ..errors import BrokerUnavailable, PortInUse
-from .amqtt_fixes import STAT_KEYS, BrokerSettings, FixedBroker, is_address_in_use
+from .amqtt_fixes import STAT_KEYS, BrokerSettings, FixedBroker, PreauthLogLimit, is_address_in_use
 from .auth import PasswordChecker, PasswordTable
 
 __all__ = ["DEFAULT_PORT", "EmbeddedBroker", "quiet_amqtt_logs", "run_broker"]
@@ -40,6 +40,9 @@ def quiet_amqtt_logs(level: int = logging.WARNING) -> None:
         logger = logging.getLogger(name)
         if logger.level == logging.NOTSET:
             logger.setLevel(level)
+
+
+_PREAUTH_LOG_LIMIT = PreauthLogLimit()  # one per process, however many brokers run in it
 
 
 def _no_startup_traceback(record: logging.LogRecord) -> bool:
@@ -147,6 +150,8 @@ class EmbeddedBroker:
         }
         broker = FixedBroker(config, self._settings, self.stats)
         amqtt_log = logging.getLogger("amqtt.broker")
+        if _PREAUTH_LOG_LIMIT not in amqtt_log.filters:
+            amqtt_log.addFilter(_PREAUTH_LOG_LIMIT)
         amqtt_log.addFilter(_no_startup_traceback)  # we raise PortInUse/BrokerUnavailable instead
         try:
             await broker.start()

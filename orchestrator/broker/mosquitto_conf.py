@@ -113,6 +113,7 @@ def main_conf(config: RobotConfig, files: MosquittoFiles) -> str:
 def bridge_conf(config: RobotConfig, password: str | None, *, cafile: str | None = None) -> str:
     """The ``connection`` block: same topics and link-state notifications as the embedded broker's bridge."""
     from orchestrator.launcher.bridge import both_topics, in_topics, out_topics, upstream_username
+    from orchestrator.transport.client import private_client_id
 
     up = config.upstream
     assert up is not None
@@ -124,7 +125,8 @@ def bridge_conf(config: RobotConfig, password: str | None, *, cafile: str | None
         f"connection {config.robot}-upstream",
         f"address {u.hostname}:{u.port or (8883 if tls else 1883)}",
         "bridge_protocol_version mqttv311",
-        f"remote_clientid {config.robot}.bridge",
+        # a guessable id would let any identity of the upstream broker throw the bridge off it
+        f"remote_clientid {private_client_id(f'{config.robot}.bridge')}",
         f"remote_username {upstream_username(config)}",
     ]
     if password is not None:

@@ -35,7 +35,7 @@ from orchestrator.protocol.topics import ClientId, Topics
 from orchestrator.resources.base import Resource
 from orchestrator.rpc.client import RpcClient
 from orchestrator.security.access import Access
-from orchestrator.transport.client import Message, MqttClient, TlsSettings
+from orchestrator.transport.client import Message, MqttClient, TlsSettings, private_client_id
 
 from .proxy import make_proxy
 from .sessions import ClientSessions, Session
@@ -64,8 +64,9 @@ class RobotClient:
         self.id = ClientId(robot, name or f"sdk-{os.getpid()}-{uuid.uuid4().hex[:6]}")
         self.topics = Topics(robot, primary)
         # the identity is the broker username; the MQTT client id is unique per connection, so several
-        # processes can act as the same identity without taking each other's connection over
-        self.mqtt = MqttClient(f"{robot}.client.{self.id.name}.{uuid.uuid4().hex[:6]}", urls, username=username,
+        # processes can act as the same identity without taking each other's connection over, and
+        # unguessable, so that no other identity can take it (or its heartbeat connection) over either
+        self.mqtt = MqttClient(private_client_id(f"{robot}.client.{self.id.name}"), urls, username=username,
                                password=password, connect_timeout=connect_timeout, tls=tls,
                                fail_fast=fail_fast, max_subscribe_qos=subscribe_qos)
         self.rpc = RpcClient(self.mqtt, self.topics, self.id.sender, default_timeout=timeout)

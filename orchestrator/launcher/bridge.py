@@ -29,7 +29,7 @@ from urllib.parse import urlsplit
 from orchestrator.config.models import RobotConfig
 from orchestrator.protocol.topics import BridgeId, Topics
 from orchestrator.security.access import Access, store_for
-from orchestrator.transport.client import Message, MqttClient, Will
+from orchestrator.transport.client import Message, MqttClient, Will, private_client_id
 
 log = logging.getLogger("orchestrator.bridge")
 
@@ -70,12 +70,14 @@ class UpstreamBridge:
         up = config.upstream
         self.keepalive_s = up.keepalive_s
         access = Access.of(config, config_path, BridgeId(config.robot), credentials)
-        self.local = MqttClient(f"{config.robot}.bridge.local", local_urls, keepalive=config.broker.keepalive_s,
-                                username=access.username, password=access.password, tls=access.tls)
+        self.local = MqttClient(private_client_id(f"{config.robot}.bridge.local"), local_urls,
+                                keepalive=config.broker.keepalive_s, username=access.username,
+                                password=access.password, tls=access.tls)
         parts = urlsplit(up.url)
         password = None if config.security.insecure else store_for(config, config_path, credentials)._read(
             UPSTREAM_SECRET, "password of the robot on its upstream broker")
-        self.remote = MqttClient(f"{config.robot}.bridge", [(parts.hostname or "127.0.0.1", parts.port or 1883)],
+        self.remote = MqttClient(private_client_id(f"{config.robot}.bridge"),
+                                 [(parts.hostname or "127.0.0.1", parts.port or 1883)],
                                  keepalive=up.keepalive_s, username=upstream_username(config), password=password,
                                  will=self._will, connect_timeout=3600.0, reconnect_max_s=2.0)
         self.state = "unknown"

@@ -16,7 +16,6 @@ Nothing is published.  The result is one short line (docker keeps it in ``docker
 from __future__ import annotations
 
 import asyncio
-import os
 import time
 from dataclasses import dataclass
 
@@ -27,7 +26,7 @@ from orchestrator.protocol.codec import decode
 from orchestrator.protocol.messages import PartState, PartStateName
 from orchestrator.protocol.topics import Topics
 from orchestrator.security.access import Access
-from orchestrator.transport.client import MqttClient
+from orchestrator.transport.client import MqttClient, private_client_id
 
 __all__ = ["Health", "check_health"]
 
@@ -69,7 +68,7 @@ async def _check(loaded: LoadedConfig, part: str, urls: list[tuple[str, int]], a
     started = time.monotonic()
     window = pc.heartbeat_s * pc.heartbeat_misses + HEARTBEAT_SLACK_S
     remaining = deadline - time.monotonic()
-    client_id = f"{cfg.robot}.health.{part}.{os.getpid()}"  # never the part's own: it would be thrown off
+    client_id = private_client_id(f"{cfg.robot}.health.{part}")  # never the part's own: it would be thrown off
     async with MqttClient(client_id, urls, keepalive=max(2, cfg.broker.keepalive_s),
                           connect_timeout=round(max(0.05, remaining), 2), username=access.username,
                           password=access.password, tls=access.tls) as client, \

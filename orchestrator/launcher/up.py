@@ -49,7 +49,7 @@ from orchestrator.protocol.refusals import Refusals
 from orchestrator.protocol.topics import ClientId, PartId, Topics
 from orchestrator.security.access import Access, store_for
 from orchestrator.security.acl import AclChecker, rights
-from orchestrator.transport.client import Message, MqttClient
+from orchestrator.transport.client import Message, MqttClient, private_client_id
 
 log = logging.getLogger("orchestrator.up")
 
@@ -271,7 +271,7 @@ class Launcher:
 
     async def _start_monitor(self) -> None:
         cfg = self.config.broker
-        self.monitor = MqttClient(f"{self.config.robot}.launcher.{os.getpid()}", self.urls,
+        self.monitor = MqttClient(private_client_id(f"{self.config.robot}.launcher"), self.urls,
                                   keepalive=cfg.keepalive_s, username=self.access.username,
                                   password=self.access.password, tls=self.access.tls)
         t = self.topics

@@ -127,6 +127,11 @@ class RpcServer:
             self._refuse("bad_topic", msg.topic)
             return
         caller, _part, resource = where
+        if msg.retain:
+            # a call the broker kept (its caller set the retain flag) and hands every new subscription: served
+            # again at each restart of this part, long after its caller stopped waiting.  Never a call.
+            self._refuse("retained", msg.topic)
+            return
         if not valid_level(resource) or not valid_level(caller.partition("/")[2]):
             self._refuse("bad_topic", msg.topic)  # names of 1-64 characters: nothing longer is echoed or tracked
             return

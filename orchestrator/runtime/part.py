@@ -74,7 +74,7 @@ from orchestrator.sessions.service import SERVICE as SESSION_SERVICE
 from orchestrator.sessions.service import SessionService
 from orchestrator.sessions.tokens import SessionKey, short
 from orchestrator.tasks import cancel_and_wait
-from orchestrator.transport.client import Message, MqttClient, Will
+from orchestrator.transport.client import Message, MqttClient, Will, private_client_id
 
 log = logging.getLogger("orchestrator.part")
 
@@ -158,7 +158,7 @@ class Part:
         # this part's own broker identity (username = identity) and the robot's session key
         self.access = Access.of(self.config, loaded.path, self.id, credentials)
         self.client = MqttClient(
-            f"{self.config.robot}.part.{name}",
+            private_client_id(f"{self.config.robot}.part.{name}"),
             self.urls,
             keepalive=self.config.broker.keepalive_s,
             max_subscribe_qos=self.config.broker.subscribe_qos,

@@ -49,7 +49,7 @@ from orchestrator.runtime.metrics import MetricsEndpoint
 from orchestrator.runtime.monitoring import home_assistant_discovery
 from orchestrator.runtime.part import ALL_SESSIONS, Part
 from orchestrator.sessions.tokens import short
-from orchestrator.transport.client import Message, MqttClient, Will
+from orchestrator.transport.client import Message, MqttClient, Will, private_client_id
 
 log = logging.getLogger("orchestrator.primary")
 
@@ -88,7 +88,8 @@ class Primary(Part):
         self.metrics: MetricsEndpoint | None = None
         # the robot status travels on a connection of its own, whose Will covers it
         self.status_link = MqttClient(
-            f"{self.config.robot}.part.{self.name}.status", self.urls, keepalive=self.config.broker.keepalive_s,
+            private_client_id(f"{self.config.robot}.part.{self.name}.status"), self.urls,
+            keepalive=self.config.broker.keepalive_s,
             max_subscribe_qos=self.config.broker.subscribe_qos,
             username=self.access.username, password=self.access.password, tls=self.access.tls,
             will=self._status_will,
@@ -96,7 +97,8 @@ class Primary(Part):
         # every part's heartbeats arrive on a connection of their own, read in batches: supervising 50 parts
         # costs a few wake-ups a second, and calls to the primary's own resources keep their latency
         self.watch = MqttClient(
-            f"{self.config.robot}.part.{self.name}.watch", self.urls, keepalive=self.config.broker.keepalive_s,
+            private_client_id(f"{self.config.robot}.part.{self.name}.watch"), self.urls,
+            keepalive=self.config.broker.keepalive_s,
             max_subscribe_qos=self.config.broker.subscribe_qos,
             username=self.access.username, password=self.access.password, tls=self.access.tls,
             batch_reads_s=WATCH_BATCH_S,
@@ -302,6 +304,9 @@ class Primary(Part):
     def _client_request(self, msg: Message, model: type[R]) -> tuple[str, R] | None:
         """A request published by an operator (or `up`) on its own topic; None (counted) otherwise."""
         client = self.topics.client_of(msg.topic)
+        if msg.retain:  # kept by the broker from an earlier run: it would shut the robot down at every start
+            self.refusals.refuse("request:retained", msg.topic, message=msg)
+            return None
         got = self.trusted(msg, model)
         if client is None or got is None:
             return None

@@ -21,6 +21,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import secrets
 import socket
 import ssl
 import threading
@@ -37,7 +38,18 @@ from orchestrator.protocol.matching import FilterTrie, topic_matches
 
 log = logging.getLogger("orchestrator.transport")
 
-__all__ = ["Message", "MqttClient", "TlsSettings", "Will"]
+__all__ = ["Message", "MqttClient", "TlsSettings", "Will", "private_client_id"]
+
+
+def private_client_id(prefix: str) -> str:
+    """``prefix`` and 48 random bits: a client id no other identity can guess.
+
+    Neither broker ties a client id to a username (mosquitto 2.0 cannot), and a CONNECT with a live
+    connection's client id throws that connection off [MQTT-3.1.4-2]: with ``<robot>.part.<name>`` any
+    identity of the robot, a viewer too, could keep a part off the broker.  One id per process (and its
+    reconnects): a reconnect still takes over its own half-open link; a new process gets a new id (its
+    predecessor's late Will carries an older birth and marks nothing offline)."""
+    return f"{prefix}.{secrets.token_hex(6)}"
 
 
 @dataclass(frozen=True, slots=True)
