@@ -77,7 +77,13 @@ def test_compose_command_writes_a_valid_file_for_any_robot(tmp_path: Path) -> No
         parent = topo.parent(part)
         # children depend on a healthy parent: compose stops them first (bottom-up), starts them after
         assert svc["depends_on"] == {parent or "broker": {"condition": "service_healthy"}}
-        assert svc["healthcheck"]["test"][:6] == ["CMD", "orchestrator", "health", "-c", "/config/mine.yaml", "--part"]
+        # the health line the part keeps (a shell read, no Python per check), on a tmpfs of the part's user: a
+        # restarted container's tmpfs is not writable by it otherwise (docker compose stop, then up)
+        check = svc["healthcheck"]["test"]
+        assert check[0] == "CMD-SHELL" and "/run/orchestrator/health" in check[1]
+        assert svc["environment"]["ORCHESTRATOR_HEALTH_FILE"] == "/run/orchestrator/health"
+        assert svc["tmpfs"] == ["/run/orchestrator:size=64k,mode=0700,uid=10001,gid=10001"]
+        assert svc["read_only"] is True
         assert float(svc["stop_grace_period"].rstrip("s")) > topo.stop_budget(part)
         assert svc["restart"] == ("no" if part == "a" else "on-failure:3")
         assert svc["logging"] == {"driver": "json-file", "options": {"max-size": "10m", "max-file": "3"}}
@@ -129,7 +135,7 @@ def test_compose_with_tls_and_an_upstream_emits_the_tls_listener_and_the_bridge(
         svc = doc["services"][part]
         assert svc["command"][-2:] == ["--broker", "mqtts://broker:8883"]
         assert svc["environment"]["ORCHESTRATOR_BROKER"] == "mqtts://broker:8883"
-        assert "mqtts://broker:8883" in svc["healthcheck"]["test"]
+        assert svc["healthcheck"]["test"][0] == "CMD-SHELL"  # the health line: no broker URL to carry
         assert svc["secrets"] == ["session.key", f"part.{part}.secret", "ca.crt"]  # never the broker's key
     conf = (tmp_path / "broker_config" / "tlsbot" / "mosquitto.conf").read_text()
     # plain MQTT only inside the broker's container (its health check), TLS for the network

@@ -7,7 +7,9 @@ and why (docs/deploy.md):
 - ``depends_on`` follows the part tree: the primary waits for a *healthy* broker, every other part for
   its *healthy* parent.  Compose stops services in reverse ``depends_on`` order, so ``docker compose
   stop`` and ``down`` stop the leaves first: the bottom-up shutdown, by construction;
-- ``orchestrator health`` is each part's health check (running and connected, see launcher/health.py);
+- each part's health check reads the health line the part keeps while it is running and its heartbeats
+  come back through the broker (runtime/healthfile.py): a shell ``read``, where ``orchestrator health``
+  (the same question asked on the wire, launcher/health.py) costs a Python process per check;
 - the robot's session key, each part's own password, and the broker's password and ACL files are
   compose secrets (``/run/secrets``, read through ``$ORCHESTRATOR_CREDENTIALS``): a container gets
   only the secrets it needs, nothing secret is in the file or the image;
@@ -37,6 +39,7 @@ from orchestrator.config.loader import LoadedConfig
 from orchestrator.config.models import RestartPolicy
 from orchestrator.errors import ConfigError
 from orchestrator.protocol.topics import PartId
+from orchestrator.runtime.healthfile import shell_check
 from orchestrator.security.credentials import ACL, PASSWD, SESSION_KEY
 from orchestrator.security.tls import BROKER_CERT, BROKER_KEY, WEB_CERT, WEB_KEY
 from orchestrator.web.server import health_check
@@ -52,7 +55,11 @@ SECRETS_DIR = "/run/secrets"
 CONFIG_DIR = "/config"
 # Seconds of grace above a part's stop budget (process exit, the report's trip, a loaded machine).
 GRACE_MARGIN_S = 2.0
-HEALTH_TIMEOUT_S = 3
+# the health line each part keeps (a tmpfs: the container's file system is read-only), checked this often;
+# the tmpfs is the part's user's, explicitly: a restarted container's tmpfs is not world-writable
+HEALTH_DIR = "/run/orchestrator"
+HEALTH_FILE = f"{HEALTH_DIR}/health"
+HEALTH_INTERVAL = "2s"
 TLS_PORT = 8883
 WEB_SERVICE = "web"
 WS_PORT = 9001  # mosquitto's WebSocket listener inside its container (published as the browser reaches it)
@@ -189,14 +196,16 @@ def generate(loaded: LoadedConfig, options: ComposeOptions) -> Generated:
                 "ORCHESTRATOR_PART": name,
                 "ORCHESTRATOR_BROKER": broker_url,
                 "ORCHESTRATOR_CREDENTIALS": SECRETS_DIR,
+                "ORCHESTRATOR_HEALTH_FILE": HEALTH_FILE,
             },
             "volumes": [f"{config_dir}:{CONFIG_DIR}:ro"],
             "depends_on": {parent or BROKER_SERVICE: {"condition": "service_healthy"}},
+            # the part's own health line (runtime/healthfile.py): a shell `read`, not a Python process per check
             "healthcheck": {
-                "test": ["CMD", "orchestrator", "health", "-c", config_in, "--part", name, "--broker", broker_url,
-                         "--timeout", str(HEALTH_TIMEOUT_S)],
-                "interval": "5s", "timeout": f"{HEALTH_TIMEOUT_S + 2}s", "retries": 3, "start_period": "60s",
+                "test": ["CMD-SHELL", shell_check(HEALTH_FILE).replace("$", "$$")],
+                "interval": HEALTH_INTERVAL, "timeout": "2s", "retries": 2, "start_period": "60s",
             },
+            "tmpfs": [f"{HEALTH_DIR}:size=64k,mode=0700,uid={PART_UID},gid={PART_UID}"],
             "restart": restart,
             "stop_signal": "SIGTERM",
             "stop_grace_period": _seconds(topo.stop_budget(name) + GRACE_MARGIN_S),
