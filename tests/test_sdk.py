@@ -6,13 +6,16 @@ client."""
 from __future__ import annotations
 
 import asyncio
+import signal
+import sys
+import threading
 from pathlib import Path
 from typing import Any
 
 import pytest
 from inproc import running_robot
 
-from orchestrator import Actuator, Base, Gripper, Motor, Sensor, Servo, UnknownResource
+from orchestrator import Actuator, Base, BrokerUnavailable, ConfigError, Gripper, Motor, Sensor, Servo, UnknownResource
 from orchestrator.client import ListedResource, RobotClient, SyncRobotClient, complete
 from orchestrator.security.access import store_for
 
@@ -167,3 +170,66 @@ async def test_a_client_from_a_config_naming_models_not_installed_here_connects(
             await left.set_power(0.1)
             assert await left.get_power() == 0.1
             await left.stop()
+
+
+# A script that Ctrl-C interrupts in the middle of a sync complete(): it prints what the motor does at
+# the moment its `except KeyboardInterrupt` runs.
+CTRL_C_SCRIPT = r"""
+import sys
+from orchestrator import Motor
+from orchestrator.client import SyncRobotClient
+
+robot, url, credentials = sys.argv[1:4]
+with SyncRobotClient.at(robot, url, credentials=credentials) as sync:
+    left = sync.resource("drive/left", Motor)
+    try:
+        sync.complete(left, left.aio.go_for(rpm=60, revolutions=100), progress=lambda p: print("moving", flush=True))
+    except KeyboardInterrupt:
+        print("interrupted; moving:", left.is_moving(), flush=True)
+"""
+
+
+async def test_ctrl_c_during_a_sync_complete_returns_only_once_the_actuator_stopped(tmp_path: Path,
+                                                                                  broker_kind: str) -> None:
+    """Regression: the KeyboardInterrupt reached the script while the motor still moved (the stop ran
+    on the client's loop a moment later), though sdk.md says Ctrl-C during complete stops it."""
+    async with running_robot(tmp_path, broker_kind, PARTS) as robot, robot.client() as watcher:
+        store = store_for(robot.loaded.config, robot.loaded.path)
+        proc = await asyncio.create_subprocess_exec(
+            sys.executable, "-c", CTRL_C_SCRIPT, robot.loaded.config.robot, robot.broker.url, str(store.directory),
+            stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE)
+        assert proc.stdout is not None
+        try:
+            async with asyncio.timeout(20):
+                line = await proc.stdout.readline()
+                assert line == b"moving\n", line + await proc.stderr.read()  # type: ignore[union-attr]
+                assert await watcher.resource("drive/left", Motor).is_moving()
+                proc.send_signal(signal.SIGINT)
+                out, err = await proc.communicate()
+        finally:
+            if proc.returncode is None:
+                proc.kill()
+                await proc.wait()
+        assert b"interrupted; moving: False" in out, out + err
+        assert proc.returncode == 0 and b"destroyed" not in err and b"Traceback" not in err, err
+        assert not await watcher.resource("drive/left", Motor).is_moving()
+
+
+def sync_client_threads() -> set[threading.Thread]:
+    return {t for t in threading.enumerate() if t.name == "orchestrator.sync-client"}
+
+
+async def test_a_sync_client_that_fails_to_connect_leaves_no_thread(tmp_path: Path, broker_kind: str) -> None:
+    """Regression: a refused connect (no credentials for a secured robot) left the client's loop thread
+    running, since ``with`` never reached ``__exit__``; a bad URL did the same."""
+    async with running_robot(tmp_path, broker_kind, PARTS) as robot:
+        before = sync_client_threads()
+
+        def script() -> None:
+            with pytest.raises(BrokerUnavailable), SyncRobotClient.at(robot.loaded.config.robot, robot.broker.url):
+                pass
+            with pytest.raises(ConfigError):
+                SyncRobotClient.at(robot.loaded.config.robot, "http://nowhere")
+
+        await asyncio.to_thread(script)
+        assert sync_client_threads() - before == set()
