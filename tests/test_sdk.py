@@ -233,3 +233,16 @@ async def test_a_sync_client_that_fails_to_connect_leaves_no_thread(tmp_path: Pa
 
         await asyncio.to_thread(script)
         assert sync_client_threads() - before == set()
+
+
+async def test_a_refused_login_says_what_to_check(tmp_path: Path, broker_kind: str) -> None:
+    """Regression: connecting to a secured robot without credentials, or with a wrong robot name or
+    password, said only "broker refused the connection: Not authorized"."""
+    async with running_robot(tmp_path, broker_kind, PARTS) as robot:
+        name = robot.loaded.config.robot
+        with pytest.raises(BrokerUnavailable, match="connected anonymously.*credentials="):
+            async with RobotClient.at(name, robot.broker.url):
+                pass
+        with pytest.raises(BrokerUnavailable, match=f"as {name}/client/operator: is the robot named '{name}'"):
+            async with RobotClient.at(name, robot.broker.url, password="wrong"):
+                pass
