@@ -246,3 +246,28 @@ async def test_a_refused_login_says_what_to_check(tmp_path: Path, broker_kind: s
         with pytest.raises(BrokerUnavailable, match=f"as {name}/client/operator: is the robot named '{name}'"):
             async with RobotClient.at(name, robot.broker.url, password="wrong"):
                 pass
+
+
+async def test_the_sync_client_follows_telemetry_and_events_as_blocking_iterators(tmp_path: Path,
+                                                                                  broker_kind: str) -> None:
+    async with running_robot(tmp_path, broker_kind, PARTS) as robot:
+        store = store_for(robot.loaded.config, robot.loaded.path)
+
+        def script() -> tuple[list[tuple[str, dict[str, Any]]], dict[str, Any]]:
+            with SyncRobotClient.at(robot.loaded.config.robot, robot.broker.url, credentials=store.directory) as sync:
+                readings = []
+                with sync.telemetry("main/health") as stream:
+                    for item in stream:
+                        readings.append(item)
+                        if len(readings) == 2:
+                            break
+                with sync.events() as events:
+                    sync.resource("drive/left", Motor).set_power(0.2)  # our session now owns it: an event
+                    for event in events:
+                        if event["source"] == "sessions" and event["kind"] == "owned":
+                            return readings, event
+            raise AssertionError("the events stream ended")
+
+        readings, event = await asyncio.wait_for(asyncio.to_thread(script), 20)
+        assert [source for source, _ in readings] == ["main/health", "main/health"]
+        assert event["part"] == "drive"

@@ -21,7 +21,8 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import threading
-from collections.abc import Callable, Coroutine
+from collections.abc import AsyncIterator, Callable, Coroutine, Iterator
+from contextlib import AbstractAsyncContextManager
 from concurrent.futures import Future
 from pathlib import Path
 from typing import Any, Generic, TypeVar
@@ -181,6 +182,41 @@ class SyncRobotClient:
         if asyncio.iscoroutine(start):
             return self._runner.run(complete(actuator, start, **kwargs))
         return self._runner.run(complete(actuator, until_stopped(actuator), **kwargs))
+
+    @contextlib.contextmanager
+    def telemetry(self, path: str = "+/+") -> Iterator[Iterator[tuple[str, dict[str, Any]]]]:
+        """:meth:`RobotClient.telemetry` as a blocking iterator of (``PART/RESOURCE``, readings)::
+
+            with robot.telemetry("main/imu") as readings:
+                for source, values in readings: ...
+        """
+        with self._blocking(self.aio.telemetry(path)) as items:
+            yield items
+
+    @contextlib.contextmanager
+    def events(self, part: str = "+") -> Iterator[Iterator[dict[str, Any]]]:
+        """:meth:`RobotClient.events` as a blocking iterator of event dicts."""
+        with self._blocking(self.aio.events(part)) as items:
+            yield items
+
+    @contextlib.contextmanager
+    def _blocking(self, subscription: AbstractAsyncContextManager[AsyncIterator[T]]) -> Iterator[Iterator[T]]:
+        stream = self._runner.run(subscription.__aenter__())
+
+        async def following() -> T:
+            return await anext(stream)
+
+        def items() -> Iterator[T]:
+            while True:
+                try:
+                    yield self._runner.run(following())
+                except StopAsyncIteration:
+                    return
+
+        try:
+            yield items()
+        finally:
+            self._runner.run(subscription.__aexit__(None, None, None), timeout=10)
 
     def shutdown_robot(self, reason: str = "requested by a client") -> None:
         self._runner.run(self.aio.shutdown_robot(reason))
