@@ -15,7 +15,8 @@ from typing import Any
 import pytest
 from inproc import running_robot
 
-from orchestrator import Actuator, Base, BrokerUnavailable, ConfigError, Gripper, Motor, Sensor, Servo, UnknownResource
+from orchestrator import (Actuator, Base, BrokerUnavailable, ConfigError, Gripper, InvalidArgument, Motor, Sensor,
+                          Servo, UnknownResource)
 from orchestrator.client import ListedResource, RobotClient, SyncRobotClient, complete
 from orchestrator.security.access import store_for
 
@@ -83,6 +84,21 @@ async def test_a_long_move_can_be_awaited_and_reports_progress(tmp_path: Path, b
         assert not await left.is_moving()
         assert await left.get_position() == pytest.approx(2.0, abs=0.05)
         assert seen and seen[-1] == pytest.approx(2.0, abs=0.05) and took >= 0.15  # 2 rev at 600 rpm: 0.2 s
+
+
+async def test_motor_go_to_reaches_an_absolute_position_awaited_like_go_for(tmp_path: Path, broker_kind: str) -> None:
+    """Regression: the issue lists go_to among the long moves, and Motor had none (go_for only)."""
+    async with running_robot(tmp_path, broker_kind, PARTS) as robot, robot.client() as client:
+        left = client.resource("drive/left", Motor)
+        await complete(left, left.go_to(rpm=600, position_revolutions=1.5), timeout=10)
+        assert await left.get_position() == pytest.approx(1.5, abs=0.05)
+        await complete(left, left.go_to(rpm=-600, position_revolutions=0.5), timeout=10)  # the sign of rpm: ignored
+        assert await left.get_position() == pytest.approx(0.5, abs=0.05) and not await left.is_moving()
+        hosted = next(r for r in (await client.resources())["drive"] if r["name"] == "left")
+        listed = {m["name"]: m for m in hosted["methods"]}
+        assert listed["go_to"]["actuating"], listed
+        with pytest.raises(InvalidArgument):
+            await left.go_to(rpm=600, position_revolutions=float("nan"))
 
 
 async def test_servo_and_base_moves_are_awaited_the_same_way(tmp_path: Path, broker_kind: str) -> None:
