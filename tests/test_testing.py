@@ -29,7 +29,8 @@ async def test_a_resource_that_fails_to_build_fails_robot_with_with_the_plugins_
     then failed far from the cause: UnknownResource on a call, a bare KeyError from local()."""
     resources = [{"name": "bad", "model": "orc:sim:faulty", "attributes": {"fail_to_build": True}},
                  {"name": "m", "model": "orc:sim:motor"}]
-    with pytest.raises(InternalError, match="resource bad .*failed to build: RuntimeError: configured to fail") as info:
+    failed = r"resource bad .*failed to build: RuntimeError: configured to fail"
+    with pytest.raises(InternalError, match=failed) as info:
         async with robot_with(resources, directory=tmp_path):
             pytest.fail("robot_with yielded with a resource that failed to build")
     assert isinstance(info.value.__cause__, RuntimeError)  # the plugin's exception, with its traceback
@@ -41,7 +42,7 @@ async def test_allow_degraded_runs_the_robot_and_local_names_why_a_resource_is_m
                  {"name": "ok", "model": "orc:sim:faulty"}]
     async with robot_with(resources, directory=tmp_path, allow_degraded=True) as robot:
         assert await robot.resource("ok", Generic).do_command({"echo": 3}) == {"echo": 3}
-        with pytest.raises(UnknownResource, match="degraded: RuntimeError: configured to fail to build"):
+        with pytest.raises(UnknownResource, match=r"degraded: RuntimeError: configured to fail to build"):
             robot.local("bad")
         with pytest.raises(UnknownResource, match="not in the configuration"):
             robot.local("nothing")

@@ -199,6 +199,7 @@ async def test_a_batched_reader_closed_between_two_batches_reads_its_unsuback(
     prefix = f"t/{uuid.uuid4().hex[:8]}"
     url = [(broker.host, broker.port)]
     closing: list[asyncio.Task[None]] = []
+    arrived = asyncio.Event()
     async with MqttClient(f"p-{prefix}", url) as publisher:
         watch = MqttClient(f"w-{prefix}", url, batch_reads_s=0.05)
         unsubscribing: list[asyncio.Future[None]] = []
@@ -210,13 +211,13 @@ async def test_a_batched_reader_closed_between_two_batches_reads_its_unsuback(
 
         watch._pending_unsub = Pending()
         # closed from the handler itself: right after a batch, while the reader waits to be re-armed
-        await watch.subscribe(f"{prefix}/beat", lambda m: closing.append(asyncio.ensure_future(watch.close())))
+        await watch.subscribe(f"{prefix}/beat",
+                              lambda m: (closing.append(asyncio.ensure_future(watch.close())), arrived.set()))
         await watch.start()
         with caplog.at_level("INFO", logger="orchestrator.transport"):
             publisher.publish_nowait(f"{prefix}/beat", b"x", qos=1)
             async with asyncio.timeout(10):
-                while not closing:
-                    await asyncio.sleep(0.01)
+                await arrived.wait()
                 await closing[0]
     got = unsubscribing[0] if len(unsubscribing) == 1 else None
     assert got is not None and got.done() and not got.cancelled(), "close() gave up waiting for the UNSUBACK"
