@@ -270,7 +270,8 @@ async def test_a_refused_login_says_what_to_check(tmp_path: Path, broker_kind: s
         with pytest.raises(BrokerUnavailable, match=r"connected anonymously.*credentials="):
             async with RobotClient.at(name, robot.broker.url):
                 pass
-        with pytest.raises(BrokerUnavailable, match=re.escape(f"as {name}/client/operator: is the robot named '{name}'")):
+        refused = re.escape(f"as {name}/client/operator: is the robot named '{name}'")
+        with pytest.raises(BrokerUnavailable, match=refused):
             async with RobotClient.at(name, robot.broker.url, password="wrong"):
                 pass
 
