@@ -34,6 +34,7 @@ import yaml
 from orchestrator.broker import EmbeddedBroker
 from orchestrator.client import RobotClient
 from orchestrator.config import LoadedConfig, load_config
+from orchestrator.errors import InternalError, UnknownResource
 from orchestrator.resources.base import Resource
 from orchestrator.runtime.main import make_part
 from orchestrator.runtime.part import Part
@@ -63,7 +64,12 @@ class TestRobot:
 
     def local(self, name: str) -> Resource:
         """The resource object itself, inside the part (to check what the hardware side saw)."""
-        return self.part.host.resources[name]
+        try:
+            return self.part.host.resources[name]
+        except KeyError:
+            state = self.part.host.states.get(name)
+            why = f"{state.status}: {state.reason}" if state is not None else "not in the configuration"
+            raise UnknownResource(f"part {PART} hosts no resource {name!r} ({why})") from None
 
     @property
     def url(self) -> str:
@@ -80,13 +86,28 @@ def _credentials(loaded: LoadedConfig) -> Any:
     return store
 
 
+def _refuse_degraded(part: Part) -> None:
+    """A resource that failed to build is a failed test, with what the plugin raised as its cause (a
+    deployed part only logs it and retries)."""
+    # the resource that raised first, not one that only waits for it as a dependency
+    for name, state in sorted(part.host.states.items(), key=lambda item: item[1].error is None):
+        if state.status == "degraded":
+            raise InternalError(f"resource {name} ({state.model}) failed to build: {state.reason}",
+                                resource=name) from state.error
+
+
 @contextlib.asynccontextmanager
 async def robot_with(resources: list[dict[str, Any]], *, directory: str | Path | None = None,
-                     robot: str | None = None, **config: Any) -> AsyncIterator[TestRobot]:
+                     robot: str | None = None, allow_degraded: bool = False,
+                     **config: Any) -> AsyncIterator[TestRobot]:
     """A one-part robot hosting ``resources`` (entries as in a configuration: ``name``, ``model``,
     ``attributes``, ``depends_on``), its broker and a client; ``config`` adds top-level sections
     (``sessions``, ``monitoring``...).  ``directory`` holds the configuration and its credentials
-    (default: a temporary directory removed afterwards)."""
+    (default: a temporary directory removed afterwards).
+
+    A resource whose constructor or ``start()`` raises makes it raise :class:`InternalError` whose
+    ``__cause__`` is the plugin's exception (with its traceback); ``allow_degraded=True`` runs the
+    robot anyway, as a deployed part would (the resource is then retried every second)."""
     from orchestrator.security.acl import AclChecker, rights
 
     with contextlib.ExitStack() as stack:
@@ -111,6 +132,8 @@ async def robot_with(resources: list[dict[str, Any]], *, directory: str | Path |
             part = make_part(loaded, PART, urls=urls)
             await part.start()
             try:
+                if not allow_degraded:
+                    _refuse_degraded(part)
                 async with RobotClient.from_config(loaded, urls=urls) as client:
                     yield TestRobot(loaded, part, client, broker)
             finally:

@@ -57,14 +57,15 @@ def wheelhouse() -> Path:
     return ROOT / "build" / "wheelhouse"
 
 
-def install_alone(wheelhouse: Path, plugin: str, where: Path) -> dict[str, object]:
+def install_alone(wheelhouse: Path, plugin: str, where: Path, *, requirement: str | None = None,
+                  more_wheels: Path | None = None) -> dict[str, object]:
     subprocess.run([sys.executable, "-m", "venv", "--without-pip", str(where)], check=True, timeout=60)
     python = where / "bin" / "python"
+    links = [wheelhouse / "deps", wheelhouse / "local", *([more_wheels] if more_wheels is not None else [])]
     # The test's own pip drives the fresh environment (--python): no pip is installed into it.
     res = subprocess.run(
         [sys.executable, "-m", "pip", "--python", str(python), "install", "-q", "--no-compile", "--no-index",
-         "--no-cache-dir", "--find-links", str(wheelhouse / "deps"), "--find-links", str(wheelhouse / "local"),
-         f"robot-orchestrator-{plugin}"],
+         "--no-cache-dir", *(f"--find-links={link}" for link in links), requirement or f"robot-orchestrator-{plugin}"],
         capture_output=True, text=True, timeout=240,
         env={**os.environ, "PIP_DISABLE_PIP_VERSION_CHECK": "1", "PIP_EXTRA_INDEX_URL": ""},
     )
@@ -99,6 +100,29 @@ def test_each_plugin_installs_with_the_core_from_local_wheels_only(wheelhouse: P
         assert got["version"] == got["dist_version"]
         assert PLUGINS[plugin] in got["models"], (plugin, got["models"])  # type: ignore[operator]
         assert str(got["version"]) in str(got["cli"]), got["cli"]
+
+
+def test_a_plugin_made_by_plugin_new_installs_with_the_core_from_local_wheels_only(wheelhouse: Path,
+                                                                                  tmp_path: Path) -> None:
+    """What a plugin author publishes: the template's wheel, whose dependency is our distribution, into a
+    fresh environment with nothing but the wheelhouse and that wheel."""
+    made = subprocess.run([sys.executable, "-m", "orchestrator", "plugin", "new", "acme-fans", "--dir",
+                           str(tmp_path / "acme-fans")], capture_output=True, text=True, timeout=60)
+    assert made.returncode == 0, made.stdout + made.stderr
+    built = subprocess.run([sys.executable, "-m", "pip", "wheel", "-q", "--no-deps", "--no-build-isolation",
+                            "--no-index", "-w", str(tmp_path / "wheels"), str(tmp_path / "acme-fans")],
+                           capture_output=True, text=True, timeout=120,
+                           env={**os.environ, "PIP_DISABLE_PIP_VERSION_CHECK": "1"})
+    assert built.returncode == 0, built.stdout + built.stderr
+    got = install_alone(wheelhouse, "acme-fans", tmp_path / "env", requirement="acme-fans",
+                        more_wheels=tmp_path / "wheels")
+    installed = set(got["installed"])  # type: ignore[call-overload]
+    ours = {wheel_name(w) for w in (wheelhouse / "local").glob("*.whl")}
+    deps = {wheel_name(w) for w in (wheelhouse / "deps").glob("*.whl")}
+    assert "orchestrator" not in installed and {"robot-orchestrator", "acme-fans"} <= installed, sorted(installed)
+    assert not installed - ours - deps - {"acme-fans"}, sorted(installed)
+    assert not installed & (ours - {"robot-orchestrator"}), f"the template pulled a plugin: {sorted(installed)}"
+    assert got["owner_has_init"] and {"acme:fans:motor", "acme:fans:sensor"} <= set(got["models"])  # type: ignore[call-overload]
 
 
 def test_every_pyproject_depends_on_our_distribution_name_never_on_orchestrator() -> None:

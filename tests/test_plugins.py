@@ -33,6 +33,17 @@ def test_registry_loads_models_from_entry_points_with_their_kind() -> None:
     assert reg.get("orc:sim:base").plugin.startswith("plugin 'sim'")
 
 
+def test_models_show_method_docs_as_plain_text_not_rest_markup() -> None:
+    """Regression: ``orchestrator models`` printed docstrings raw (``:class:`~orchestrator.errors.UnknownMethod```
+    and double back-quotes in the doc column)."""
+    from orchestrator.resources.describe import describe_model
+
+    for model in ("orc:sim:motor", "orc:dynamixel:servo"):
+        docs = {m["name"]: m["doc"] for m in describe_model(default_registry().get(model))["methods"]}
+        assert "UnknownMethod" in docs["do_command"]
+        assert not [d for d in docs.values() if ":class:" in d or "``" in d], docs
+
+
 def test_a_plugin_derives_its_dependencies_from_its_attributes() -> None:
     reg = default_registry().get("orc:sim:base")
     assert reg.implicit_dependencies({"left": "drive/l", "right": "r"}) == ["drive/l", "r"]

@@ -6,13 +6,28 @@ client."""
 from __future__ import annotations
 
 import asyncio
+import re
+import signal
+import sys
+import threading
 from pathlib import Path
 from typing import Any
 
 import pytest
 from inproc import running_robot
 
-from orchestrator import Actuator, Base, Gripper, Motor, Sensor, Servo, UnknownResource
+from orchestrator import (
+    Actuator,
+    Base,
+    BrokerUnavailable,
+    ConfigError,
+    Gripper,
+    InvalidArgument,
+    Motor,
+    Sensor,
+    Servo,
+    UnknownResource,
+)
 from orchestrator.client import ListedResource, RobotClient, SyncRobotClient, complete
 from orchestrator.security.access import store_for
 
@@ -80,6 +95,21 @@ async def test_a_long_move_can_be_awaited_and_reports_progress(tmp_path: Path, b
         assert not await left.is_moving()
         assert await left.get_position() == pytest.approx(2.0, abs=0.05)
         assert seen and seen[-1] == pytest.approx(2.0, abs=0.05) and took >= 0.15  # 2 rev at 600 rpm: 0.2 s
+
+
+async def test_motor_go_to_reaches_an_absolute_position_awaited_like_go_for(tmp_path: Path, broker_kind: str) -> None:
+    """Regression: the issue lists go_to among the long moves, and Motor had none (go_for only)."""
+    async with running_robot(tmp_path, broker_kind, PARTS) as robot, robot.client() as client:
+        left = client.resource("drive/left", Motor)
+        await complete(left, left.go_to(rpm=600, position_revolutions=1.5), timeout=10)
+        assert await left.get_position() == pytest.approx(1.5, abs=0.05)
+        await complete(left, left.go_to(rpm=-600, position_revolutions=0.5), timeout=10)  # the sign of rpm: ignored
+        assert await left.get_position() == pytest.approx(0.5, abs=0.05) and not await left.is_moving()
+        hosted = next(r for r in (await client.resources())["drive"] if r["name"] == "left")
+        listed = {m["name"]: m for m in hosted["methods"]}
+        assert listed["go_to"]["actuating"], listed
+        with pytest.raises(InvalidArgument):
+            await left.go_to(rpm=600, position_revolutions=float("nan"))
 
 
 async def test_servo_and_base_moves_are_awaited_the_same_way(tmp_path: Path, broker_kind: str) -> None:
@@ -167,3 +197,105 @@ async def test_a_client_from_a_config_naming_models_not_installed_here_connects(
             await left.set_power(0.1)
             assert await left.get_power() == 0.1
             await left.stop()
+
+
+# A script that Ctrl-C interrupts in the middle of a sync complete(): it prints what the motor does at
+# the moment its `except KeyboardInterrupt` runs.
+CTRL_C_SCRIPT = r"""
+import sys
+from orchestrator import Motor
+from orchestrator.client import SyncRobotClient
+
+robot, url, credentials = sys.argv[1:4]
+with SyncRobotClient.at(robot, url, credentials=credentials) as sync:
+    left = sync.resource("drive/left", Motor)
+    try:
+        sync.complete(left, left.aio.go_for(rpm=60, revolutions=100), progress=lambda p: print("moving", flush=True))
+    except KeyboardInterrupt:
+        print("interrupted; moving:", left.is_moving(), flush=True)
+"""
+
+
+async def test_ctrl_c_during_a_sync_complete_returns_only_once_the_actuator_stopped(tmp_path: Path,
+                                                                                  broker_kind: str) -> None:
+    """Regression: the KeyboardInterrupt reached the script while the motor still moved (the stop ran
+    on the client's loop a moment later), though sdk.md says Ctrl-C during complete stops it."""
+    async with running_robot(tmp_path, broker_kind, PARTS) as robot, robot.client() as watcher:
+        store = store_for(robot.loaded.config, robot.loaded.path)
+        proc = await asyncio.create_subprocess_exec(
+            sys.executable, "-c", CTRL_C_SCRIPT, robot.loaded.config.robot, robot.broker.url, str(store.directory),
+            stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE)
+        assert proc.stdout is not None
+        try:
+            async with asyncio.timeout(20):
+                line = await proc.stdout.readline()
+                assert line == b"moving\n", line + await proc.stderr.read()  # type: ignore[union-attr]
+                assert await watcher.resource("drive/left", Motor).is_moving()
+                proc.send_signal(signal.SIGINT)
+                out, err = await proc.communicate()
+        finally:
+            if proc.returncode is None:
+                proc.kill()
+                await proc.wait()
+        assert b"interrupted; moving: False" in out, out + err
+        assert proc.returncode == 0 and b"destroyed" not in err and b"Traceback" not in err, err
+        assert not await watcher.resource("drive/left", Motor).is_moving()
+
+
+def sync_client_threads() -> set[threading.Thread]:
+    return {t for t in threading.enumerate() if t.name == "orchestrator.sync-client"}
+
+
+async def test_a_sync_client_that_fails_to_connect_leaves_no_thread(tmp_path: Path, broker_kind: str) -> None:
+    """Regression: a refused connect (no credentials for a secured robot) left the client's loop thread
+    running, since ``with`` never reached ``__exit__``; a bad URL did the same."""
+    async with running_robot(tmp_path, broker_kind, PARTS) as robot:
+        before = sync_client_threads()
+
+        def script() -> None:
+            with pytest.raises(BrokerUnavailable), SyncRobotClient.at(robot.loaded.config.robot, robot.broker.url):
+                pass
+            with pytest.raises(ConfigError):
+                SyncRobotClient.at(robot.loaded.config.robot, "http://nowhere")
+
+        await asyncio.to_thread(script)
+        assert sync_client_threads() - before == set()
+
+
+async def test_a_refused_login_says_what_to_check(tmp_path: Path, broker_kind: str) -> None:
+    """Regression: connecting to a secured robot without credentials, or with a wrong robot name or
+    password, said only "broker refused the connection: Not authorized"."""
+    async with running_robot(tmp_path, broker_kind, PARTS) as robot:
+        name = robot.loaded.config.robot
+        with pytest.raises(BrokerUnavailable, match=r"connected anonymously.*credentials="):
+            async with RobotClient.at(name, robot.broker.url):
+                pass
+        refused = re.escape(f"as {name}/client/operator: is the robot named '{name}'")
+        with pytest.raises(BrokerUnavailable, match=refused):
+            async with RobotClient.at(name, robot.broker.url, password="wrong"):
+                pass
+
+
+async def test_the_sync_client_follows_telemetry_and_events_as_blocking_iterators(tmp_path: Path,
+                                                                                  broker_kind: str) -> None:
+    async with running_robot(tmp_path, broker_kind, PARTS) as robot:
+        store = store_for(robot.loaded.config, robot.loaded.path)
+
+        def script() -> tuple[list[tuple[str, dict[str, Any]]], dict[str, Any]]:
+            with SyncRobotClient.at(robot.loaded.config.robot, robot.broker.url, credentials=store.directory) as sync:
+                readings = []
+                with sync.telemetry("main/health") as stream:
+                    for item in stream:
+                        readings.append(item)
+                        if len(readings) == 2:
+                            break
+                with sync.events() as events:
+                    sync.resource("drive/left", Motor).set_power(0.2)  # our session now owns it: an event
+                    for event in events:
+                        if event["source"] == "sessions" and event["kind"] == "owned":
+                            return readings, event
+            raise AssertionError("the events stream ended")
+
+        readings, event = await asyncio.wait_for(asyncio.to_thread(script), 20)
+        assert [source for source, _ in readings] == ["main/health", "main/health"]
+        assert event["part"] == "drive"

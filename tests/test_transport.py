@@ -188,3 +188,37 @@ async def test_a_restored_subscription_refused_by_the_broker_is_made_again() -> 
             assert broker.subscribes == [(1, "robot/ctl"), (2, "robot/ctl"), (2, "robot/ctl")]
             assert c.resubscribe_refusals == 1
             assert c.connections == 2
+
+
+@pytest.mark.timeout(30)
+async def test_a_batched_reader_closed_between_two_batches_reads_its_unsuback(
+        broker: BrokerInfo, caplog: pytest.LogCaptureFixture) -> None:
+    """Regression: a client reading in batches (the primary's supervision connection) that was closed
+    between two batches never read its UNSUBACK (the reader was re-armed only while not closed), so
+    every close of a primary waited out the quiesce bound: one second per robot, per test robot too."""
+    prefix = f"t/{uuid.uuid4().hex[:8]}"
+    url = [(broker.host, broker.port)]
+    closing: list[asyncio.Task[None]] = []
+    arrived = asyncio.Event()
+    async with MqttClient(f"p-{prefix}", url) as publisher:
+        watch = MqttClient(f"w-{prefix}", url, batch_reads_s=0.05)
+        unsubscribing: list[asyncio.Future[None]] = []
+
+        class Pending(dict):  # type: ignore[type-arg]  # sees the future close() waits on for the UNSUBACK
+            def __setitem__(self, mid: int, fut: asyncio.Future[None]) -> None:
+                unsubscribing.append(fut)
+                super().__setitem__(mid, fut)
+
+        watch._pending_unsub = Pending()
+        # closed from the handler itself: right after a batch, while the reader waits to be re-armed
+        await watch.subscribe(f"{prefix}/beat",
+                              lambda m: (closing.append(asyncio.ensure_future(watch.close())), arrived.set()))
+        await watch.start()
+        with caplog.at_level("INFO", logger="orchestrator.transport"):
+            publisher.publish_nowait(f"{prefix}/beat", b"x", qos=1)
+            async with asyncio.timeout(10):
+                await arrived.wait()
+                await closing[0]
+    got = unsubscribing[0] if len(unsubscribing) == 1 else None
+    assert got is not None and got.done() and not got.cancelled(), "close() gave up waiting for the UNSUBACK"
+    assert not [r for r in caplog.records if "no UNSUBACK" in r.getMessage()], caplog.text

@@ -45,6 +45,7 @@ def _remote_method(spec: MethodSpec) -> Any:
 def proxy_class(base: type[R]) -> type[R]:
     """``RemoteMotor`` for ``Motor``: every API method of the base becomes a call."""
     ns: dict[str, Any] = {name: _remote_method(spec) for name, spec in api_methods(base).items()}
+    ns["__module__"] = __name__  # else "abc": ABCMeta.__new__ is the frame type() would take it from
     cls: type[R] = type(f"Remote{base.__name__}", (RemoteResource, base), ns)
     return cls
 

@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 from orchestrator.config.loader import LoadedConfig, load_config
-from orchestrator.errors import ConfigError, ConnectionLost, ProtocolError
+from orchestrator.errors import BrokerUnavailable, ConfigError, ConnectionLost, ProtocolError
 from orchestrator.protocol.codec import decode, encode
 from orchestrator.protocol.messages import (
     Notice,
@@ -144,7 +144,10 @@ class RobotClient:
         await self.mqtt.subscribe(self.topics.robot_notice(), self._on_notice)
         await self.sessions.listen()
         self.sessions.on_end.append(self._session_ended)
-        await self.mqtt.start()
+        try:
+            await self.mqtt.start()
+        except BrokerUnavailable as exc:
+            raise BrokerUnavailable(f"{exc}{self._refused_hint(str(exc))}") from None
         if self.use_sessions:
             try:
                 await self.renew_session()
@@ -174,6 +177,16 @@ class RobotClient:
     def _session_ended(self, session: Session, event: Any) -> None:
         if self.session is session:
             self.rpc.session_ended = session.ended
+
+    def _refused_hint(self, error: str) -> str:
+        """What to check when the broker refused our login (a newcomer's first error on a secured robot)."""
+        if "not authori" not in error.lower() and "bad user name" not in error.lower():
+            return ""
+        if self.mqtt.username is None:
+            return (f" (connected anonymously, which only a robot with security.insecure admits: give "
+                    f"identity= and credentials=, the directory holding client.{self.id.name}.secret, or password=)")
+        return (f" (as {self.mqtt.username}: is the robot named {self.id.robot!r} and is this identity's "
+                f"secret the one in its credentials directory?)")
 
     async def close(self) -> None:
         """Close the session (the robot stops what it owns) and disconnect.  Idempotent."""

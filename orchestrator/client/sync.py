@@ -19,21 +19,28 @@ robot stops what it drove.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import threading
-from collections.abc import Callable, Coroutine
+from collections.abc import AsyncIterator, Callable, Coroutine, Iterator
 from concurrent.futures import Future
+from contextlib import AbstractAsyncContextManager
 from pathlib import Path
 from typing import Any, Generic, TypeVar
 
 from orchestrator.config.loader import LoadedConfig
 from orchestrator.resources.base import Resource
 
+from .moves import STOP_BOUND_S
 from .robot_client import RobotClient
 
 T = TypeVar("T")
 R = TypeVar("R", bound=Resource)
 
 __all__ = ["SyncResource", "SyncRobotClient"]
+
+# How long an interrupted call may take to unwind on the loop (moves.complete stops the actuator
+# within its STOP_BOUND_S) before the KeyboardInterrupt reaches the script anyway.
+INTERRUPT_BOUND_S = STOP_BOUND_S + 1.0
 
 
 class _LoopThread:
@@ -45,16 +52,30 @@ class _LoopThread:
     def run(self, coro: Coroutine[Any, Any, T], timeout: float | None = None) -> T:
         if threading.current_thread() is self.thread:
             raise RuntimeError("a SyncRobotClient method was called from its own event loop: use the async client")
-        future: Future[T] = asyncio.run_coroutine_threadsafe(coro, self.loop)
+        finished = threading.Event()
+
+        async def watched() -> T:
+            try:
+                return await coro
+            finally:
+                finished.set()
+
+        future: Future[T] = asyncio.run_coroutine_threadsafe(watched(), self.loop)
         try:
             return future.result(timeout)
         except KeyboardInterrupt:
-            future.cancel()  # the coroutine is cancelled on the loop (a move stops: see moves.complete)
+            # Ctrl-C: the coroutine is cancelled on the loop, and the script sees the interrupt only once
+            # it has finished (bounded): a move awaited with complete() has been stopped by then.  A
+            # second Ctrl-C ends the wait.
+            future.cancel()
+            finished.wait(INTERRUPT_BOUND_S)
             raise
 
     def stop(self) -> None:
         if self.loop.is_closed():
             return
+        with contextlib.suppress(Exception):  # its worker threads end with it
+            asyncio.run_coroutine_threadsafe(self.loop.shutdown_default_executor(), self.loop).result(5)
         self.loop.call_soon_threadsafe(self.loop.stop)
         self.thread.join(timeout=10)
         if not self.thread.is_alive():
@@ -92,7 +113,12 @@ class SyncRobotClient:
     def __init__(self, make: Callable[[], RobotClient]) -> None:
         self._runner = _LoopThread()
         self._closed = False
-        self.aio: RobotClient = self._runner.run(self._make(make))
+        try:
+            self.aio: RobotClient = self._runner.run(self._make(make))
+        except BaseException:  # a bad URL, identity or credentials: no thread is left behind
+            self._closed = True
+            self._runner.stop()
+            raise
 
     @staticmethod
     async def _make(make: Callable[[], RobotClient]) -> RobotClient:
@@ -107,7 +133,12 @@ class SyncRobotClient:
         return cls(lambda: RobotClient.at(robot, broker, **kwargs))
 
     def connect(self) -> SyncRobotClient:
-        self._runner.run(self.aio.connect())
+        """Connect (and open the session).  If that fails the client is closed: its thread ends."""
+        try:
+            self._runner.run(self.aio.connect())
+        except BaseException:
+            self.close()
+            raise
         return self
 
     def __enter__(self) -> SyncRobotClient:
@@ -151,6 +182,41 @@ class SyncRobotClient:
         if asyncio.iscoroutine(start):
             return self._runner.run(complete(actuator, start, **kwargs))
         return self._runner.run(complete(actuator, until_stopped(actuator), **kwargs))
+
+    @contextlib.contextmanager
+    def telemetry(self, path: str = "+/+") -> Iterator[Iterator[tuple[str, dict[str, Any]]]]:
+        """:meth:`RobotClient.telemetry` as a blocking iterator of (``PART/RESOURCE``, readings)::
+
+            with robot.telemetry("main/imu") as readings:
+                for source, values in readings: ...
+        """
+        with self._blocking(self.aio.telemetry(path)) as items:
+            yield items
+
+    @contextlib.contextmanager
+    def events(self, part: str = "+") -> Iterator[Iterator[dict[str, Any]]]:
+        """:meth:`RobotClient.events` as a blocking iterator of event dicts."""
+        with self._blocking(self.aio.events(part)) as items:
+            yield items
+
+    @contextlib.contextmanager
+    def _blocking(self, subscription: AbstractAsyncContextManager[AsyncIterator[T]]) -> Iterator[Iterator[T]]:
+        stream = self._runner.run(subscription.__aenter__())
+
+        async def following() -> T:
+            return await anext(stream)
+
+        def items() -> Iterator[T]:
+            while True:
+                try:
+                    yield self._runner.run(following())
+                except StopAsyncIteration:
+                    return
+
+        try:
+            yield items()
+        finally:
+            self._runner.run(subscription.__aexit__(None, None, None), timeout=10)
 
     def shutdown_robot(self, reason: str = "requested by a client") -> None:
         self._runner.run(self.aio.shutdown_robot(reason))

@@ -9,9 +9,11 @@ Methods are called remotely by name with keyword arguments validated against the
 from __future__ import annotations
 
 import abc
+import math
 from collections.abc import Callable, Mapping
 from typing import Any, ClassVar, TypeVar
 
+from orchestrator.errors import InvalidArgument
 from orchestrator.resources.types import API
 
 F = TypeVar("F", bound=Callable[..., Any])
@@ -95,6 +97,15 @@ class Motor(Actuator):
     @abc.abstractmethod
     async def go_for(self, rpm: float, revolutions: float) -> None:
         """Turn ``revolutions`` at ``rpm`` (returns at once; the motor stops by itself at the target)."""
+
+    @actuating
+    async def go_to(self, rpm: float, position_revolutions: float) -> None:
+        """Turn to ``position_revolutions`` (from the start position) at ``abs(rpm)`` (returns at once).
+        By default ``go_for`` of the distance from ``get_position()``; a driver with a position mode of
+        its own overrides it."""
+        if not (math.isfinite(rpm) and math.isfinite(position_revolutions)):
+            raise InvalidArgument(f"{self.name}.go_to: rpm and position_revolutions must be finite numbers")
+        await self.go_for(abs(rpm), position_revolutions - await self.get_position())
 
     @abc.abstractmethod
     async def get_position(self) -> float:

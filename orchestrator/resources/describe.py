@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import functools
 import inspect
+import re
 import typing
 from typing import Any
 
@@ -27,10 +28,18 @@ def _annotation(ann: Any) -> str:
     return inspect.formatannotation(ann).replace("typing.", "")
 
 
+_ROLE = re.compile(r":[a-z]+:`~?(?:[\w.]+\.)?([^`]+)`")  # :class:`~orchestrator.errors.UnknownMethod`
+_LITERAL = re.compile(r"``([^`]+)``")
+
+
 def _doc(obj: Any) -> str:
-    """The first paragraph of a docstring, on one line."""
+    """The first paragraph of a docstring, on one line, as plain text (``models`` and the web panel
+    show it to people: ``:class:`~a.B``` reads ``B``, ````x```` reads ``x``)."""
     doc = (inspect.getdoc(obj) or "").strip()
-    return " ".join(doc.split("\n\n")[0].split()) if doc else ""
+    if not doc:
+        return ""
+    text = " ".join(doc.split("\n\n")[0].split())
+    return _LITERAL.sub(r"\1", _ROLE.sub(r"\1", text))
 
 
 @functools.cache

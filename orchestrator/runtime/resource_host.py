@@ -34,6 +34,7 @@ class ResourceState:
     reason: str | None = None
     attempts: int = 0
     waiting_for: str | None = None  # the part this degraded resource waits for, until it runs
+    error: Exception | None = field(default=None, repr=False)  # what the plugin raised (for its tests)
 
 
 @dataclass
@@ -114,13 +115,13 @@ class ResourceHost:
             res = self.registry.get(cfg.model).build(name, dict(cfg.attributes), deps)
             await asyncio.wait_for(res.start(), timeout=max(self.part.stop_deadline_s, 5.0))
         except Exception as exc:  # a plugin may raise anything: report, retry, keep the part running
-            st.status, st.reason = "degraded", f"{type(exc).__name__}: {exc}"
+            st.status, st.reason, st.error = "degraded", f"{type(exc).__name__}: {exc}", exc
             log.warning("part %s: resource %s failed to build: %s", self.part.name, name, st.reason)
             return False
         if self.on_built is not None:
             self.on_built(name, res)
         self.resources[name] = res
-        st.status, st.reason = "ready", None
+        st.status, st.reason, st.error = "ready", None, None
         return True
 
     async def _remote(self, ref: ResourceRef) -> Resource | None:

@@ -306,15 +306,36 @@ class MqttClient:
         """
         if not self.is_connected or not self._subs or self.threaded:
             return
+        self._read_unbatched()
         rc, mid = self._paho.unsubscribe(list(self._subs))
         if rc != MQTTErrorCode.MQTT_ERR_SUCCESS or mid is None:
             return
         fut: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         self._pending_unsub[mid] = fut
-        with contextlib.suppress(TimeoutError):
+        try:
             async with asyncio.timeout(timeout):
                 await fut
+        except TimeoutError:
+            log.info("%s: no UNSUBACK within %.1f s; disconnecting anyway", self.client_id, timeout)
         self._pending_unsub.pop(mid, None)
+
+    def _read_unbatched(self) -> None:
+        """Closing: read as soon as anything arrives.  A batched reader (``batch_reads_s``) between two
+        batches is re-armed by ``_watch_again``, which does nothing once the client is closed: the
+        UNSUBACK was never read and every close of the primary waited out the whole quiesce bound."""
+        if not self.batch_reads_s:
+            return
+        self.batch_reads_s = 0.0
+        if self._rearm is not None:
+            self._rearm.cancel()
+            self._rearm = None
+        sock = self._paho.socket()
+        if sock is None or self._loop is None or self._loop.is_closed():
+            return
+        fd = sock.fileno()
+        with contextlib.suppress(Exception):
+            self._loop.remove_reader(fd)
+        self._watch_socket(fd)
 
     async def _drain(self, timeout: float) -> None:
         """Wait (bounded) until paho has no unacknowledged QoS 1 message and nothing left to write.
