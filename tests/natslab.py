@@ -462,6 +462,22 @@ class NatsLab:
             return None
         return {k: str(v) for k, v in leaders.items()}
 
+    def probe_consumers(self) -> int | None:
+        """How many consumers the stream of QoS 1 messages ($MQTT_msgs) has, as the meta leader sees it (each
+        QoS 1 subscription is one); None when unknown."""
+        leader = self.meta_leader()
+        if leader is None or not self.clustered:
+            return None
+        try:
+            doc = self.jsz(leader, "accounts=true&streams=true")
+        except (OSError, ValueError):
+            return None
+        for account in doc.get("account_details", []):
+            for stream in account.get("stream_detail", []):
+                if stream.get("name") == "$MQTT_msgs":
+                    return int((stream.get("state") or {}).get("consumer_count", 0))
+        return 0
+
     # -- readiness ----------------------------------------------------------------------------------
     def wait_ready(self, timeout: float | None = None) -> None:
         """Return once MQTT works across every live node (see the module docstring); raise with the logs.
@@ -485,10 +501,15 @@ class NatsLab:
                 time.sleep(0.05)  # poll interval
                 continue
             try:
+                before = self.probe_consumers() or 0
                 _probe(live, self.probe_credentials, min(PROBE_WAIT, max(0.5, deadline - time.monotonic())))
                 # the probe made nats-server create its MQTT streams; a consumer (a QoS 1 subscription) can
-                # be made once each has a leader, which may come a moment after MQTT works
+                # be made once each has a leader, which may come a moment after MQTT works; and once the
+                # probe's own consumers are deleted (each a JetStream API request: a burst of them right
+                # after start-up timed out a test's QoS 1 SUBSCRIBE in CI)
                 if self.stream_leaders() is not None:
+                    while time.monotonic() < deadline and (self.probe_consumers() or 0) > before:
+                        time.sleep(0.05)  # poll interval: the monitoring endpoint has nothing to await
                     return
                 last = RuntimeError("a JetStream stream of the MQTT layer has no leader yet")
                 time.sleep(0.05)  # poll interval
