@@ -16,7 +16,7 @@ from typing import Any
 
 import pytest
 from brokers import make_credentials
-from robot import Up, alive, robot_setup, three_level_parts, unique_robot, write_config
+from robot import RobotSetup, Up, alive, robot_setup, three_level_parts, unique_robot, write_config
 
 from orchestrator import Motor, SessionExpired
 from orchestrator.client import RobotClient
@@ -317,6 +317,14 @@ def _last_stop(traces: Path, name: str) -> float | None:
     return float(lines[-1][0])
 
 
+async def _run_outside_a_session(setup: RobotSetup, *motors: str) -> None:
+    """Set each motor running at 40 % outside any session: only its part's stop() stops it then."""
+    async with RobotClient.from_config(setup.loaded, urls=[setup.where], sessions=False,
+                                       connect_timeout=15) as client:
+        for target in motors:
+            await client.resource(target, Motor).set_power(0.4)
+
+
 @pytest.mark.timeout(90)
 @pytest.mark.parametrize("kind", KINDS)
 async def test_up_stops_every_part_gracefully_bottom_up_when_the_primary_hangs_in_a_shutdown(
@@ -336,10 +344,7 @@ async def test_up_stops_every_part_gracefully_bottom_up_when_the_primary_hangs_i
         try:
             async with setup.watcher() as w:
                 await w.all_running(["main", "base", "odo"])
-                async with RobotClient.from_config(setup.loaded, urls=[setup.where], sessions=False,
-                                                   connect_timeout=15) as client:
-                    for target in ("base/wheel", "odo/spin"):  # outside any session: only a stop() stops them
-                        await client.resource(target, Motor).set_power(0.4)
+                await _run_outside_a_session(setup, "base/wheel", "odo/spin")
                 pids = {p: w.states[p][1].pid for p in ("main", "base", "odo")}
             main_pid = pids["main"]
             assert main_pid is not None
@@ -391,10 +396,7 @@ async def test_up_stops_every_part_when_the_primary_hangs_in_the_middle_of_a_shu
         try:
             async with setup.watcher() as w:
                 await w.all_running(["main", "base", "odo", "arm"])
-                async with RobotClient.from_config(setup.loaded, urls=[setup.where], sessions=False,
-                                                   connect_timeout=15) as client:
-                    for target in ("base/wheel", "odo/spin", "arm/shoulder"):  # only a stop() stops them
-                        await client.resource(target, Motor).set_power(0.4)
+                await _run_outside_a_session(setup, "base/wheel", "odo/spin", "arm/shoulder")
                 pids = {p: w.states[p][1].pid for p in ("main", "base", "odo", "arm")}
                 main_pid = pids["main"]
                 assert main_pid is not None

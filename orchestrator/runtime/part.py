@@ -192,12 +192,17 @@ class Part:
         self.server.before_call.append(self.sessions.before_call)
         self.telemetry = Telemetry(self)
         # this part's own session: what it drives on other parts stops if it dies or loses its link
-        own_window = self.config.sessions.heartbeat_window_s
-        self.own_session = self.session_key.issue(self.sender, own_window)
+        self._issue_own_session()
+
+    def _issue_own_session(self) -> None:
+        """A new session of this part's own, made its calls' session, and the heartbeater that keeps it alive
+        (started by the first remote call made in it: ``rpc.session_activate``)."""
+        window = self.config.sessions.heartbeat_window_s
+        self.own_session = self.session_key.issue(self.sender, window)
         self.rpc.session = self.own_session
         self._own_heartbeat = Heartbeater(self.client, self.topics.session_heartbeat(self.sender), self.sender,
                                           self.own_session, self.session_key.heartbeat_secret(self.own_session),
-                                          own_window / 5)
+                                          window / 5)
 
     def _renew_own_session(self, refused: str) -> None:
         """A part refused a call in this part's own session: the robot ended it (it expired somewhere, e.g.
@@ -207,13 +212,8 @@ class Part:
         if refused != self.own_session:
             return
         old = self._own_heartbeat
-        window = self.config.sessions.heartbeat_window_s
-        self.own_session = self.session_key.issue(self.sender, window)
-        self.rpc.session = self.own_session
-        self._own_heartbeat = Heartbeater(self.client, self.topics.session_heartbeat(self.sender), self.sender,
-                                          self.own_session, self.session_key.heartbeat_secret(self.own_session),
-                                          window / 5)
-        self.rpc.session_activate = lambda: self._own_heartbeat.start(wait=False)
+        self._issue_own_session()
+        self.rpc.session_activate = lambda: self._own_heartbeat.start(wait=False)  # the rpc clears it once used
         log.warning("part %s: its own session %s was ended by the robot; the next call opens session %s",
                     self.name, short(refused), short(self.own_session))
         self.spawn(old.aclose(), "own-session.release")
