@@ -443,21 +443,28 @@ class NatsLab:
                 return node.index
         return None
 
-    def stream_leaders(self) -> dict[str, str] | None:
-        """The leader of each JetStream stream, as the meta leader sees them; None while the nodes agree on
-        no meta leader, while nats-server has not made its MQTT streams yet, or while one has no leader (a
-        QoS 1 subscription then gets SUBACK 0x80: its consumer cannot be made)."""
+    def _streams(self) -> list[dict[str, Any]] | None:
+        """Every JetStream stream's detail as the meta leader sees it (clustered labs); None while the nodes agree
+        on no meta leader or the monitoring endpoint does not answer."""
         leader = self.meta_leader()
         if leader is None:
             return None
-        if not self.clustered:
-            return {}
         try:
             doc = self.jsz(leader, "accounts=true&streams=true")
         except (OSError, ValueError):
             return None
-        leaders = {s["name"]: (s.get("cluster") or {}).get("leader")
-                   for account in doc.get("account_details", []) for s in account.get("stream_detail", [])}
+        return [s for account in doc.get("account_details", []) for s in account.get("stream_detail", [])]
+
+    def stream_leaders(self) -> dict[str, str] | None:
+        """The leader of each JetStream stream, as the meta leader sees them; None while the nodes agree on
+        no meta leader, while nats-server has not made its MQTT streams yet, or while one has no leader (a
+        QoS 1 subscription then gets SUBACK 0x80: its consumer cannot be made)."""
+        if not self.clustered:
+            return {} if self.meta_leader() is not None else None
+        streams = self._streams()
+        if streams is None:
+            return None
+        leaders = {s["name"]: (s.get("cluster") or {}).get("leader") for s in streams}
         if not leaders.get("$MQTT_msgs") or not all(leaders.values()):
             return None
         return {k: str(v) for k, v in leaders.items()}
@@ -465,18 +472,11 @@ class NatsLab:
     def probe_consumers(self) -> int | None:
         """How many consumers the stream of QoS 1 messages ($MQTT_msgs) has, as the meta leader sees it (each
         QoS 1 subscription is one); None when unknown."""
-        leader = self.meta_leader()
-        if leader is None or not self.clustered:
+        streams = self._streams() if self.clustered else None
+        if streams is None:
             return None
-        try:
-            doc = self.jsz(leader, "accounts=true&streams=true")
-        except (OSError, ValueError):
-            return None
-        for account in doc.get("account_details", []):
-            for stream in account.get("stream_detail", []):
-                if stream.get("name") == "$MQTT_msgs":
-                    return int((stream.get("state") or {}).get("consumer_count", 0))
-        return 0
+        return next((int((s.get("state") or {}).get("consumer_count", 0)) for s in streams
+                     if s.get("name") == "$MQTT_msgs"), 0)
 
     # -- readiness ----------------------------------------------------------------------------------
     def wait_ready(self, timeout: float | None = None) -> None:
