@@ -260,5 +260,5 @@ def _from_flags(robot: str, broker_url: str, identity: str | None, credentials: 
     try:
         acc = access_without_config(ClientId(robot, name), credentials, tls_urls=is_tls_url_list(broker_url))
     except CredentialsMissing as exc:
-        raise fail(f"{broker_url[:100]}: {exc}" if "ca.crt" in str(exc) else str(exc)) from None
+        raise fail(str(exc)) from None  # it names the missing file: the secret or ca.crt
     return Target(robot, urls, name, acc.username, acc.password, acc.tls)
