@@ -457,7 +457,7 @@ class NatsLab:
 
     def stream_leaders(self) -> dict[str, str] | None:
         """The leader of each JetStream stream, as the meta leader sees them; None while the nodes agree on
-        no meta leader, while nats-server has not made its MQTT streams yet, or while one has no leader (a
+        no meta leader, while nats-server has not made its MQTT streams yet, or while one has no live leader (a
         QoS 1 subscription then gets SUBACK 0x80: its consumer cannot be made)."""
         if not self.clustered:
             return {} if self.meta_leader() is not None else None
@@ -465,7 +465,8 @@ class NatsLab:
         if streams is None:
             return None
         leaders = {s["name"]: (s.get("cluster") or {}).get("leader") for s in streams}
-        if not leaders.get("$MQTT_msgs") or not all(leaders.values()):
+        live = {n.name for n in self.live()}  # right after a kill the dead node may still be named leader
+        if not leaders.get("$MQTT_msgs") or not all(v in live for v in leaders.values()):
             return None
         return {k: str(v) for k, v in leaders.items()}
 

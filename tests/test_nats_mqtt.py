@@ -738,6 +738,11 @@ async def test_killed_node_fail_over_retained_and_subscriptions_survive() -> Non
             measured("restored subscriptions refused then made again by the transport", part.resubscribe_refusals)
             measured("kill to everything checked", time.perf_counter() - killed)
 
+            # the retained messages live in a stream ($MQTT_rmsgs) whose leader may have been the dead node: read
+            # them once the survivors have elected every stream's leader again (a CI run timed out the read at 10 s
+            # while they had not)
+            leaders = await asyncio.to_thread(_stream_leaders, lab)
+            measured("stream leaders after the kill", str(leaders))
             late = Inbox()  # the retained state, from a survivor (QoS 0: no JetStream consumer)
             async with mqtt(b) as reader:
                 await reader.subscribe(t.part_resources("main"), late, qos=0)
