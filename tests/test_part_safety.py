@@ -13,6 +13,7 @@ from inproc import running_robot
 from orchestrator import Motor
 from orchestrator.resources.base import Actuator
 from orchestrator.runtime.main import make_part
+from orchestrator.transport.tcpinfo import TcpInfo
 
 
 @pytest.mark.timeout(30)
@@ -102,3 +103,57 @@ async def _until_stopped(m: Motor, timeout: float) -> None:
     while await m.is_moving():
         assert time.monotonic() < deadline, f"the motor still moves {timeout:.1f} s after the link failed"
         await asyncio.sleep(0.01)
+
+
+# -- regression: a lossy link stopped the motor (CI: "no echo of our heartbeats for 1.20 s" at 10 % loss) --
+
+RECOVERING = TcpInfo(retransmits=2, unacked=3, sacked=2, lost=1, retrans=1, peer_silent_s=0.05, data_segs_in=None)
+
+
+@pytest.mark.timeout(40)
+async def test_ten_percent_loss_stall_in_tcp_is_waited_out_up_to_twice_the_link_timeout(tmp_path: Path) -> None:
+    """At 10 % loss a segment lost twice in a row stalls TCP (and our heartbeats' echo) for over a second
+    with the link alive: the echo check stopped the motor at link_timeout_s (1 s) in CI.  While the kernel
+    shows TCP recovering a loss on a link that answers, the check waits, but never past twice its timeout."""
+    parts = [{"name": "main", "resources": [{"name": "m", "model": "orc:sim:motor"}]}]
+    async with running_robot(tmp_path, "mosquitto", parts, start=False, broker_keepalive_s=30) as robot:
+        with FaultProxy((robot.broker.host, robot.broker.port)) as proxy:
+            part = make_part(robot.loaded, "main", urls=[proxy.address])
+            await part.start()
+            try:
+                m = part.host.resources["m"]
+                assert isinstance(m, Motor)
+                part.client.tcp_info = lambda: RECOVERING  # type: ignore[method-assign]
+                timeout, beat = part.link_timeout_s, part.part_config.heartbeat_s
+                await m.set_power(0.5)
+                t0 = time.monotonic()
+                proxy.stall()  # the echo stops; the (faked) kernel says TCP is recovering a loss
+                await _until_stopped(m, 2 * timeout + 2 * beat + 1.0)
+                took = time.monotonic() - t0
+                assert took > timeout + 2 * beat, f"stopped after {took:.2f} s: the loss recovery was not waited for"
+                assert part.link_waits == 1 and part.link_drops == 1
+            finally:
+                proxy.resume()
+                await part.close()
+
+
+@pytest.mark.timeout(40)
+async def test_a_frozen_broker_whose_kernel_still_acknowledges_is_stopped_at_the_link_timeout(tmp_path: Path) -> None:
+    """The wait for TCP is only for a link recovering a loss: a broker that reads nothing (here the proxy
+    stops forwarding; its kernel acknowledges every byte) shows no loss, and the check fires on time."""
+    parts = [{"name": "main", "resources": [{"name": "m", "model": "orc:sim:motor"}]}]
+    async with running_robot(tmp_path, "mosquitto", parts, start=False, broker_keepalive_s=30) as robot:
+        with FaultProxy((robot.broker.host, robot.broker.port)) as proxy:
+            part = make_part(robot.loaded, "main", urls=[proxy.address])
+            await part.start()
+            try:
+                m = part.host.resources["m"]
+                assert isinstance(m, Motor)
+                assert part.client.tcp_info() is not None  # the kernel's real view, read on this machine
+                await m.set_power(0.5)
+                proxy.stall()
+                await _until_stopped(m, part.link_timeout_s + 2 * part.part_config.heartbeat_s + 1.0)
+                assert part.link_waits == 0 and part.link_drops == 1
+            finally:
+                proxy.resume()
+                await part.close()

@@ -222,3 +222,29 @@ async def test_a_batched_reader_closed_between_two_batches_reads_its_unsuback(
     got = unsubscribing[0] if len(unsubscribing) == 1 else None
     assert got is not None and got.done() and not got.cancelled(), "close() gave up waiting for the UNSUBACK"
     assert not [r for r in caplog.records if "no UNSUBACK" in r.getMessage()], caplog.text
+
+
+def test_tcp_info_reads_the_kernels_view_of_a_real_connection() -> None:
+    """The fields the echo check relies on (transport/tcpinfo.py), read from a real loopback connection:
+    data segments from the peer are counted, the peer's silence is renewed by what it sends, and a healthy
+    connection shows no loss under recovery."""
+    import time
+
+    from orchestrator.transport.tcpinfo import tcp_info
+
+    with socket.create_server(("127.0.0.1", 0)) as srv:
+        ours = socket.create_connection(srv.getsockname())
+        theirs, _ = srv.accept()
+        with ours, theirs:
+            ours.sendall(b"heartbeat")
+            assert theirs.recv(100) == b"heartbeat"
+            before = tcp_info(ours)
+            assert before is not None and before.data_segs_in == 0 and not before.recovering_a_loss()
+            time.sleep(0.2)  # a bound, not a timing: the kernel counts in milliseconds
+            assert tcp_info(ours).peer_silent_s >= 0.15  # type: ignore[union-attr]
+            theirs.sendall(b"echo")
+            assert ours.recv(100) == b"echo"
+            after = tcp_info(ours)
+            assert after is not None and after.data_segs_in == 1 and after.peer_silent_s < 0.15
+        assert tcp_info(ours) is None  # closed: the kernel cannot say
+    assert tcp_info(object()) is None  # not a socket

@@ -318,6 +318,7 @@ class PartMetrics(_Body):
     uptime_s: float = Field(default=0.0, ge=0)
     reconnects: int = Field(default=0, ge=0)
     link_drops: int = Field(default=0, ge=0)
+    link_waits: int = Field(default=0, ge=0)  # echo checks that waited for TCP to recover a loss
     session_stops: dict[Name, int] = Field(default_factory=dict, max_length=100)
     refused: int = Field(default=0, ge=0)
 

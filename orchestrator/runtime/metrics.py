@@ -141,6 +141,9 @@ class MetricsEndpoint(Collector):
         reconnects = CounterMetricFamily("orchestrator_reconnects", "reconnections to the broker", labels=["part"])
         link_drops = CounterMetricFamily("orchestrator_link_drops", "times the part found its link dead and "
                                          "stopped its actuators", labels=["part"])
+        link_waits = CounterMetricFamily("orchestrator_link_waits", "times the part's echo check waited for TCP "
+                                         "to recover a loss on a link that still answered (a lossy link)",
+                                         labels=["part"])
         stops = CounterMetricFamily("orchestrator_session_stops", "session ends that stopped actuators",
                                     labels=["part", "kind"])
         for part, m in list(self.part_metrics.items())[:MAX_PARTS]:
@@ -154,9 +157,10 @@ class MetricsEndpoint(Collector):
                 latency.add_metric(labels, buckets, sum_value=c.sum)
             reconnects.add_metric([part], m.reconnects)
             link_drops.add_metric([part], m.link_drops)
+            link_waits.add_metric([part], m.link_waits)
             for kind, n in m.session_stops.items():
                 stops.add_metric([part, kind], n)
-        out += [calls, errors, latency, reconnects, link_drops, stops]
+        out += [calls, errors, latency, reconnects, link_drops, link_waits, stops]
 
         refused = CounterMetricFamily("orchestrator_rejected_messages", "messages refused, by reason",
                                       labels=["part", "reason"])

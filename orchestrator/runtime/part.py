@@ -8,7 +8,8 @@ resources, then reports to its parent with what it did, and exits.
 
 Safety on the link: a part that loses the broker stops its own actuators at once; so does a part
 whose connection still looks up but carries nothing (it hears the echo of its own heartbeats, and
-when that echo is silent for ``link_timeout_s`` it stops its actuators; the keep-alive then ends
+when that echo is silent for ``link_timeout_s`` it stops its actuators, or for up to twice that while
+the kernel shows TCP recovering a loss on a link that still answers (transport/tcpinfo.py); the keep-alive then ends
 the dead connection and the part reconnects with a new birth).  On every reconnection it
 re-announces everything it keeps retained (state, resources, sessions).
 
@@ -152,6 +153,9 @@ class Part:
         # wall clock: what we sent up to then came back, so we would have heard others' messages up to then
         self._link_proven_at = time.time()
         self.link_drops = 0
+        self.link_waits = 0  # echo checks that waited for TCP to recover a loss (a lossy link, not a dead one)
+        self._link_waiting = False
+        self._segs_in_at_beat: int | None = None  # data segments from the broker, at the previous beat
         # for a container health check: renewed on each echo while running (runtime/healthfile.py)
         self.health = HealthFile(health_file, max(self.link_timeout_s,
                                                   self.part_config.heartbeat_s * self.part_config.heartbeat_misses))
@@ -440,12 +444,32 @@ class Part:
             self.event("link", "the link carries our heartbeats again (nothing restarts by itself)")
 
     def _check_link(self) -> None:
-        """Our heartbeats go unechoed for ``link_timeout_s``: the connection looks up but carries nothing."""
+        """Our heartbeats go unechoed for ``link_timeout_s``: the connection looks up but carries nothing.
+
+        Unless TCP is recovering a loss on a link that still answers (:meth:`_tcp_recovering`): a
+        segment lost twice stalls the connection for longer than a second with nothing wrong with the
+        link but its loss; the check then waits, up to twice ``link_timeout_s``.  A dead, blackholed or
+        frozen link never shows that, and is stopped at ``link_timeout_s`` as before."""
         since = self._unechoed_since
         silent = 0.0 if since is None else time.monotonic() - since
+        # the kernel is read once the echo is late (from half the timeout: the previous beat's count of
+        # segments is there when the timeout comes), not on every beat of a healthy link
+        recovering = self._tcp_recovering() if silent > self.link_timeout_s / 2 else False
+        if silent <= self.link_timeout_s / 2:
+            self._segs_in_at_beat = None
+        if silent <= self.link_timeout_s:
+            self._link_waiting = False
         if not self._link_ok or silent <= self.link_timeout_s:
             return
+        if recovering and silent <= 2 * self.link_timeout_s:
+            if not self._link_waiting:
+                self._link_waiting = True
+                self.link_waits += 1
+                log.debug("part %s: no echo for %.2f s, but TCP is recovering a loss on a link that answers: "
+                          "waiting up to %.2f s", self.name, silent, 2 * self.link_timeout_s)
+            return
         self._link_ok = False
+        self._link_waiting = False
         self.link_drops += 1
         self.health.not_running("disconnected", f"no echo of our heartbeats for {silent:.2f} s")
         # stop what moves (safety first); the connection itself is left to the keep-alive: dropping it on a
@@ -454,6 +478,20 @@ class Part:
                     "actuators", self.name, silent)
         self.spawn(self._stop_actuators("the link to the broker carries nothing"), "link-lost")
         self.event("link", f"no echo of our heartbeats for {silent:.2f} s: actuators stopped", "warning")
+
+    def _tcp_recovering(self) -> bool:
+        """The kernel shows a lossy link, not a dead one: the broker's host acknowledged something lately
+        and either we are retransmitting what it did not get, or its data keeps arriving behind a hole
+        (data segments from it since the previous beat, none readable: our echo is among them)."""
+        info = self.client.tcp_info()
+        segs_before, self._segs_in_at_beat = self._segs_in_at_beat, None if info is None else info.data_segs_in
+        if info is None:
+            return False
+        fresh = max(self.link_timeout_s / 2, 2 * self.part_config.heartbeat_s)
+        if info.peer_silent_s > fresh:
+            return False
+        arriving = segs_before is not None and info.data_segs_in is not None and info.data_segs_in > segs_before
+        return info.recovering_a_loss() or arriving
 
     async def _stop_actuators(self, why: str) -> None:
         result = await self.host.stop_actuators(bound_s=max(0.05, self.part_config.stop_deadline_s / 2))
@@ -486,7 +524,7 @@ class Part:
             if self.refusals.version != published and self.client.is_connected:
                 published = self.refusals.version
                 await self.publish_counters()
-            version = self.call_stats.version + self.link_drops + max(0, self.client.connections - 1)
+            version = self.call_stats.version + self.link_drops + self.link_waits + max(0, self.client.connections - 1)
             if version != stats_published and self.client.is_connected:
                 stats_published = version
                 await self.publish_metrics()
@@ -495,6 +533,7 @@ class Part:
         """What the primary's Prometheus endpoint serves for this part (retained on ``part/<p>/metrics``)."""
         return PartMetrics(**self.call_stats.body(), uptime_s=round(time.monotonic() - self._started_mono, 3),
                            reconnects=max(0, self.client.connections - 1), link_drops=self.link_drops,
+                           link_waits=self.link_waits,
                            session_stops=dict(self.sessions.stops), refused=self.refusals.total)
 
     async def publish_metrics(self) -> None:

@@ -35,6 +35,7 @@ from paho.mqtt.enums import CallbackAPIVersion, MQTTErrorCode
 
 from orchestrator.errors import BrokerUnavailable, ConnectionLost, OrchestratorError
 from orchestrator.protocol.matching import FilterTrie, topic_matches
+from orchestrator.transport import tcpinfo
 
 log = logging.getLogger("orchestrator.transport")
 
@@ -349,6 +350,11 @@ class MqttClient:
             if not getattr(self._paho, "_out_messages", None) and not getattr(self._paho, "_out_packet", None):
                 return
             await asyncio.sleep(0.002)
+
+    def tcp_info(self) -> tcpinfo.TcpInfo | None:
+        """The kernel's view of the connection to the broker (None: not connected, or not Linux)."""
+        sock = self._paho.socket()
+        return None if sock is None else tcpinfo.tcp_info(sock)
 
     @property
     def is_connected(self) -> bool:
