@@ -352,6 +352,9 @@ def compose(
     mosquitto_image: Annotated[str | None, typer.Option(help="the broker's image (default: "
                                                         "$ORCHESTRATOR_MOSQUITTO_IMAGE, else eclipse-mosquitto:2)")]
     = None,
+    health_interval: Annotated[float | None, typer.Option(min=1.0, help="seconds between two health checks of a "
+                                                          "part container (default: 2, more for a robot of more "
+                                                          "than 16 parts: the engine's checks cost CPU)")] = None,
     chown_secrets: Annotated[bool, typer.Option(help="give each secret file to the uid of the container that reads "
                                                 "it (compose mounts file secrets with the host's owner; root only)")]
     = False,
@@ -371,6 +374,8 @@ def compose(
         opts = dataclasses.replace(opts, image=image)
     if mosquitto_image:
         opts = dataclasses.replace(opts, mosquitto_image=mosquitto_image)
+    if health_interval:
+        opts = dataclasses.replace(opts, health_interval_s=health_interval)
     try:
         gen = generate(loaded, opts)
     except ConfigError as exc:

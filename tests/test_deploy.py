@@ -99,6 +99,29 @@ def test_compose_command_writes_a_valid_file_for_any_robot(tmp_path: Path) -> No
     assert "acl_file /run/secrets/acl" in conf
 
 
+def test_a_big_robots_health_checks_stay_within_what_the_engine_can_run(tmp_path: Path) -> None:
+    """Regression (bench deploy, 100 parts): each health check is a `docker exec` (about 45 ms of the engine's
+    CPU whatever the command); 100 part containers checked every 2 s kept both cores busy and the robot never
+    came up healthy. The robot's checks together stay near HEALTH_CHECKS_PER_S; `--health-interval` overrides."""
+    from orchestrator.launcher.compose import HEALTH_CHECKS_PER_S, health_interval_s
+
+    assert health_interval_s(5) == 2.0 and health_interval_s(16) == 2.0
+    for n in (17, 50, 100, 400):
+        assert n / health_interval_s(n) <= HEALTH_CHECKS_PER_S < n / (health_interval_s(n) - 1)
+    parts = [{"name": "main"}] + [{"name": f"p{i}", "parent": "main"} for i in range(1, 100)]
+    cfg = tmp_path / "big.yaml"
+    cfg.write_text(yaml.safe_dump({"robot": "big", "parts": parts}))
+    for extra, interval in (([], "13s"), (["--health-interval", "30"], "30s")):
+        out = tmp_path / f"compose{len(extra)}.yaml"
+        res = subprocess.run([sys.executable, "-m", "orchestrator", "compose", str(cfg), "-o", str(out), *extra],
+                             capture_output=True, text=True, timeout=60)
+        assert res.returncode == 0, res.stdout + res.stderr
+        services = yaml.safe_load(out.read_text())["services"]
+        assert {services[p["name"]]["healthcheck"]["interval"] for p in parts} == {interval}
+    example = yaml.safe_load((ROOT / "docker-compose.yml").read_text())["services"]
+    assert example["base"]["healthcheck"]["interval"] == "2s"  # a small robot: a child starts 2 s after its parent
+
+
 def test_compose_with_tls_and_an_upstream_emits_the_tls_listener_and_the_bridge(tmp_path: Path) -> None:
     # the parts reach the broker over TLS only (certificates as secrets); the bridge block is a secret too
     cfg = tmp_path / "tlsbot.yaml"
