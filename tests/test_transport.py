@@ -248,3 +248,69 @@ def test_tcp_info_reads_the_kernels_view_of_a_real_connection() -> None:
             assert after is not None and after.data_segs_in == 1 and after.peer_silent_s < 0.15
         assert tcp_info(ours) is None  # closed: the kernel cannot say
     assert tcp_info(object()) is None  # not a socket
+
+
+@pytest.mark.timeout(60)
+@pytest.mark.parametrize("batch_reads_s", [0.0, 0.05], ids=["each-wake-up", "batched"])
+async def test_a_burst_is_read_through_the_buffer_whole_in_order_and_with_few_recv_calls(
+        broker: BrokerInfo, batch_reads_s: float, monkeypatch: pytest.MonkeyPatch) -> None:
+    """paho reads a packet's header one byte at a time (three recv calls a packet and more); the event-loop
+    mode reads what the kernel has at once and serves paho from a buffer of ours. A burst of far more
+    packets than one read of the loop handles (256) waits in the kernel while the loop is held, then
+    silence: what is left in our buffer wakes no selector, so the client must read on by itself, every
+    packet, in order."""
+    import fcntl
+    import struct
+    import termios
+    import time
+
+    import paho.mqtt.client as paho_mod
+
+    calls = 0
+    real = paho_mod.Client._sock_recv
+
+    def counting(self: paho_mod.Client, bufsize: int) -> bytes:
+        nonlocal calls
+        calls += 1
+        return real(self, bufsize)
+
+    prefix = f"t/{uuid.uuid4().hex[:8]}"
+    n = 3000
+    got: list[bytes] = []
+    done = asyncio.Event()
+
+    def on(m: Message) -> None:
+        got.append(m.payload)
+        if len(got) == n:
+            done.set()
+
+    # a long keep-alive: no PINGRESP comes to wake a reader that left bytes in its buffer
+    async with MqttClient(f"r-{prefix}", [(broker.host, broker.port)], keepalive=60,
+                          batch_reads_s=batch_reads_s) as reader:
+        await reader.subscribe(f"{prefix}/#", on, qos=0)
+        writer = paho_mod.Client(paho_mod.CallbackAPIVersion.VERSION2, client_id=f"w-{prefix}",
+                                 protocol=paho_mod.MQTTv311)
+        writer.connect(broker.host, broker.port, 30)
+        writer.loop_start()
+        try:
+            packet = 2 + 2 + len(f"{prefix}/m") + 4  # fixed header, topic length, topic, payload (at most)
+            sock = reader._paho.socket()
+            assert sock is not None
+            monkeypatch.setattr(paho_mod.Client, "_sock_recv", counting)
+            for i in range(n):
+                writer.publish(f"{prefix}/m", f"{i:04d}".encode(), qos=0)
+            # hold the reader's loop until the whole burst waits in its socket's receive queue (bounded)
+            until = time.monotonic() + 20
+            while time.monotonic() < until:
+                queued = struct.unpack("i", fcntl.ioctl(sock.fileno(), termios.FIONREAD, b"\0\0\0\0"))[0]
+                if queued >= n * packet:
+                    break
+                time.sleep(0.01)  # noqa: ASYNC251 (the loop is held on purpose)
+            else:
+                raise AssertionError(f"the burst did not reach the reader's socket ({queued} bytes)")
+            await asyncio.wait_for(done.wait(), 10)
+        finally:
+            writer.loop_stop()
+            writer.disconnect()
+    assert got == [f"{i:04d}".encode() for i in range(n)]
+    assert calls < n / 10, f"{calls} recv calls for {n} packets: the buffer is not used"

@@ -95,6 +95,43 @@ class _Sub:
     handlers: list[Handler] = field(default_factory=list)
 
 
+READ_CHUNK = 65536  # what one recv asks the kernel for (the event-loop mode's read buffer)
+
+
+class _BufferedPaho(paho.Client):
+    """paho reading its socket through a buffer of ours (the event-loop mode only).
+
+    paho reads a packet's fixed header one byte at a time: three recv calls per packet at least, and our
+    loop asked the kernel once more per packet whether another one was there.  This asks the kernel once
+    for all it has and serves paho's small reads from that.  Nothing wakes a selector for bytes already
+    in the buffer: :meth:`MqttClient._read` drains it (``buffered``).  The buffer is dropped with the socket
+    (a new connection never reads the old one's bytes).
+    """
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        self._rbuf = bytearray()
+        super().__init__(*args, **kwargs)
+
+    @property
+    def buffered(self) -> int:
+        return len(self._rbuf)
+
+    def _sock_recv(self, bufsize: int) -> bytes:
+        buf = self._rbuf
+        if not buf:
+            data = super()._sock_recv(READ_CHUNK)  # BlockingIOError, OSError and b"" (end) as paho expects
+            if len(data) <= bufsize:
+                return data
+            buf += data
+        out = bytes(buf[:bufsize])
+        del buf[:bufsize]
+        return out
+
+    def _sock_close(self) -> None:
+        self._rbuf = bytearray()  # replaced, not cleared: a read under way keeps the old one
+        super()._sock_close()
+
+
 def next_birth(previous: int) -> int:
     """A birth counter that rises on every connection, also across process restarts."""
     return max(previous + 1, int(time.time() * 1000))
@@ -186,13 +223,15 @@ class MqttClient:
         self.after_batch: Callable[[], None] | None = None  # called after each batched read (on the loop)
 
         self.max_subscribe_qos = max_subscribe_qos
-        self._paho = paho.Client(
+        self._paho = (paho.Client if threaded else _BufferedPaho)(
             callback_api_version=CallbackAPIVersion.VERSION2,
             client_id=client_id,
             clean_session=clean_session,
             protocol=paho.MQTTv311,
             reconnect_on_failure=True,
         )
+        # paho's thread selects on the socket itself: only the event-loop mode reads through our buffer
+        self._buffer = self._paho if isinstance(self._paho, _BufferedPaho) else None
         if username is not None:
             self._paho.username_pw_set(username, password)
         self.tls = tls
@@ -585,11 +624,15 @@ class MqttClient:
     def _read(self) -> None:
         """Read every packet already received, not one per wake-up of the loop (paho reads one packet per
         ``loop_read``): a primary hearing 50 parts' heartbeats wakes up once per batch, not per message."""
+        buf = self._buffer
         self._paho.loop_read()
         for _ in range(256):  # bounded: a flood of packets yields to the rest of the loop
             sock = self._paho.socket()
             if sock is None:
                 return
+            if buf is not None and buf.buffered:
+                self._paho.loop_read()  # read from the kernel already, waiting in our buffer
+                continue
             pending = getattr(sock, "pending", None)
             if pending is not None:  # TLS: what the SSL layer already decrypted does not wake the loop
                 if not pending():
@@ -603,6 +646,12 @@ class MqttClient:
                 except OSError:
                     return
             self._paho.loop_read()
+        if buf is not None and buf.buffered and not self.batch_reads_s and self._loop is not None:
+            self._loop.call_soon(self._read_on)  # bytes in our buffer wake no selector
+
+    def _read_on(self) -> None:
+        if not self._closed and self._paho.socket() is not None:
+            self._read()
 
     def _read_batch(self, fd: int) -> None:
         """``batch_reads_s``: read what is there, then stop watching the socket for a while."""
@@ -627,6 +676,8 @@ class MqttClient:
         with contextlib.suppress(Exception):
             if sock.fileno() == fd:  # not a closed socket's number, reused by another one
                 self._watch_socket(fd)
+                if self._buffer is not None and self._buffer.buffered and self._loop is not None:
+                    self._loop.call_soon(self._read_batch, fd)  # left in our buffer: no selector wakes for it
 
     def _write(self) -> None:
         self._paho.loop_write()
