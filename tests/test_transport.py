@@ -265,6 +265,7 @@ async def test_a_burst_is_read_through_the_buffer_whole_in_order_and_with_few_re
     import time
 
     import paho.mqtt.client as paho_mod
+    from paho.mqtt.enums import CallbackAPIVersion
 
     calls = 0
     real = paho_mod.Client._sock_recv
@@ -288,7 +289,7 @@ async def test_a_burst_is_read_through_the_buffer_whole_in_order_and_with_few_re
     async with MqttClient(f"r-{prefix}", [(broker.host, broker.port)], keepalive=60,
                           batch_reads_s=batch_reads_s) as reader:
         await reader.subscribe(f"{prefix}/#", on, qos=0)
-        writer = paho_mod.Client(paho_mod.CallbackAPIVersion.VERSION2, client_id=f"w-{prefix}",
+        writer = paho_mod.Client(CallbackAPIVersion.VERSION2, client_id=f"w-{prefix}",
                                  protocol=paho_mod.MQTTv311)
         writer.connect(broker.host, broker.port, 30)
         writer.loop_start()
