@@ -108,3 +108,64 @@ def test_heartbeat_timeout_and_recovery() -> None:
     assert lv.status("a").online
     lv.on_heartbeat("a", 4, now=0.6)  # stale birth: ignored
     assert lv.ignored_stale == 1
+
+
+def test_check_value_refuses_exactly_what_a_plain_recursive_walk_refuses() -> None:
+    """check_value checks the plain values of a map or a list where it meets them (every message comes
+    through it: it was most of the cost of reading a heartbeat); a seeded set of values, hostile ones
+    included (non-finite numbers as values and as keys, long strings and keys, tuples as keys, deep and
+    wide nesting), is judged as a plain recursive walk of the rules judges it."""
+    import math
+    import random
+
+    from orchestrator.protocol.codec import MAX_DEPTH, MAX_ITEMS, MAX_STR, check_value
+
+    def refused(v: object, depth: int, count: list[int]) -> bool:
+        if isinstance(v, float):
+            return not math.isfinite(v)
+        if isinstance(v, str | bytes | bytearray):
+            return len(v) > MAX_STR
+        if isinstance(v, dict | list | tuple):
+            count[0] += len(v)
+            if depth >= MAX_DEPTH or count[0] > MAX_ITEMS:
+                return True
+            kids = [*v.values(), *v.keys()] if isinstance(v, dict) else list(v)
+            return any(refused(x, depth + 1, count) for x in kids)
+        return False
+
+    rnd = random.Random(7)
+    leaves = [1, True, None, "ab", b"b", bytearray(b"z"), 1.5, -0.0, float("nan"), float("inf"), -float("inf"),
+              "y" * (MAX_STR + 1), 2**70]
+
+    def gen(d: int) -> object:
+        r = rnd.random()
+        if d > MAX_DEPTH + 2 or r < 0.35 + d * 0.03:
+            return rnd.choice(leaves)
+        if r < 0.7:
+            keys = ["a", "b", 1, 2.5, (1, 2), float("nan"), "k" * (MAX_STR + 1)]
+            return {rnd.choice(keys): gen(d + 1) for _ in range(rnd.randint(0, 4))}
+        if r < 0.8:
+            return tuple(gen(d + 1) for _ in range(rnd.randint(0, 4)))
+        return [gen(d + 1) for _ in range(rnd.randint(0, 4))]
+
+    def deep(n: int) -> list[object]:
+        top: list[object] = []
+        x = top
+        for _ in range(n):
+            x.append([])
+            x = x[0]  # type: ignore[assignment]
+        return top
+
+    values = [gen(rnd.choice([0, 10, 20, 30, 31, 32])) for _ in range(3000)]
+    values += [[0] * MAX_ITEMS, [0] * (MAX_ITEMS + 1), deep(MAX_DEPTH - 1), deep(MAX_DEPTH), {"a": {"b": [1.0, 2]}}]
+    outcomes = set()
+    for v in values:
+        expected = refused(v, 0, [0])
+        try:
+            check_value(v)
+            got = False
+        except ProtocolError:
+            got = True
+        assert got == expected, v
+        outcomes.add(got)
+    assert outcomes == {True, False}

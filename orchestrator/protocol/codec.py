@@ -39,35 +39,59 @@ def validation_summary(exc: ValidationError, limit: int = 3) -> str:
     return "; ".join(bits) + (f" (+{more} more)" if more > 0 else "")
 
 
+def _leaf_error(v: Any, what: str) -> ProtocolError | None:
+    """The error of one value that is not a map or a list (None when it is acceptable)."""
+    if isinstance(v, float):
+        if not math.isfinite(v):
+            return ProtocolError(f"{what} contains a non-finite number", reason="non_finite")
+    elif isinstance(v, str | bytes | bytearray) and len(v) > MAX_STR:
+        return ProtocolError(f"{what} contains a string of {len(v)} characters (at most {MAX_STR})",
+                             reason="too_large")
+    return None
+
+
 def check_value(value: Any, what: str = "message") -> None:
     """Refuse non-finite numbers, strings longer than MAX_STR, nesting deeper than MAX_DEPTH and more than
     MAX_ITEMS items: what :func:`unpack` refuses, so what passes here can be read on the other side.
 
-    Iterative: a hostile depth never reaches Python's recursion limit."""
+    Iterative: a hostile depth never reaches Python's recursion limit.  Every message that arrives comes
+    through here (50 parts' heartbeats, every call): the plain values inside a map or a list (ints,
+    strings, finite floats) are checked where they are met, only maps and lists wait on the stack."""
     stack: list[tuple[Any, int]] = [(value, 0)]
+    push = stack.append
     items = 0
     while stack:
         v, depth = stack.pop()
-        if isinstance(v, float):
-            if not math.isfinite(v):
-                raise ProtocolError(f"{what} contains a non-finite number", reason="non_finite")
-        elif isinstance(v, str | bytes | bytearray):
-            if len(v) > MAX_STR:
-                raise ProtocolError(f"{what} contains a string of {len(v)} characters (at most {MAX_STR})",
-                                    reason="too_large")
-        elif isinstance(v, dict):
+        t = type(v)
+        if t is dict or t is list or t is tuple or isinstance(v, dict | list | tuple):
             if depth >= MAX_DEPTH:
                 raise ProtocolError(f"{what} is nested deeper than {MAX_DEPTH} levels", reason="too_deep")
             items += len(v)
-            stack.extend((x, depth + 1) for x in v.values())
-            stack.extend((k, depth + 1) for k in v)
-        elif isinstance(v, list | tuple):
-            if depth >= MAX_DEPTH:
-                raise ProtocolError(f"{what} is nested deeper than {MAX_DEPTH} levels", reason="too_deep")
-            items += len(v)
-            stack.extend((x, depth + 1) for x in v)
-        if items > MAX_ITEMS:
-            raise ProtocolError(f"{what} has more than {MAX_ITEMS} items", reason="too_large")
+            if items > MAX_ITEMS:
+                raise ProtocolError(f"{what} has more than {MAX_ITEMS} items", reason="too_large")
+            inner = depth + 1
+            for x in (v.values() if isinstance(v, dict) else v):
+                xt = type(x)
+                if xt is int or xt is bool or x is None:
+                    continue
+                if xt is str:
+                    if len(x) > MAX_STR:
+                        raise ProtocolError(f"{what} contains a string of {len(x)} characters (at most {MAX_STR})",
+                                            reason="too_large")
+                    continue
+                if xt is float:
+                    if x - x != 0.0:  # inf - inf and nan - nan are nan
+                        raise ProtocolError(f"{what} contains a non-finite number", reason="non_finite")
+                    continue
+                push((x, inner))
+            if isinstance(v, dict):
+                for k in v:
+                    if type(k) is not str or len(k) > MAX_STR:
+                        push((k, inner))
+        else:
+            err = _leaf_error(v, what)
+            if err is not None:
+                raise err
 
 
 class Envelope(BaseModel):
