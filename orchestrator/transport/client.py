@@ -220,6 +220,8 @@ class MqttClient:
         self._connack = asyncio.Event()
         self.batch_reads_s = max(0.0, batch_reads_s) if not threaded else 0.0
         self._rearm: asyncio.TimerHandle | None = None
+        self._writer_fd: int | None = None  # the socket the loop watches for writability, if any
+        self._write_soon = False  # a write of what paho queued is due on this turn of the loop
         self.after_batch: Callable[[], None] | None = None  # called after each batched read (on the loop)
 
         self.max_subscribe_qos = max_subscribe_qos
@@ -699,6 +701,8 @@ class MqttClient:
             return
         with contextlib.suppress(Exception):
             self._loop.remove_reader(fd)
+        if self._writer_fd == fd:
+            self._writer_fd = None
         with contextlib.suppress(Exception):
             self._loop.remove_writer(fd)
 
@@ -707,20 +711,48 @@ class MqttClient:
             self._forget_fd(sock.fileno())
 
     def _add_writer(self, fd: int) -> None:
+        if self._writer_fd == fd:
+            return
         if self._loop is not None and not self._loop.is_closed() and fd >= 0:
             with contextlib.suppress(Exception):
                 self._loop.add_writer(fd, self._write)
+                self._writer_fd = fd
 
     def _remove_writer(self, fd: int) -> None:
+        if self._writer_fd != fd:  # not watched: asyncio would still rewrite the reader's registration
+            return
+        self._writer_fd = None
         if self._loop is not None and not self._loop.is_closed() and fd >= 0:
             with contextlib.suppress(Exception):
                 self._loop.remove_writer(fd)
+
+    def _write_pending(self) -> None:
+        """What paho queued on this turn of the loop, written now; the socket is watched for writability
+        only if the kernel did not take it all (a publish cost two epoll_ctl calls before: watch, then
+        unwatch once :meth:`_flush` had written it)."""
+        try:
+            sock = self._paho.socket()
+            if sock is not None and self._paho.want_write():
+                with contextlib.suppress(Exception):
+                    self._paho.loop_write()  # outside any paho callback: a turn of the loop of its own
+                sock = self._paho.socket()
+                if sock is not None and self._paho.want_write():
+                    self._add_writer(sock.fileno())
+        finally:
+            self._write_soon = False
 
     def _on_socket_close(self, client: paho.Client, userdata: Any, sock: Any) -> None:
         self._in_loop(self._forget_fd, sock.fileno())
 
     def _on_socket_register_write(self, client: paho.Client, userdata: Any, sock: Any) -> None:
-        self._in_loop(self._add_writer, sock.fileno())
+        loop = self._loop
+        if threading.get_ident() != self._loop_tid or loop is None or loop.is_closed():
+            self._in_loop(self._add_writer, sock.fileno())  # paho's reconnect, in an executor thread
+        elif self._writer_fd is None and not self._write_soon:
+            # on the loop: a publish, flushed at once by _flush, or (inside a paho callback) at the end of
+            # this turn; the loop watches the socket only for what the kernel could not take then
+            self._write_soon = True
+            loop.call_soon(self._write_pending)
 
     def _on_socket_unregister_write(self, client: paho.Client, userdata: Any, sock: Any) -> None:
         self._in_loop(self._remove_writer, sock.fileno())
