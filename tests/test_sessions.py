@@ -387,6 +387,31 @@ async def test_a_session_expired_at_one_part_is_ended_at_every_part_and_the_sdk_
 
 
 @pytest.mark.timeout(60)
+async def test_an_end_whose_event_is_lost_reaches_the_sdk_through_the_retained_sessions_state(
+        robot: Robot, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Regression (test_broker_killed_and_restarted[mosquitto-longer], once in a local run): after a broker
+    restart without persistence a part's queued session event can reach the broker before the SDK has
+    subscribed again, and the SDK was never told. Every part's retained sessions state lists the sessions it
+    saw end and is delivered again on every resubscription: the SDK is told from it. Here every event is
+    lost on the way to the SDK."""
+    from orchestrator.client.sessions import ClientSessions
+
+    monkeypatch.setattr(ClientSessions, "_on_event", lambda self, msg: None)
+    async with client_for(robot.loaded) as client:
+        await client.resource("drive/m1", Motor).set_power(0.4)
+        session = client.session
+        assert session is not None
+        ended = asyncio.Event()
+        client.on_session_end(lambda s, ev: ended.set())
+        await robot.parts["drive"].sessions.end_local(session.public_id, f"no heartbeat for {WINDOW:g} s", "expired")
+        await asyncio.wait_for(ended.wait(), 5)
+        assert session.ended is not None and not session.alive
+        with pytest.raises(SessionExpired):
+            await client.resource("drive/m1", Motor).set_power(0.2)
+        assert not await robot.motor("m1").is_moving()
+
+
+@pytest.mark.timeout(60)
 async def test_a_part_whose_own_session_the_robot_ended_drives_again_in_a_new_one(robot: Robot) -> None:
     """Regression (seen in bench/disconnection.py, issue 8 "everything comes back by itself"): after the
     primary's link was cut for longer than the window, drive expired the primary's own session, and every

@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING, Any
 
 from orchestrator.errors import ProtocolError
 from orchestrator.protocol.codec import decode
-from orchestrator.protocol.messages import SessionEvent
+from orchestrator.protocol.messages import SessionEvent, SessionsState
 from orchestrator.sessions.guard import ENDING_KINDS
 from orchestrator.sessions.heartbeat import Heartbeater
 from orchestrator.sessions.service import SERVICE
@@ -78,10 +78,16 @@ class ClientSessions:
         self._releasing: set[asyncio.Task[None]] = set()
 
     async def listen(self) -> None:
-        """Follow the robot's session events (done at connect): a session the robot ends is marked here."""
+        """Follow the robot's session events (done at connect): a session the robot ends is marked here.
+
+        Also every part's retained sessions state, which lists the sessions it saw end: an event is not
+        retained, and one published while this client was away (a broker restarted without persistence:
+        a part's queued event can reach the broker before this client has subscribed again) would be lost;
+        the retained state is delivered again on every resubscription."""
         if not self._listening:
             self._listening = True
             await self.robot.mqtt.subscribe(self.robot.topics.all_session_events(), self._on_event)
+            await self.robot.mqtt.subscribe(self.robot.topics.all_session_states(), self._on_state)
 
     def _on_event(self, msg: Any) -> None:
         if self.robot.topics.sender_of(msg.topic) is None:
@@ -95,7 +101,27 @@ class ClientSessions:
             return
         if ev.kind not in ENDING_KINDS:
             return
-        for s in self._open:
+        self._ended_by_robot(ev)
+
+    def _on_state(self, msg: Any) -> None:
+        if not self._open or self.robot.topics.sender_of(msg.topic) is None:
+            return
+        try:
+            env = decode(msg.payload)
+            if not self.robot.topics.authentic(msg.topic, env.src) or not env.src.startswith("part/"):
+                return
+            st = env.parse(SessionsState)
+        except ProtocolError:
+            return
+        mine = {s.public_id for s in self._open if s.ended is None and not s.closed}
+        for e in st.ended:
+            if e.session in mine:
+                self._ended_by_robot(SessionEvent(kind="ended", session=e.session, owner=e.owner,
+                                                  part=env.src.removeprefix("part/"), at=e.at,
+                                                  reason=e.reason or "ended (the part's sessions state)"))
+
+    def _ended_by_robot(self, ev: SessionEvent) -> None:
+        for s in list(self._open):
             if s.public_id == ev.session and s.ended is None and not s.closed:
                 s.ended = ev.reason or f"{ev.kind} at part {ev.part}"
                 s._heart.stop_soon()
