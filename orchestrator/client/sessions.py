@@ -10,7 +10,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from orchestrator.errors import ProtocolError
-from orchestrator.protocol.codec import decode
+from orchestrator.protocol.codec import Envelope, decode
 from orchestrator.protocol.messages import SessionEvent, SessionsState
 from orchestrator.sessions.guard import ENDING_KINDS
 from orchestrator.sessions.heartbeat import Heartbeater
@@ -89,27 +89,34 @@ class ClientSessions:
             await self.robot.mqtt.subscribe(self.robot.topics.all_session_events(), self._on_event)
             await self.robot.mqtt.subscribe(self.robot.topics.all_session_states(), self._on_state)
 
-    def _on_event(self, msg: Any) -> None:
+    def _from_part(self, msg: Any) -> Envelope | None:
+        """The envelope of a message a part published on its own topic, else None (ignored)."""
         if self.robot.topics.sender_of(msg.topic) is None:
-            return
+            return None
         try:
             env = decode(msg.payload)
-            if not self.robot.topics.authentic(msg.topic, env.src) or not env.src.startswith("part/"):
-                return
+        except ProtocolError:
+            return None
+        if not self.robot.topics.authentic(msg.topic, env.src) or not env.src.startswith("part/"):
+            return None
+        return env
+
+    def _on_event(self, msg: Any) -> None:
+        env = self._from_part(msg)
+        if env is None:
+            return
+        try:
             ev = env.parse(SessionEvent)
         except ProtocolError:
             return
-        if ev.kind not in ENDING_KINDS:
-            return
-        self._ended_by_robot(ev)
+        if ev.kind in ENDING_KINDS:
+            self._ended_by_robot(ev)
 
     def _on_state(self, msg: Any) -> None:
-        if not self._open or self.robot.topics.sender_of(msg.topic) is None:
+        env = self._from_part(msg) if self._open else None
+        if env is None:
             return
         try:
-            env = decode(msg.payload)
-            if not self.robot.topics.authentic(msg.topic, env.src) or not env.src.startswith("part/"):
-                return
             st = env.parse(SessionsState)
         except ProtocolError:
             return
