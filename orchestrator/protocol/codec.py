@@ -55,15 +55,15 @@ def check_value(value: Any, what: str = "message") -> None:
     MAX_ITEMS items: what :func:`unpack` refuses, so what passes here can be read on the other side.
 
     Iterative: a hostile depth never reaches Python's recursion limit.  Every message that arrives comes
-    through here (50 parts' heartbeats, every call): the plain values inside a map or a list (ints,
-    strings, finite floats) are checked where they are met, only maps and lists wait on the stack."""
+    through here (50 parts' heartbeats, every call): the plain values inside a map or a list that pass
+    (ints, short strings, finite floats) are passed where they are met; maps, lists and anything else
+    wait on the stack, and a refused plain value is refused by :func:`_leaf_error` when popped."""
     stack: list[tuple[Any, int]] = [(value, 0)]
     push = stack.append
     items = 0
     while stack:
         v, depth = stack.pop()
-        t = type(v)
-        if t is dict or t is list or t is tuple or isinstance(v, dict | list | tuple):
+        if isinstance(v, dict | list | tuple):
             if depth >= MAX_DEPTH:
                 raise ProtocolError(f"{what} is nested deeper than {MAX_DEPTH} levels", reason="too_deep")
             items += len(v)
@@ -74,16 +74,9 @@ def check_value(value: Any, what: str = "message") -> None:
                 xt = type(x)
                 if xt is int or xt is bool or x is None:
                     continue
-                if xt is str:
-                    if len(x) > MAX_STR:
-                        raise ProtocolError(f"{what} contains a string of {len(x)} characters (at most {MAX_STR})",
-                                            reason="too_large")
+                if (xt is str and len(x) <= MAX_STR) or (xt is float and x - x == 0.0):  # inf and nan: x - x is nan
                     continue
-                if xt is float:
-                    if x - x != 0.0:  # inf - inf and nan - nan are nan
-                        raise ProtocolError(f"{what} contains a non-finite number", reason="non_finite")
-                    continue
-                push((x, inner))
+                push((x, inner))  # anything else is judged when popped (_leaf_error says why it is refused)
             if isinstance(v, dict):
                 for k in v:
                     if type(k) is not str or len(k) > MAX_STR:
