@@ -85,6 +85,7 @@ class Outbox:
         self._task: asyncio.Task[None] | None = None
         self._closed = False
         self._overflowed = False
+        self._idle = False  # the sending task waits for a message: nothing of ours is being written
         self.dropped_qos0 = 0
 
     def __len__(self) -> int:
@@ -113,6 +114,9 @@ class Outbox:
                 self._overflowed = True
                 self._on_overflow()
             # Kept for the session: handed back on close if the session is persistent.
+        elif (self._idle and not self._queue and not self._inflight and message.qos == 0
+              and message.packet is not None and self._write_raw is not None and self._write_raw(message.packet)):
+            return True  # nothing of ours queued or being sent: written now, in order, without waking the task
         self._queue.append(message)
         self._wakeup.set()
         return True
@@ -121,7 +125,11 @@ class Outbox:
         while True:
             while not self._queue:
                 self._wakeup.clear()
-                await self._wakeup.wait()
+                self._idle = True
+                try:
+                    await self._wakeup.wait()
+                finally:
+                    self._idle = False
             message = self._queue[0]
             if message.qos == 0:
                 self._queue.popleft()
