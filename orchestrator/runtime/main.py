@@ -14,7 +14,6 @@ from orchestrator.errors import BrokerUnavailable, ConfigError
 from orchestrator.logs import setup_logging
 from orchestrator.runtime.monitoring import TopicLogHandler
 from orchestrator.runtime.part import Part
-from orchestrator.runtime.primary import Primary
 from orchestrator.security.credentials import CredentialsMissing
 from orchestrator.security.signed import load_effective
 
@@ -23,8 +22,11 @@ log = logging.getLogger("orchestrator.part")
 
 def make_part(loaded: LoadedConfig, name: str, urls: list[tuple[str, int]] | None = None,
               credentials: str | None = None, health_file: str | None = None) -> Part:
-    cls = Primary if loaded.topology.parent(name) is None else Part
-    return cls(loaded, name, urls=urls, credentials=credentials, health_file=health_file)
+    if loaded.topology.parent(name) is None:
+        from orchestrator.runtime.primary import Primary  # a sub-part never loads the primary's machinery
+
+        return Primary(loaded, name, urls=urls, credentials=credentials, health_file=health_file)
+    return Part(loaded, name, urls=urls, credentials=credentials, health_file=health_file)
 
 
 async def run_part(loaded: LoadedConfig, name: str, urls: list[tuple[str, int]] | None = None,
