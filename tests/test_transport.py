@@ -315,3 +315,57 @@ async def test_a_burst_is_read_through_the_buffer_whole_in_order_and_with_few_re
             writer.disconnect()
     assert got == [f"{i:04d}".encode() for i in range(n)]
     assert calls < n / 10, f"{calls} recv calls for {n} packets: the buffer is not used"
+
+
+@pytest.mark.timeout(60)
+async def test_qos0_publishes_parsed_by_the_transport_arrive_exactly_as_paho_would_deliver_them(
+        broker: BrokerInfo) -> None:
+    """The event-loop mode parses QoS 0 publishes from its buffer itself (paho handles every other packet).
+    Everything a broker can send must come out as paho would have delivered it: payload sizes on each side
+    of the remaining length's byte boundaries and past one read (64 KB), an empty payload, a retained
+    message, a topic outside ASCII, QoS 1 messages in between (paho's path), in order per QoS."""
+    import paho.mqtt.client as paho_mod
+    from paho.mqtt.enums import CallbackAPIVersion
+
+    prefix = f"t/{uuid.uuid4().hex[:8]}"
+    sizes = [0, 1, 60, 120, 121, 122, 16_376, 16_377, 16_400, 70_000, 200_000, 5]
+    sent: list[tuple[str, bytes, int]] = []
+    for i, size in enumerate(sizes):
+        topic = f"{prefix}/m/{i}" if i % 4 else f"{prefix}/ü/ß-{i}"
+        sent.append((topic, bytes([i % 251]) * size, 1 if i % 3 == 2 else 0))
+    got: list[Message] = []
+    retained = asyncio.Event()
+    done = asyncio.Event()
+
+    def on(m: Message) -> None:
+        if m.topic == f"{prefix}/kept":
+            retained.set()
+            got.append(m)
+            return
+        got.append(m)
+        if m.topic == f"{prefix}/end":
+            done.set()
+
+    writer = paho_mod.Client(CallbackAPIVersion.VERSION2, client_id=f"w-{prefix}", protocol=paho_mod.MQTTv311)
+    writer.connect(broker.host, broker.port, 30)
+    writer.loop_start()
+    try:
+        writer.publish(f"{prefix}/kept", b"retained", qos=1, retain=True).wait_for_publish(10)
+        async with MqttClient(f"r-{prefix}", [(broker.host, broker.port)], max_subscribe_qos=1) as reader:
+            await reader.subscribe(f"{prefix}/#", on, qos=1)
+            await asyncio.wait_for(retained.wait(), 10)
+            for _ in range(3):
+                for topic, payload, qos in sent:
+                    writer.publish(topic, payload, qos=qos)
+            writer.publish(f"{prefix}/end", b"", qos=1)
+            await asyncio.wait_for(done.wait(), 20)
+    finally:
+        writer.publish(f"{prefix}/kept", b"", qos=1, retain=True).wait_for_publish(10)
+        writer.loop_stop()
+        writer.disconnect()
+    assert (got[0].topic, got[0].payload, got[0].retain) == (f"{prefix}/kept", b"retained", True)
+    body = [m for m in got[1:] if m.topic != f"{prefix}/end"]
+    for qos in (0, 1):
+        assert [(m.topic, m.payload) for m in body if m.qos == qos] == [
+            (t, p) for t, p, q in sent * 3 if q == qos]
+    assert not any(m.retain for m in body)
