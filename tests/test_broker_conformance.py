@@ -476,6 +476,25 @@ def test_overlapping_subscriptions_deliver_one_copy(broker: BrokerInfo) -> None:
 
 
 @pytest.mark.timeout(20)
+def test_an_unsubscribe_followed_at_once_by_a_subscribe_is_applied_in_that_order(broker: BrokerInfo) -> None:
+    """Defect: amqtt queues subscriptions and unsubscriptions apart and takes a ready subscription first:
+    UNSUBSCRIBE f, SUBSCRIBE f sent back to back left the client unsubscribed (seen once its reader loop
+    stopped yielding between packets).  Applied in order, the client is subscribed and hears f."""
+    p = _prefix()
+    with clients() as made:
+        sub = client(made, broker).connect()
+        pub = client(made, broker).connect()
+        for round_ in range(5):
+            topic = f"{p}/f{round_}"
+            assert sub.subscribe((topic, 1)) == [1]
+            sub.paho.unsubscribe(topic)
+            assert sub.subscribe((topic, 1)) == [1]  # written right behind the UNSUBSCRIBE, not after UNSUBACK
+            pub.publish(topic, b"heard", qos=1)
+            m = sub.expect()
+            assert (m.topic, m.payload) == (topic, b"heard")
+
+
+@pytest.mark.timeout(20)
 def test_a_stream_of_qos0_and_qos1_messages_arrives_whole_and_in_order_per_qos(broker: BrokerInfo) -> None:
     """The embedded broker writes a QoS 0 message at once when nothing of the subscriber's is queued
     (outbox.py) and routes it in its reader loop (reader_loop.py): 600 messages from one publisher, a

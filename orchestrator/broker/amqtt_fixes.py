@@ -25,7 +25,9 @@ Overridden amqtt methods (all on ``amqtt.broker.Broker`` unless noted):
 - ``StreamReaderAdapter.read`` (our ``_Reader``): packet size limit, and a deadline on the rest of a
   packet once it has begun (a client stalled mid-packet held its connection forever).
 - ``ProtocolHandler._reader_loop`` (``reader_loop.py``): the same loop without a task, a future and a
-  timer per packet (``asyncio.wait_for`` on 3.11), and QoS 0 publishes routed without a task each.
+  timer per packet (``asyncio.wait_for`` on 3.11), and QoS 0 publishes routed without a task each;
+  a SUBSCRIBE or UNSUBSCRIBE waits for the previous one's answer (``_Handler.in_order``: amqtt applied
+  an UNSUBSCRIBE followed at once by a SUBSCRIBE in the wrong order).
 - ``_initialize_client_session``: at most ``MAX_PREAUTH_PER_ADDRESS`` unfinished CONNECTs per
   non-loopback address, counted; amqtt's warning per failed connection is rate limited
   (:class:`PreauthLogLimit`).
@@ -45,7 +47,7 @@ import logging
 import ssl
 import time
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 from amqtt.adapters import StreamReaderAdapter, StreamWriterAdapter
@@ -93,6 +95,7 @@ RAW_WRITE_HIGH_WATER = 256 * 1024  # bytes buffered for a client past which QoS 
 ACL_CACHE_SIZE = 50_000
 TAKEOVER_TIMEOUT = 5.0
 CLOSE_TIMEOUT = 2.0
+SUBSCRIBE_ORDER_TIMEOUT = 5.0  # the longest a SUBSCRIBE or UNSUBSCRIBE waits for the previous one's answer
 SUBACK_FAILURE = 0x80
 # filters one client may hold: amqtt took any number (each an entry the broker keeps, and walks whenever
 # any client disconnects), so one credential could grow the broker inside `up` without bound.  A part
@@ -259,6 +262,45 @@ class _Handler(BrokerProtocolHandler):  # type: ignore[misc]  # amqtt ships no t
         self.stats: dict[str, int] | None = None
         self.oversize_logged = False  # warn once per connection, count every time
         self.fast_route: Callable[[_Handler, str, bytes], None] | None = None
+        self._subs_due = 0  # SUBSCRIBE and UNSUBSCRIBE packets read and not answered yet
+        self._subs_answered = asyncio.Event()
+        self._subs_answered.set()
+
+    async def in_order(self, packet_handler: Awaitable[None]) -> asyncio.Task[None]:
+        """Start the handler of a SUBSCRIBE or UNSUBSCRIBE once the ones before it are answered.
+
+        amqtt queues subscriptions and unsubscriptions apart, and its session loop takes a ready
+        subscription before a ready unsubscription: an UNSUBSCRIBE followed at once by a SUBSCRIBE was
+        applied in the wrong order (the subscription refused for the room the unsubscribe gave back, or
+        a filter unsubscribed after it was subscribed again).  Waiting is bounded by
+        :data:`SUBSCRIBE_ORDER_TIMEOUT` (a handler that fails answers nothing)."""
+        if self._subs_due:
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(SUBSCRIBE_ORDER_TIMEOUT):
+                    await self._subs_answered.wait()
+            self._subs_due = 0  # (answered, or given up on: do not wait for it again)
+        self._subs_due += 1
+        self._subs_answered.clear()
+        task: asyncio.Task[None] = asyncio.ensure_future(packet_handler)
+        task.add_done_callback(lambda t: self._subscription_answered() if t.cancelled() or t.exception() else None)
+        return task
+
+    def _subscription_answered(self) -> None:
+        self._subs_due = max(0, self._subs_due - 1)
+        if not self._subs_due:
+            self._subs_answered.set()
+
+    async def mqtt_acknowledge_subscription(self, packet_id: int, return_codes: list[int]) -> None:
+        try:
+            await super().mqtt_acknowledge_subscription(packet_id, return_codes)
+        finally:
+            self._subscription_answered()
+
+    async def mqtt_acknowledge_unsubscription(self, packet_id: int) -> None:
+        try:
+            await super().mqtt_acknowledge_unsubscription(packet_id)
+        finally:
+            self._subscription_answered()
 
     def route_now(self, publish_packet: Any) -> bool:
         """QoS 0 without retain, with nothing of this client's still queued (so its order is kept): routed

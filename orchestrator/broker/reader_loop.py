@@ -8,7 +8,9 @@ robot's heartbeats: 50 clients at 5 Hz, each message delivered to 3 subscribers,
   ``asyncio.timeout``, armed only when the next packet has not arrived yet;
 - a QoS 0 PUBLISH the broker routes on its fast path (``_Handler.fast_route``) is routed at once,
   in the loop, instead of in a task started for it;
-- every other packet gets its handler task as in amqtt (a CONNECT is awaited in the loop, as there).
+- every other packet gets its handler task as in amqtt (a CONNECT is awaited in the loop, as there),
+  a SUBSCRIBE or UNSUBSCRIBE once the ones before it are answered (amqtt applied an UNSUBSCRIBE
+  followed at once by a SUBSCRIBE in the wrong order: ``_Handler.in_order``).
 """
 
 from __future__ import annotations
@@ -108,7 +110,10 @@ async def reader_loop(handler: Any) -> None:
             if name is None:
                 log.warning("%s sent an unhandled packet type %d", session.client_id, kind)
                 continue
-            running.append(asyncio.create_task(getattr(handler, name)(packet)))
+            if kind in (SUBSCRIBE, UNSUBSCRIBE):  # applied in the order sent (amqtt_fixes._Handler.in_order)
+                running.append(await handler.in_order(getattr(handler, name)(packet)))
+            else:
+                running.append(asyncio.create_task(getattr(handler, name)(packet)))
         except MQTTError:
             log.debug("%s: a malformed packet discarded", session.client_id)
         except asyncio.CancelledError:
