@@ -76,6 +76,12 @@ def _disconnection() -> dict[str, Any]:
     return disconnection.run()
 
 
+def _hotpath() -> dict[str, Any]:
+    from bench import hotpath
+
+    return hotpath.run()
+
+
 def _deploy() -> dict[str, Any]:
     from bench import deploy
 
@@ -84,7 +90,8 @@ def _deploy() -> dict[str, Any]:
 
 BENCHMARKS: dict[str, Callable[[], dict[str, Any]]] = {"core": _core, "calls": _calls, "sessions": _sessions,
                                                        "broker": _broker, "operating": _operating,
-                                                       "disconnection": _disconnection, "deploy": _deploy}
+                                                       "disconnection": _disconnection, "hotpath": _hotpath,
+                                                       "deploy": _deploy}
 
 
 def main(argv: list[str]) -> int:
