@@ -92,30 +92,3 @@ def test_nothing_is_written_past_paho_when_it_is_not_connected_or_the_topic_is_o
         client._sock = None
         a.close()
         b.close()
-
-
-def test_pubacks_taken_from_the_buffer_acknowledge_the_messages_as_paho_would() -> None:
-    from orchestrator.transport.wire import BufferedPaho
-
-    a, b = socket.socketpair()
-    a.setblocking(False)
-    client = BufferedPaho(CallbackAPIVersion.VERSION2, client_id="w", protocol=paho.MQTTv311)
-    client._sock = a
-    client._state = _ConnectionState.MQTT_CS_CONNECTED
-    published: list[int] = []
-    client.on_publish = lambda _c, _u, mid, _rc, _p: published.append(mid)
-    try:
-        infos = [client.publish(f"t/{i}", b"x", qos=1) for i in range(3)]
-        mids = [info.mid for info in infos]
-        ack = b"".join(b"\x40\x02" + m.to_bytes(2, "big") for m in (mids[1], 999, mids[0]))
-        client._rbuf += ack + b"\xd0\x00"  # two acks, one for nobody, then a PINGRESP (paho's)
-        assert client.take_pubacks(64) == 3
-        assert published == [mids[1], mids[0]]
-        assert [info.is_published() for info in infos] == [True, True, False]
-        assert list(client._out_messages) == [mids[2]]
-        assert bytes(client._rbuf) == b"\xd0\x00"
-        assert client.take_pubacks(64) == 0
-    finally:
-        client._sock = None
-        a.close()
-        b.close()

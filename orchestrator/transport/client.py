@@ -4,8 +4,8 @@ paho is driven by the event loop (its socket registered with ``add_reader``/``ad
 its keep-alive duties); the sessions' heartbeat connection runs paho's own thread instead
 (``threaded=True``), so it goes on while user code blocks the loop, and its callbacks only hand events
 to the loop with ``call_soon_threadsafe``.  Publishes, nearly all the traffic, are read past paho's
-per-message path (QoS 0 and 1, and their PUBACKs), and written past it at QoS 0
-(:mod:`orchestrator.transport.wire`).  Above this module nobody sees a paho callback or a thread.
+per-message path (QoS 0 and 1), and written past it at QoS 0 (:mod:`orchestrator.transport.wire`).  Above this module nobody
+sees a paho callback or a thread.
 
 What it adds to paho:
 
@@ -649,7 +649,7 @@ class MqttClient:
                     log.exception("%s: dispatch failed", self.client_id)
                 if qos:
                     buf.acknowledge(mid)  # after the handlers, as paho does (its on_message, then PUBACK)
-            if not messages and not buf.take_pubacks(64):
+            if not messages:
                 p.loop_read()  # a packet for paho: any other kind, or one not complete yet
         if buf.buffered and not self.batch_reads_s and self._loop is not None:
             self._loop.call_soon(self._read_on)  # bytes in our buffer wake no selector

@@ -8,8 +8,7 @@ each way; this module encodes and parses them directly, and leaves every other p
 - :class:`BufferedPaho` reads paho's socket through a buffer of ours (one ``recv`` for all the kernel
   has; paho asks one byte at a time for a packet's header) and hands out the QoS 0 and QoS 1
   publishes complete at the head of that buffer (:meth:`BufferedPaho.take_publishes`; a QoS 1 one is
-  acknowledged through paho's queue once handled, as paho does) and applies the PUBACKs there
-  (:meth:`BufferedPaho.take_pubacks`, as paho's handler does); paho reads every other packet from
+  acknowledged through paho's queue once handled, as paho does); paho reads every other packet from
   the buffer as before;
 - :func:`write_qos0` sends one straight to the socket when nothing of paho's waits to be written (so
   the order holds), and hands what the kernel did not take to paho's queue, which writes it first.
@@ -26,18 +25,10 @@ import time
 from typing import Any
 
 import paho.mqtt.client as paho
-from paho.mqtt.enums import MQTTErrorCode
-from paho.mqtt.packettypes import PacketTypes
-from paho.mqtt.properties import Properties
-from paho.mqtt.reasoncodes import ReasonCode
 
 READ_CHUNK = 65536  # what one recv asks the kernel for
 
 _PUBLISH = 0x30
-_PUBACK = 0x40
-# what paho hands its on_publish for an MQTT 3.1.1 PUBACK (which carries neither): made once, not per ack
-_PUBACK_REASON = ReasonCode(PacketTypes.PUBACK)
-_PUBACK_PROPERTIES = Properties(PacketTypes.PUBACK)  # type: ignore[no-untyped-call]
 
 
 def encode_qos0_publish(topic: str | bytes, data: bytes, retain: bool = False) -> bytes:
@@ -155,33 +146,6 @@ class BufferedPaho(paho.Client):
             with self._msgtime_mutex:
                 self._last_bytes_received = time.monotonic()  # paho's clock for its keep-alive
         return out
-
-    def take_pubacks(self, limit: int) -> int:
-        """The PUBACKs at the head of the buffer, applied as paho's own handler applies them (the message
-        acknowledged, its on_publish called, the next queued QoS 1 message let go); how many there were.
-        Every QoS 1 publish costs one, on both sides of a call."""
-        if self._in_packet["command"] or self._protocol != paho.MQTTv311:
-            return 0
-        buf = self._rbuf
-        i, n = 0, len(buf)
-        mids: list[int] = []
-        while i + 4 <= n and len(mids) < limit and buf[i] == _PUBACK and buf[i + 1] == 2:
-            mids.append((buf[i + 2] << 8) | buf[i + 3])
-            i += 4
-        if not i:
-            return 0
-        del buf[:i]
-        with self._msgtime_mutex:
-            self._last_bytes_received = time.monotonic()
-        for mid in mids:
-            with self._out_message_mutex:
-                if mid not in self._out_messages:
-                    continue  # acknowledged already, or not ours: paho ignores it too
-                rc = self._do_on_publish(mid, _PUBACK_REASON, _PUBACK_PROPERTIES)
-            if rc != MQTTErrorCode.MQTT_ERR_SUCCESS:
-                self._loop_rc_handle(rc)  # what paho's read does with a failed handler's code
-                break
-        return len(mids)
 
     def acknowledge(self, mid: int) -> None:
         """PUBACK for a QoS 1 message taken by :meth:`take_publishes`, through paho's queue (in order)."""
