@@ -3,8 +3,8 @@
 paho is driven by the event loop (its socket registered with ``add_reader``/``add_writer``, a task for
 its keep-alive duties); the sessions' heartbeat connection runs paho's own thread instead
 (``threaded=True``), so it goes on while user code blocks the loop, and its callbacks only hand events
-to the loop with ``call_soon_threadsafe``.  Publishes, nearly all the traffic, are read past paho's
-per-message path (QoS 0 and 1), and written past it at QoS 0 (:mod:`orchestrator.transport.wire`).  Above this module nobody
+to the loop with ``call_soon_threadsafe``.  QoS 0 publishes, nearly all the traffic, are read and
+written past paho's per-message path (:mod:`orchestrator.transport.wire`).  Above this module nobody
 sees a paho callback or a thread.
 
 What it adds to paho:
@@ -607,8 +607,7 @@ class MqttClient:
     def _read(self) -> None:
         """Read every packet already received, not one per wake-up of the loop (paho reads one packet per
         ``loop_read``): a primary hearing 50 parts' heartbeats wakes up once per batch, not per message.
-        QoS 0 and 1 publishes are parsed from our buffer and dispatched here; paho handles every other
-        packet."""
+        QoS 0 publishes are parsed from our buffer and dispatched here; paho handles every other packet."""
         buf = self._buffer
         if buf is not None:
             self._read_buffered(buf)
@@ -641,14 +640,12 @@ class MqttClient:
                 if buf.held:
                     p.loop_read()  # the end of the stream or an error: paho meets it as it would have
                 return  # nothing more for now
-            messages = buf.take_publishes(64)
-            for topic, payload, retain, qos, mid in messages:
+            messages = buf.take_qos0_publishes(64)
+            for topic, payload, retain in messages:
                 try:
-                    self._dispatch(Message(topic, payload, qos, retain))
+                    self._dispatch(Message(topic, payload, 0, retain))
                 except Exception:
                     log.exception("%s: dispatch failed", self.client_id)
-                if qos:
-                    buf.acknowledge(mid)  # after the handlers, as paho does (its on_message, then PUBACK)
             if not messages:
                 p.loop_read()  # a packet for paho: any other kind, or one not complete yet
         if buf.buffered and not self.batch_reads_s and self._loop is not None:

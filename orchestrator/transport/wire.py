@@ -1,15 +1,13 @@
-"""PUBLISH packets on the wire, without paho's per-message path (MQTT 3.1.1 only).
+"""QoS 0 PUBLISH packets on the wire, without paho's per-message path (MQTT 3.1.1 only).
 
-Nearly everything a part sends and hears is a PUBLISH: heartbeats and states at QoS 0, calls and
-their replies at QoS 1.
+Nearly everything a part sends and hears is a QoS 0 PUBLISH: heartbeats, calls, replies, states.
 paho's path for one costs a message object, a packet id, a queue entry, locks and a callback lookup
 each way; this module encodes and parses them directly, and leaves every other packet to paho:
 
 - :class:`BufferedPaho` reads paho's socket through a buffer of ours (one ``recv`` for all the kernel
-  has; paho asks one byte at a time for a packet's header) and hands out the QoS 0 and QoS 1
-  publishes complete at the head of that buffer (:meth:`BufferedPaho.take_publishes`; a QoS 1 one is
-  acknowledged through paho's queue once handled, as paho does); paho reads every other packet from
-  the buffer as before;
+  has; paho asks one byte at a time for a packet's header) and hands out the QoS 0 publishes complete
+  at the head of that buffer (:meth:`BufferedPaho.take_qos0_publishes`); paho reads the rest from the
+  buffer as before;
 - :func:`write_qos0` sends one straight to the socket when nothing of paho's waits to be written (so
   the order holds), and hands what the kernel did not take to paho's queue, which writes it first.
 
@@ -44,20 +42,15 @@ def encode_qos0_publish(topic: str | bytes, data: bytes, retain: bool = False) -
     return b"".join((header, len(t).to_bytes(2, "big"), t, data))
 
 
-Incoming = tuple[str, bytes, bool, int, int]  # topic, payload, retain, QoS, packet id (0 at QoS 0)
-
-
-def parse_publishes(buf: bytearray | bytes, limit: int, max_qos: int = 1) -> tuple[list[Incoming], int]:
-    """The PUBLISH packets at QoS ``max_qos`` or below complete at the head of ``buf`` (at most ``limit``),
-    and how many bytes they took.  Stops at anything else: another packet type, a higher QoS, an
-    incomplete packet, a remaining length longer than MQTT allows, a topic that is not UTF-8, a QoS 1
-    packet id of 0."""
-    out: list[Incoming] = []
+def parse_qos0_publishes(buf: bytearray | bytes, limit: int) -> tuple[list[tuple[str, bytes, bool]], int]:
+    """The QoS 0 PUBLISH packets complete at the head of ``buf`` (at most ``limit``), as (topic, payload,
+    retain), and how many bytes they took.  Stops at anything else: another packet type or QoS, an
+    incomplete packet, a remaining length longer than MQTT allows, a topic that is not UTF-8."""
+    out: list[tuple[str, bytes, bool]] = []
     i, n = 0, len(buf)
     while i < n and len(out) < limit:
         first = buf[i]
-        qos = (first >> 1) & 3
-        if first & 0xF0 != _PUBLISH or qos > max_qos:
+        if first & 0xF6 != _PUBLISH:  # PUBLISH at QoS 0, any DUP and RETAIN flag
             break
         length, mult, j = 0, 1, i + 1
         while j < n and j - i <= 4:
@@ -73,17 +66,13 @@ def parse_publishes(buf: bytearray | bytes, limit: int, max_qos: int = 1) -> tup
         if end > n or length < 2:
             break
         topic_end = j + 2 + ((buf[j] << 8) | buf[j + 1])
-        body = topic_end + 2 if qos else topic_end
-        if body > end:
-            break
-        mid = ((buf[topic_end] << 8) | buf[topic_end + 1]) if qos else 0
-        if qos and not mid:
+        if topic_end > end:
             break
         try:
             topic = bytes(buf[j + 2:topic_end]).decode("utf-8")
         except UnicodeDecodeError:
             break
-        out.append((topic, bytes(buf[body:end]), bool(first & 1), qos, mid))
+        out.append((topic, bytes(buf[topic_end:end]), bool(first & 1)))
         i = end
     return out, i
 
@@ -134,22 +123,17 @@ class BufferedPaho(paho.Client):
         self._rbuf += data
         return True
 
-    def take_publishes(self, limit: int) -> list[Incoming]:
-        """:func:`parse_publishes` (QoS 0 and 1) on the head of the buffer, consumed; none while paho is in
-        the middle of a packet (its rest comes first) or speaks another protocol than MQTT 3.1.1.  The
-        caller acknowledges each QoS 1 message once it has handled it (:meth:`acknowledge`), as paho would."""
+    def take_qos0_publishes(self, limit: int) -> list[tuple[str, bytes, bool]]:
+        """:func:`parse_qos0_publishes` on the head of the buffer, consumed; none while paho is in the middle
+        of a packet (its rest comes first) or speaks another protocol than MQTT 3.1.1."""
         if self._in_packet["command"] or self._protocol != paho.MQTTv311:
             return []
-        out, used = parse_publishes(self._rbuf, limit)
+        out, used = parse_qos0_publishes(self._rbuf, limit)
         if used:
             del self._rbuf[:used]
             with self._msgtime_mutex:
                 self._last_bytes_received = time.monotonic()  # paho's clock for its keep-alive
         return out
-
-    def acknowledge(self, mid: int) -> None:
-        """PUBACK for a QoS 1 message taken by :meth:`take_publishes`, through paho's queue (in order)."""
-        self._send_puback(mid)
 
     def _sock_recv(self, bufsize: int) -> bytes:
         buf = self._rbuf
