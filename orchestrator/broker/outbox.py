@@ -23,9 +23,7 @@ from collections import deque
 from collections.abc import Awaitable, Callable
 from typing import Protocol
 
-from orchestrator.transport.wire import encode_qos0_publish
-
-__all__ = ["Outbox", "Outgoing", "encode_qos0_publish"]
+__all__ = ["Outbox", "Outgoing"]
 
 log = logging.getLogger("orchestrator.broker")
 
@@ -39,6 +37,19 @@ class Outgoing:
     qos: int
     retain: bool = False
     packet: bytes | None = None  # QoS 0: the PUBLISH already encoded (once, for every subscriber)
+
+
+def encode_qos0_publish(topic: str, data: bytes, retain: bool = False) -> bytes:
+    """A QoS 0 PUBLISH packet [MQTT-3.3]: fixed header, remaining length, topic, payload (no packet id)."""
+    t = topic.encode("utf-8")
+    remaining = 2 + len(t) + len(data)
+    header = bytearray([0x30 | (1 if retain else 0)])
+    while True:
+        byte, remaining = remaining % 128, remaining // 128
+        header.append(byte | (0x80 if remaining else 0))
+        if not remaining:
+            break
+    return bytes(header) + len(t).to_bytes(2, "big") + t + data
 
 
 class _Publisher(Protocol):

@@ -1,11 +1,8 @@
 """The asyncio MQTT client: the only module that touches paho-mqtt.
 
-paho is driven by the event loop (its socket registered with ``add_reader``/``add_writer``, a task for
-its keep-alive duties); the sessions' heartbeat connection runs paho's own thread instead
-(``threaded=True``), so it goes on while user code blocks the loop, and its callbacks only hand events
-to the loop with ``call_soon_threadsafe``.  QoS 0 publishes, nearly all the traffic, are read and
-written past paho's per-message path (:mod:`orchestrator.transport.wire`).  Above this module nobody
-sees a paho callback or a thread.
+paho runs its network loop on a thread of its own (so keep-alive and reconnection go on even while
+user code blocks the event loop); its callbacks do nothing but hand events to the event loop with
+``call_soon_threadsafe``.  Above this module nobody sees a paho callback or a thread.
 
 What it adds to paho:
 
@@ -39,7 +36,6 @@ from paho.mqtt.enums import CallbackAPIVersion, MQTTErrorCode
 from orchestrator.errors import BrokerUnavailable, ConnectionLost, OrchestratorError
 from orchestrator.protocol.matching import FilterTrie, topic_matches
 from orchestrator.transport import tcpinfo
-from orchestrator.transport.wire import BufferedPaho, write_qos0
 
 log = logging.getLogger("orchestrator.transport")
 
@@ -97,6 +93,117 @@ class _Sub:
     filter: str
     qos: int
     handlers: list[Handler] = field(default_factory=list)
+
+
+READ_CHUNK = 65536  # what one recv asks the kernel for (the event-loop mode's read buffer)
+
+
+class _BufferedPaho(paho.Client):
+    """paho reading its socket through a buffer of ours (the event-loop mode only).
+
+    paho reads a packet's fixed header one byte at a time: three recv calls per packet at least, and our
+    loop asked the kernel once more per packet whether another one was there.  This asks the kernel once
+    for all it has and serves paho's small reads from that.  Nothing wakes a selector for bytes already
+    in the buffer: :meth:`MqttClient._read` drains it (``buffered``).  The buffer is dropped with the socket
+    (a new connection never reads the old one's bytes).
+    """
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        self._rbuf = bytearray()
+        self._held: BaseException | None = None  # what fill() met (an error), for paho's next read
+        self._ended = False  # fill() read the end of the stream: paho's next read returns it
+        super().__init__(*args, **kwargs)
+
+    @property
+    def buffered(self) -> int:
+        return len(self._rbuf)
+
+    @property
+    def held(self) -> bool:
+        """fill() met the end of the stream or an error that paho has not read yet."""
+        return self._held is not None or self._ended
+
+    def fill(self) -> bool:
+        """Ask the kernel once for what it has, into the buffer; False when nothing came (no data yet,
+        or the end of the stream or an error, which paho's next read then meets exactly as it would have)."""
+        if self._held is not None or self._ended:
+            return False
+        try:
+            data = super()._sock_recv(READ_CHUNK)
+        except BlockingIOError:
+            return False
+        except Exception as exc:  # OSError, ConnectionError: paho's read gets it and reports the loss
+            self._held = exc
+            return False
+        if not data:
+            self._ended = True
+            return False
+        self._rbuf += data
+        return True
+
+    def take_qos0_publishes(self, limit: int) -> list[tuple[str, bytes, bool]]:
+        """The QoS 0 PUBLISH packets complete at the head of the buffer, parsed here rather than by paho
+        (its per-packet path: three reads, a message object, two locks, a callback lookup), as (topic,
+        payload, retain); MQTT 3.1.1 only.  Stops, leaving the rest to paho, at anything else: another
+        packet type or QoS, an incomplete packet, a topic that is not UTF-8, paho in the middle of a packet."""
+        out: list[tuple[str, bytes, bool]] = []
+        buf = self._rbuf
+        if self._in_packet["command"] != 0 or self._protocol != paho.MQTTv311:
+            return out
+        i, n = 0, len(buf)
+        while i < n and len(out) < limit:
+            first = buf[i]
+            if first & 0xF6 != 0x30:  # PUBLISH (any DUP, RETAIN) at QoS 0
+                break
+            length, mult, j = 0, 1, i + 1
+            while j < n and j - i <= 4:
+                byte = buf[j]
+                j += 1
+                length += (byte & 0x7F) * mult
+                mult *= 128
+                if not byte & 0x80:
+                    break
+            else:
+                break  # the remaining length is incomplete (or longer than MQTT allows: paho refuses it)
+            end = j + length
+            if end > n or length < 2:
+                break
+            topic_end = j + 2 + ((buf[j] << 8) | buf[j + 1])
+            if topic_end > end:
+                break
+            try:
+                topic = buf[j + 2:topic_end].decode("utf-8")
+            except UnicodeDecodeError:
+                break
+            out.append((topic, bytes(buf[topic_end:end]), bool(first & 1)))
+            i = end
+        if i:
+            del buf[:i]
+            with self._msgtime_mutex:
+                self._last_bytes_received = time.monotonic()  # paho's clock for its keep-alive
+        return out
+
+    def _sock_recv(self, bufsize: int) -> bytes:
+        buf = self._rbuf
+        if not buf:
+            if self._held is not None:
+                exc, self._held = self._held, None
+                raise exc
+            if self._ended:
+                return b""
+            data = super()._sock_recv(READ_CHUNK)  # BlockingIOError, OSError and b"" (end) as paho expects
+            if len(data) <= bufsize:
+                return data
+            buf += data
+        out = bytes(buf[:bufsize])
+        del buf[:bufsize]
+        return out
+
+    def _sock_close(self) -> None:
+        self._rbuf = bytearray()  # replaced, not cleared: a read under way keeps the old one
+        self._held = None
+        self._ended = False
+        super()._sock_close()
 
 
 def next_birth(previous: int) -> int:
@@ -192,7 +299,7 @@ class MqttClient:
         self.after_batch: Callable[[], None] | None = None  # called after each batched read (on the loop)
 
         self.max_subscribe_qos = max_subscribe_qos
-        self._paho = (paho.Client if threaded else BufferedPaho)(
+        self._paho = (paho.Client if threaded else _BufferedPaho)(
             callback_api_version=CallbackAPIVersion.VERSION2,
             client_id=client_id,
             clean_session=clean_session,
@@ -200,7 +307,7 @@ class MqttClient:
             reconnect_on_failure=True,
         )
         # paho's thread selects on the socket itself: only the event-loop mode reads through our buffer
-        self._buffer = self._paho if isinstance(self._paho, BufferedPaho) else None
+        self._buffer = self._paho if isinstance(self._paho, _BufferedPaho) else None
         if username is not None:
             self._paho.username_pw_set(username, password)
         self.tls = tls
@@ -391,8 +498,6 @@ class MqttClient:
         after the reconnect.
         """
         self._check_open()
-        if qos == 0 and self._write_qos0(topic, payload, retain):
-            return
         info = self._paho.publish(topic, payload, qos=qos, retain=retain)
         if info.rc == MQTTErrorCode.MQTT_ERR_SUCCESS:
             self._flush()
@@ -422,23 +527,11 @@ class MqttClient:
         queued QoS 1 messages after the reconnect.  False if it was dropped (QoS 0 while disconnected)."""
         if self._closed:
             return False
-        if qos == 0 and self._write_qos0(topic, payload, retain):
-            return True
         info = self._paho.publish(topic, payload, qos=qos, retain=retain)
         if info.rc == MQTTErrorCode.MQTT_ERR_SUCCESS:
             self._flush()
             return True
         return info.rc == MQTTErrorCode.MQTT_ERR_NO_CONN and qos > 0
-
-    def _write_qos0(self, topic: str, payload: bytes, retain: bool) -> bool:
-        """A QoS 0 message written to the socket now (wire.write_qos0) in the event-loop mode, on the loop."""
-        if self._buffer is None or threading.get_ident() != self._loop_tid:
-            return False
-        if not write_qos0(self._paho, topic, payload, retain):
-            return False
-        if self._paho._out_packet:  # the kernel took part of it: the rest leaves first, when it can
-            self._on_socket_register_write(self._paho, None, self._paho.socket())
-        return True
 
     def _flush(self) -> None:
         """Write what paho queued now rather than on the loop's next turn (the message leaves when this
@@ -631,7 +724,7 @@ class MqttClient:
                     return
             self._paho.loop_read()
 
-    def _read_buffered(self, buf: BufferedPaho) -> None:
+    def _read_buffered(self, buf: _BufferedPaho) -> None:
         p = self._paho
         for _ in range(256):  # bounded: a flood of packets yields to the rest of the loop
             if p.socket() is None:  # (a closing client still reads: its last acknowledgements)
