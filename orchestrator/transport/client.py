@@ -110,87 +110,15 @@ class _BufferedPaho(paho.Client):
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         self._rbuf = bytearray()
-        self._held: BaseException | None = None  # what fill() met (an error), for paho's next read
-        self._ended = False  # fill() read the end of the stream: paho's next read returns it
         super().__init__(*args, **kwargs)
 
     @property
     def buffered(self) -> int:
         return len(self._rbuf)
 
-    @property
-    def held(self) -> bool:
-        """fill() met the end of the stream or an error that paho has not read yet."""
-        return self._held is not None or self._ended
-
-    def fill(self) -> bool:
-        """Ask the kernel once for what it has, into the buffer; False when nothing came (no data yet,
-        or the end of the stream or an error, which paho's next read then meets exactly as it would have)."""
-        if self._held is not None or self._ended:
-            return False
-        try:
-            data = super()._sock_recv(READ_CHUNK)
-        except BlockingIOError:
-            return False
-        except Exception as exc:  # OSError, ConnectionError: paho's read gets it and reports the loss
-            self._held = exc
-            return False
-        if not data:
-            self._ended = True
-            return False
-        self._rbuf += data
-        return True
-
-    def take_qos0_publishes(self, limit: int) -> list[tuple[str, bytes, bool]]:
-        """The QoS 0 PUBLISH packets complete at the head of the buffer, parsed here rather than by paho
-        (its per-packet path: three reads, a message object, two locks, a callback lookup), as (topic,
-        payload, retain); MQTT 3.1.1 only.  Stops, leaving the rest to paho, at anything else: another
-        packet type or QoS, an incomplete packet, a topic that is not UTF-8, paho in the middle of a packet."""
-        out: list[tuple[str, bytes, bool]] = []
-        buf = self._rbuf
-        if self._in_packet["command"] != 0 or self._protocol != paho.MQTTv311:
-            return out
-        i, n = 0, len(buf)
-        while i < n and len(out) < limit:
-            first = buf[i]
-            if first & 0xF6 != 0x30:  # PUBLISH (any DUP, RETAIN) at QoS 0
-                break
-            length, mult, j = 0, 1, i + 1
-            while j < n and j - i <= 4:
-                byte = buf[j]
-                j += 1
-                length += (byte & 0x7F) * mult
-                mult *= 128
-                if not byte & 0x80:
-                    break
-            else:
-                break  # the remaining length is incomplete (or longer than MQTT allows: paho refuses it)
-            end = j + length
-            if end > n or length < 2:
-                break
-            topic_end = j + 2 + ((buf[j] << 8) | buf[j + 1])
-            if topic_end > end:
-                break
-            try:
-                topic = buf[j + 2:topic_end].decode("utf-8")
-            except UnicodeDecodeError:
-                break
-            out.append((topic, bytes(buf[topic_end:end]), bool(first & 1)))
-            i = end
-        if i:
-            del buf[:i]
-            with self._msgtime_mutex:
-                self._last_bytes_received = time.monotonic()  # paho's clock for its keep-alive
-        return out
-
     def _sock_recv(self, bufsize: int) -> bytes:
         buf = self._rbuf
         if not buf:
-            if self._held is not None:
-                exc, self._held = self._held, None
-                raise exc
-            if self._ended:
-                return b""
             data = super()._sock_recv(READ_CHUNK)  # BlockingIOError, OSError and b"" (end) as paho expects
             if len(data) <= bufsize:
                 return data
@@ -201,8 +129,6 @@ class _BufferedPaho(paho.Client):
 
     def _sock_close(self) -> None:
         self._rbuf = bytearray()  # replaced, not cleared: a read under way keeps the old one
-        self._held = None
-        self._ended = False
         super()._sock_close()
 
 
@@ -699,17 +625,16 @@ class MqttClient:
 
     def _read(self) -> None:
         """Read every packet already received, not one per wake-up of the loop (paho reads one packet per
-        ``loop_read``): a primary hearing 50 parts' heartbeats wakes up once per batch, not per message.
-        QoS 0 publishes are parsed from our buffer and dispatched here; paho handles every other packet."""
+        ``loop_read``): a primary hearing 50 parts' heartbeats wakes up once per batch, not per message."""
         buf = self._buffer
-        if buf is not None:
-            self._read_buffered(buf)
-            return
         self._paho.loop_read()
         for _ in range(256):  # bounded: a flood of packets yields to the rest of the loop
             sock = self._paho.socket()
             if sock is None:
                 return
+            if buf is not None and buf.buffered:
+                self._paho.loop_read()  # read from the kernel already, waiting in our buffer
+                continue
             pending = getattr(sock, "pending", None)
             if pending is not None:  # TLS: what the SSL layer already decrypted does not wake the loop
                 if not pending():
@@ -723,25 +648,7 @@ class MqttClient:
                 except OSError:
                     return
             self._paho.loop_read()
-
-    def _read_buffered(self, buf: _BufferedPaho) -> None:
-        p = self._paho
-        for _ in range(256):  # bounded: a flood of packets yields to the rest of the loop
-            if p.socket() is None:  # (a closing client still reads: its last acknowledgements)
-                return
-            if not buf.buffered and not buf.fill():
-                if buf.held:
-                    p.loop_read()  # the end of the stream or an error: paho meets it as it would have
-                return  # nothing more for now
-            messages = buf.take_qos0_publishes(64)
-            for topic, payload, retain in messages:
-                try:
-                    self._dispatch(Message(topic, payload, 0, retain))
-                except Exception:
-                    log.exception("%s: dispatch failed", self.client_id)
-            if not messages:
-                p.loop_read()  # a packet for paho: any other kind, or one not complete yet
-        if buf.buffered and not self.batch_reads_s and self._loop is not None:
+        if buf is not None and buf.buffered and not self.batch_reads_s and self._loop is not None:
             self._loop.call_soon(self._read_on)  # bytes in our buffer wake no selector
 
     def _read_on(self) -> None:
