@@ -15,10 +15,12 @@ The load comes from another process; both figures are ratios to the raw baseline
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -84,9 +86,19 @@ def _listener_pid(port: int) -> int:
     raise RuntimeError(f"no process listens on port {port}")
 
 
-def _publisher(host: str, port: int) -> subprocess.Popen[str]:
-    return subprocess.Popen([sys.executable, "-c", PUBLISHER, host, str(port), str(MESSAGES)],
-                            stdin=subprocess.PIPE, text=True)
+@contextlib.contextmanager
+def _publishing(host: str, port: int) -> Iterator[None]:
+    """The bare paho publisher in another process, told to go once started; killed on the way out."""
+    pub = subprocess.Popen([sys.executable, "-c", PUBLISHER, host, str(port), str(MESSAGES)],
+                           stdin=subprocess.PIPE, text=True)
+    try:
+        assert pub.stdin is not None
+        pub.stdin.write("go\n")
+        pub.stdin.flush()
+        yield
+    finally:
+        pub.kill()
+        pub.wait()
 
 
 async def _ours(host: str, port: int) -> dict[str, Any]:
@@ -102,17 +114,10 @@ async def _ours(host: str, port: int) -> dict[str, Any]:
     async with MqttClient(f"hot-ours-{time.monotonic_ns()}", [(host, port)], batch_reads_s=0.05) as c:
         await c.subscribe("hot/part/+/hb", on, qos=0)
         await c.subscribe("hot/done", lambda _m: done.set())
-        pub = _publisher(host, port)
-        try:
+        with _publishing(host, port):
             t0 = time.process_time()
-            assert pub.stdin is not None
-            pub.stdin.write("go\n")
-            pub.stdin.flush()
             await asyncio.wait_for(done.wait(), READ_TIMEOUT_S)
             cpu = time.process_time() - t0
-        finally:
-            pub.kill()
-            pub.wait()
     return {"received": got, "cpu_us_per_message": round(1e6 * cpu / max(got, 1), 2)}
 
 
@@ -142,18 +147,11 @@ def _raw(host: str, port: int) -> dict[str, Any]:
         c.subscribe([("hot/part/+/hb", 0), ("hot/done", 1)])
         if not subscribed.wait(10):
             raise RuntimeError("raw reader: no SUBACK")
-        pub = _publisher(host, port)
-        try:
+        with _publishing(host, port):
             t0 = time.process_time()
-            assert pub.stdin is not None
-            pub.stdin.write("go\n")
-            pub.stdin.flush()
             if not done.wait(READ_TIMEOUT_S):
                 raise RuntimeError("raw reader: the publisher's last message never came")
             cpu = time.process_time() - t0
-        finally:
-            pub.kill()
-            pub.wait()
     finally:
         c.loop_stop()
         c.disconnect()
