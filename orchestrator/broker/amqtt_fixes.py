@@ -197,6 +197,11 @@ class _Reader(StreamReaderAdapter):  # type: ignore[misc]  # amqtt ships no type
         self._deadline = 0.0
         self._dead = False
 
+    @property
+    def buffered(self) -> int:
+        """Bytes already received and not read yet."""
+        return len(self._reader._buffer)
+
     async def read(self, n: int = -1) -> bytes:
         if self._dead:
             raise asyncio.IncompleteReadError(b"", n)
@@ -209,7 +214,7 @@ class _Reader(StreamReaderAdapter):  # type: ignore[misc]  # amqtt ships no type
         if self._phase == 0:
             data: bytes = await super().read(n)  # the start of a packet: waited for under amqtt's keep-alive
             self._deadline = loop.time() + self.packet_timeout
-        elif 0 <= n <= len(self._reader._buffer):
+        elif 0 <= n <= self.buffered:
             # what amqtt asks for has already arrived (a whole packet usually comes in one segment):
             # read without arming a deadline, which cost a timer handle per read (5 reads a PUBLISH)
             data = await super().read(n)

@@ -63,13 +63,6 @@ _HANDLERS = {
 }
 
 
-def _buffered(reader: Any) -> int:
-    """Bytes already received and not yet read (our ``_Reader`` over an ``asyncio.StreamReader``)."""
-    stream = getattr(reader, "_reader", None)
-    buffer = getattr(stream, "_buffer", None)
-    return len(buffer) if buffer is not None else 0
-
-
 async def reader_loop(handler: Any) -> None:
     """Read and dispatch ``handler``'s packets until the connection ends, then close it as amqtt does."""
     session = handler.session
@@ -86,7 +79,7 @@ async def reader_loop(handler: Any) -> None:
             reader = handler.reader
             if reader is None:
                 break
-            if _buffered(reader):  # the next packet has begun: its rest is bounded by the packet deadline
+            if getattr(reader, "buffered", 0):  # (_Reader) the next packet has begun: its rest has a deadline
                 fixed_header = await MQTTFixedHeader.from_stream(reader)
             else:
                 async with asyncio.timeout(keep_alive):
